@@ -1,0 +1,229 @@
+"""Checks across definitions that a JSON Schema cannot express. Pure: specs in, problems out."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass
+
+from controller.problems import Locator, Problem, did_you_mean
+from controller.specs import TableSpec
+from controller.templates import template_errors, template_strings
+
+
+@dataclass(frozen=True, slots=True)
+class LocatedTable:
+    """A table definition together with where it was written."""
+
+    spec: TableSpec
+    source: Locator
+
+
+def check_tables(tables: Sequence[LocatedTable], known_names: Iterable[str] = ()) -> list[Problem]:
+    """Every cross-field and cross-table problem of a definition set.
+
+    ``known_names`` are names of tables whose documents failed earlier checks: references to them
+    are not reported as unknown (the earlier problem is the one to fix).
+    """
+    by_name: dict[str, LocatedTable] = {}
+    problems: list[Problem] = []
+    for table in tables:
+        first = by_name.setdefault(table.spec.name, table)
+        if first is not table:
+            where = first.source.locate(("name",))
+            problems.append(
+                _at(table, ("name",), f"duplicate table name {table.spec.name!r} (first defined at {where})", "duplicate-table")
+            )
+    known = set(by_name) | set(known_names)
+    for table in tables:
+        problems.extend(_own_names(table))
+        problems.extend(_dependencies(table, by_name, known))
+        problems.extend(_templates(table))
+    problems.extend(_cycles(by_name))
+    return problems
+
+
+def _at(table: LocatedTable, path: tuple[str | int, ...], message: str, code: str, *, key: bool = False) -> Problem:
+    return Problem(table.source.locate(path, key=key), message, code)
+
+
+def _own_names(table: LocatedTable) -> Iterator[Problem]:
+    spec = table.spec
+    groups = (
+        ("partitions", "name", [p.name for p in spec.partitions], "partition"),
+        ("tasks", "alias", [t.alias for t in spec.tasks], "task alias"),
+        ("dependencies", "dependency_name", [d.dependency_name for d in spec.dependencies], "dependency"),
+    )
+    for field, attr, names, what in groups:
+        seen: set[str] = set()
+        for index, name in enumerate(names):
+            if name in seen:
+                yield _at(table, (field, index, attr), f"duplicate {what} {name!r} in table {spec.name!r}", f"duplicate-{field}")
+            seen.add(name)
+
+
+def _dependencies(table: LocatedTable, by_name: dict[str, LocatedTable], known: set[str]) -> Iterator[Problem]:
+    spec = table.spec
+    own = {p.name: p for p in spec.partitions}
+    all_resolved = True
+    for index, dep in enumerate(spec.dependencies):
+        path = ("dependencies", index)
+        name = dep.dependency_name
+        if name == spec.name:
+            yield _at(table, (*path, "dependency_name"), f"table {name!r} depends on itself", "self-dependency")
+            all_resolved = False
+            continue
+        for downstream in dep.partition_map:
+            if downstream not in own:
+                yield _at(
+                    table,
+                    (*path, "partition_map", downstream),
+                    f"partition_map names unknown partition {downstream!r} of {spec.name!r} (it has: {_names(own)})",
+                    "partition-map",
+                    key=True,
+                )
+        upstream = by_name.get(name)
+        if upstream is None:
+            all_resolved = False
+            if name not in known:
+                hint = did_you_mean(name, sorted(known))
+                yield _at(table, (*path, "dependency_name"), f"unknown dependency {name!r}{hint}", "unknown-dependency")
+            continue
+        yield from _shared_partitions(table, index, upstream.spec)
+    if all_resolved and spec.dependencies:
+        yield from _unprovided_partitions(table, by_name)
+
+
+def _shared_partitions(table: LocatedTable, index: int, upstream: TableSpec) -> Iterator[Problem]:
+    """A mapped partition must exist upstream; a shared one must have the same type."""
+    spec, dep = table.spec, table.spec.dependencies[index]
+    theirs = {p.name: p for p in upstream.partitions}
+    for downstream, mapped in dep.partition_map.items():
+        if mapped not in theirs:
+            yield _at(
+                table,
+                ("dependencies", index, "partition_map", downstream),
+                f"partition_map maps {downstream!r} to {mapped!r}, which {upstream.name!r} does not have (it has: {_names(theirs)})",
+                "partition-map",
+            )
+    for partition in {p.name: p for p in spec.partitions}.values():  # duplicates are reported apart
+        other = theirs.get(dep.upstream_partition(partition.name))
+        if other is not None and other.type != partition.type:
+            yield _at(
+                table,
+                ("dependencies", index, "dependency_name"),
+                f"partition {partition.name!r} is {partition.type} here but {other.name!r} of "
+                f"{upstream.name!r} is {other.type}: their values can never match",
+                "partition-type",
+            )
+
+
+def _unprovided_partitions(table: LocatedTable, by_name: dict[str, LocatedTable]) -> Iterator[Problem]:
+    """Each required partition of a dependent table must come from at least one dependency."""
+    spec = table.spec
+    for index, partition in enumerate(spec.partitions):
+        if not partition.is_required:
+            continue
+        providers = [
+            dep
+            for dep in spec.dependencies
+            if by_name[dep.dependency_name].spec.partition(dep.upstream_partition(partition.name))
+        ]
+        if not providers:
+            upstreams = ", ".join(repr(d.dependency_name) for d in spec.dependencies)
+            yield _at(
+                table,
+                ("partitions", index, "name"),
+                f"required partition {partition.name!r} is provided by no dependency ({upstreams}); "
+                "add it upstream, map it with partition_map, or set is_required: false",
+                "unprovided-partition",
+            )
+
+
+def _templates(table: LocatedTable) -> Iterator[Problem]:
+    partitions = {p.name: p for p in table.spec.partitions}
+    for index, task in enumerate(table.spec.tasks):
+        for path, source in template_strings(task.params):
+            for message in template_errors(source, partitions):
+                yield _at(table, ("tasks", index, "params", *path), message, "template")
+
+
+def _cycles(by_name: dict[str, LocatedTable]) -> Iterator[Problem]:
+    """One problem per dependency cycle, printed from its alphabetically first table."""
+    graph = {
+        name: sorted({d.dependency_name for d in t.spec.dependencies if d.dependency_name in by_name and d.dependency_name != name})
+        for name, t in by_name.items()
+    }
+    for component in _strongly_connected(graph):
+        if len(component) < 2:
+            continue
+        cycle = _cycle_through(min(component), graph, component)
+        start = by_name[cycle[0]]
+        index = next(i for i, d in enumerate(start.spec.dependencies) if d.dependency_name == cycle[1])
+        yield _at(start, ("dependencies", index, "dependency_name"), "dependency cycle: " + " -> ".join(cycle), "cycle")
+
+
+def _strongly_connected(graph: dict[str, list[str]]) -> list[set[str]]:
+    """Tarjan's algorithm, iterative (a 10,000-table chain must not hit the recursion limit)."""
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    on_stack: set[str] = set()
+    components: list[set[str]] = []
+    for root in sorted(graph):
+        if root in index:
+            continue
+        work = [(root, 0)]
+        while work:
+            node, child_pos = work.pop()
+            if child_pos == 0:
+                index[node] = low[node] = len(index)
+                stack.append(node)
+                on_stack.add(node)
+            children = graph[node]
+            if child_pos < len(children):
+                work.append((node, child_pos + 1))
+                child = children[child_pos]
+                if child not in index:
+                    work.append((child, 0))
+                elif child in on_stack:
+                    low[node] = min(low[node], index[child])
+                continue
+            if work:
+                parent = work[-1][0]
+                low[parent] = min(low[parent], low[node])
+            if low[node] == index[node]:
+                component: set[str] = set()
+                while True:
+                    member = stack.pop()
+                    on_stack.discard(member)
+                    component.add(member)
+                    if member == node:
+                        break
+                components.append(component)
+    return components
+
+
+def _cycle_through(start: str, graph: dict[str, list[str]], component: set[str]) -> list[str]:
+    """A shortest path start -> ... -> start inside one strongly connected component (BFS)."""
+    previous: dict[str, str] = {}
+    frontier = [start]
+    while frontier:
+        following: list[str] = []
+        for node in frontier:
+            for child in graph[node]:
+                if child not in component:
+                    continue
+                if child == start:
+                    path = [node]
+                    while path[-1] != start:
+                        path.append(previous[path[-1]])
+                    return [*reversed(path), start]
+                if child not in previous:
+                    previous[child] = node
+                    following.append(child)
+        frontier = following
+    raise AssertionError(f"{start} is in a cycle but no path returns to it")
+
+
+def _names(partitions: dict[str, object]) -> str:
+    return ", ".join(partitions) or "no partitions"

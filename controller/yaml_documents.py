@@ -1,0 +1,323 @@
+"""Safe YAML reading that remembers where every value was written.
+
+Parsing uses libyaml's composer (``CSafeLoader``), which is the fast part; turning nodes into plain
+values happens here so that we can, in the same pass:
+
+* reject tags (``!!python/object``, ``!custom``, merge keys): definitions are plain data;
+* reject duplicate keys, which PyYAML would silently let the last one win;
+* measure what aliases would expand to *without* expanding them, so an alias bomb costs the size
+  of the file, not the size of the bomb;
+* keep the node tree, so that an error found later can be pointed at a line and column by walking
+  the tree along the error's path (no per-value bookkeeping on the happy path).
+
+libyaml's composer recurses in C and crashes the interpreter on very deep nesting, so nesting depth
+is bounded *before* composing (see :func:`_check_depth`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from controller.problems import Location, PathSegment, Problem
+
+try:  # The C loader is ~10x faster than the pure-Python one; never fall back silently.
+    from yaml import CSafeLoader as _Loader
+except ImportError as exc:  # pragma: no cover - depends on how PyYAML was built
+    raise ImportError(
+        "PyYAML was built without libyaml; reinstall it with libyaml (pip install --force-reinstall "
+        "--no-binary=:none: PyYAML) so that definitions parse with the C loader"
+    ) from exc
+
+DEFAULT_MAX_FILE_BYTES = 1024 * 1024
+#: Most values one document may expand to through aliases. A table definition has a few hundred.
+MAX_EXPANDED_VALUES = 10_000
+#: Deepest nesting of collections in a document. Definitions need 5.
+MAX_DEPTH = 64
+
+_TAG = "tag:yaml.org,2002:"
+_STR, _INT, _FLOAT, _BOOL, _NULL = (_TAG + t for t in ("str", "int", "float", "bool", "null"))
+_TIMESTAMP, _SEQ, _MAP, _MERGE = (_TAG + t for t in ("timestamp", "seq", "map", "merge"))
+_CONSTRUCTOR = yaml.constructor.SafeConstructor()
+_SCALARS = {
+    _INT: _CONSTRUCTOR.construct_yaml_int,
+    _FLOAT: _CONSTRUCTOR.construct_yaml_float,
+    _BOOL: _CONSTRUCTOR.construct_yaml_bool,
+}
+# Characters that can open a nesting level: a file with fewer of them than _C_SAFE_DEPTH cannot nest
+# deep enough to crash libyaml's composer (seen crashing between 20,000 and 50,000 levels), so the
+# exact event scan is skipped for every realistic file. MAX_DEPTH itself is enforced while building.
+_NESTING_CHARS = (b"[", b"{", b"-", b":", b"?")
+_C_SAFE_DEPTH = 5_000
+
+
+@dataclass(slots=True)
+class SourceDocument:
+    """One YAML document of a definition file: its plain value, and how to find where parts of it are.
+
+    Positions are found lazily: the document is composed again from ``raw`` the first time an error
+    needs a line number. Keeping every node (and its two marks) of a 10,000-file set alive instead
+    costs more than parsing itself, mostly in the garbage collector.
+    """
+
+    path: str
+    index: int
+    data: Any
+    raw: bytes = field(repr=False)
+    _node: yaml.Node | None = field(default=None, repr=False)
+
+    def locate(self, path: tuple[PathSegment, ...], *, key: bool = False) -> Location:
+        """Where the value at ``path`` was written (its key, with ``key``); the deepest known part."""
+        target = self._root()
+        last = len(path) - 1
+        for position, segment in enumerate(path):
+            child = _child(target, segment)
+            if child is None:
+                break
+            key_node, value_node = child
+            target = key_node if key and position == last else value_node
+        return _location(self.path, target)
+
+    def _root(self) -> yaml.Node:
+        if self._node is None:
+            for index, node in enumerate(yaml.compose_all(self.raw, Loader=_Loader)):
+                if index == self.index:
+                    self._node = node
+                    break
+        assert self._node is not None, "a parsed document composes again"
+        return self._node
+
+
+@dataclass(slots=True)
+class SourceFile:
+    """A definition file read from disk: its documents and what was wrong with it."""
+
+    path: str
+    documents: list[SourceDocument] = field(default_factory=list)
+    problems: list[Problem] = field(default_factory=list)
+
+    @property
+    def readable(self) -> bool:
+        """False when the file as a whole could not be read (syntax, size, limits)."""
+        return not any(p.code.startswith("yaml") for p in self.problems)
+
+
+def iter_definition_files(root: Path) -> Iterator[Path]:
+    """Every ``*.yaml``/``*.yml`` file under ``root`` (or ``root`` itself), in a stable order."""
+    if root.is_file():
+        yield root
+        return
+    found = [p for p in root.rglob("*") if p.suffix in (".yaml", ".yml") and p.is_file()]
+    yield from sorted(found, key=lambda p: p.relative_to(root).as_posix())
+
+
+def read_file(path: Path, display: str, *, max_bytes: int = DEFAULT_MAX_FILE_BYTES) -> SourceFile:
+    """Read one file into documents; never raises for bad content, reports it instead."""
+    source = SourceFile(display)
+    size = path.stat().st_size
+    if size > max_bytes:
+        source.problems.append(
+            Problem(
+                Location(display),
+                f"file is {size:,} bytes, larger than the {max_bytes:,}-byte limit; "
+                "split it into several files",
+                "yaml-size",
+            )
+        )
+        return source
+    return parse_bytes(path.read_bytes(), display)
+
+
+def parse_bytes(data: bytes, display: str) -> SourceFile:
+    """Parse YAML bytes (possibly several documents) into a :class:`SourceFile`."""
+    source = SourceFile(display)
+    too_deep = _check_depth(data, display)
+    if too_deep is not None:
+        source.problems.append(too_deep)
+        return source
+    try:
+        for index, node in enumerate(yaml.compose_all(data, Loader=_Loader)):  # noqa: S506
+            if node is None:  # an empty document between two `---`
+                continue
+            builder = _Builder(display)
+            value = builder.build(node)
+            source.problems.extend(builder.problems)
+            source.documents.append(SourceDocument(display, index, value, data))
+    except yaml.MarkedYAMLError as exc:
+        source.problems.append(_yaml_error(exc, display))
+    except yaml.YAMLError as exc:  # reader errors: bad encoding, control characters
+        source.problems.append(Problem(Location(display), f"invalid YAML: {exc}", "yaml-syntax"))
+    if not source.documents and not source.problems:
+        source.problems.append(
+            Problem(Location(display), "file holds no table definition (it is empty)", "empty-file")
+        )
+    return source
+
+
+def _yaml_error(exc: yaml.MarkedYAMLError, display: str) -> Problem:
+    mark = exc.problem_mark or exc.context_mark
+    location = Location(display, mark.line + 1, mark.column + 1) if mark else Location(display)
+    message = exc.problem or "malformed document"
+    if exc.context:
+        message = f"{message} ({exc.context})"
+    return Problem(location, f"invalid YAML: {message}", "yaml-syntax")
+
+
+def _check_depth(data: bytes, display: str) -> Problem | None:
+    """Refuse documents nesting deeper than MAX_DEPTH before libyaml's recursive composer sees them."""
+    if sum(data.count(c) for c in _NESTING_CHARS) < _C_SAFE_DEPTH:
+        return None
+    depth = 0
+    try:
+        for event in yaml.parse(data, Loader=_Loader):
+            if isinstance(event, yaml.CollectionStartEvent):
+                depth += 1
+                if depth > MAX_DEPTH:
+                    mark = event.start_mark
+                    return Problem(
+                        Location(display, mark.line + 1, mark.column + 1),
+                        f"values nest deeper than {MAX_DEPTH} levels",
+                        "yaml-limit",
+                    )
+            elif isinstance(event, yaml.CollectionEndEvent):
+                depth -= 1
+    except yaml.YAMLError:
+        return None  # composing reports the syntax error with its position
+    return None
+
+
+def _location(path: str, node: yaml.Node) -> Location:
+    mark = node.start_mark
+    return Location(path, mark.line + 1, mark.column + 1)
+
+
+def _child(node: yaml.Node, segment: PathSegment) -> tuple[yaml.Node, yaml.Node] | None:
+    if isinstance(node, yaml.MappingNode):
+        for key_node, value_node in node.value:
+            if key_node.value == segment:
+                return key_node, value_node
+    elif isinstance(node, yaml.SequenceNode) and isinstance(segment, int):
+        if 0 <= segment < len(node.value):
+            return node.value[segment], node.value[segment]
+    return None
+
+
+class _AliasLimit(Exception):
+    """Raised inside the builder when a document is too big once aliases are expanded."""
+
+
+class _Builder:
+    """Turns one composed document into plain values, collecting problems as it goes."""
+
+    def __init__(self, display: str) -> None:
+        self.display = display
+        self.problems: list[Problem] = []
+        # Collections already built, by node identity: an alias reuses the value (no copy) and
+        # its expanded size, so a bomb is measured without being expanded.
+        self._built: dict[int, tuple[Any, int]] = {}
+        self._building: set[int] = set()
+
+    def build(self, node: yaml.Node) -> Any:
+        try:
+            value, size = self._node(node, 1)
+        except _AliasLimit:
+            self.problems.append(
+                Problem(
+                    _location(self.display, node),
+                    f"document expands to more than {MAX_EXPANDED_VALUES:,} values through "
+                    "aliases (an alias bomb?); write the values out instead",
+                    "yaml-limit",
+                )
+            )
+            return None
+        return value
+
+    def _problem(self, node: yaml.Node, message: str, code: str) -> None:
+        self.problems.append(Problem(_location(self.display, node), message, code))
+
+    def _node(self, node: yaml.Node, depth: int) -> tuple[Any, int]:
+        if isinstance(node, yaml.ScalarNode):
+            return self._scalar(node), 1
+        known = self._built.get(id(node))
+        if known is not None:
+            return known
+        if id(node) in self._building or depth > MAX_DEPTH:
+            self._problem(node, "recursive alias or nesting too deep", "yaml-limit")
+            return None, 1
+        self._building.add(id(node))
+        if isinstance(node, yaml.SequenceNode) and node.tag == _SEQ:
+            built = self._sequence(node, depth)
+        elif isinstance(node, yaml.MappingNode) and node.tag == _MAP:
+            built = self._mapping(node, depth)
+        else:
+            self._problem(node, f"tag {node.tag!r} is not allowed: definitions are plain data", "tag")
+            built = (None, 1)
+        self._building.discard(id(node))
+        if built[1] > MAX_EXPANDED_VALUES:
+            raise _AliasLimit
+        self._built[id(node)] = built
+        return built
+
+    def _sequence(self, node: yaml.SequenceNode, depth: int) -> tuple[list[Any], int]:
+        items: list[Any] = []
+        size = 1
+        for child in node.value:
+            value, child_size = self._node(child, depth + 1)
+            items.append(value)
+            size += child_size
+        return items, size
+
+    def _mapping(self, node: yaml.MappingNode, depth: int) -> tuple[dict[str, Any], int]:
+        mapping: dict[str, Any] = {}
+        lines: dict[str, int] = {}
+        size = 1
+        for key_node, value_node in node.value:
+            key = self._key(key_node)
+            if key is None:
+                continue
+            if key in mapping:
+                self._problem(
+                    key_node,
+                    f"duplicate key {key!r} (first at line {lines[key]}); keep one of them",
+                    "duplicate-key",
+                )
+                continue
+            value, child_size = self._node(value_node, depth + 1)
+            mapping[key] = value
+            lines[key] = key_node.start_mark.line + 1
+            size += child_size
+        return mapping, size
+
+    def _key(self, node: yaml.Node) -> str | None:
+        if isinstance(node, yaml.ScalarNode) and node.tag == _MERGE:
+            self._problem(node, "merge keys (<<) are not supported; write the fields out", "tag")
+            return None
+        if isinstance(node, yaml.ScalarNode) and node.tag == _STR:
+            return str(node.value)
+        got = _kind(node) if not isinstance(node, yaml.ScalarNode) else f"{_kind(node)} {node.value!r}"
+        self._problem(node, f"keys must be strings, got {got}", "key-type")
+        return None
+
+    def _scalar(self, node: yaml.ScalarNode) -> Any:
+        tag = node.tag
+        if tag in (_STR, _TIMESTAMP):  # dates stay as written: partition values are typed later
+            return node.value
+        if tag == _NULL:
+            return None
+        construct = _SCALARS.get(tag)
+        if construct is None:
+            self._problem(node, f"tag {tag!r} is not allowed: definitions are plain data", "tag")
+            return None
+        return construct(node)
+
+
+def _kind(node: yaml.Node) -> str:
+    if isinstance(node, yaml.MappingNode):
+        return "a mapping"
+    if isinstance(node, yaml.SequenceNode):
+        return "a list"
+    return node.tag.removeprefix(_TAG)
