@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 
 from controller.problems import Locator, Problem, did_you_mean
@@ -31,7 +31,12 @@ def check_tables(tables: Sequence[LocatedTable], known_names: Iterable[str] = ()
         if first is not table:
             where = first.source.locate(("name",))
             problems.append(
-                _at(table, ("name",), f"duplicate table name {table.spec.name!r} (first defined at {where})", "duplicate-table")
+                _at(
+                    table,
+                    ("name",),
+                    f"duplicate table name {table.spec.name!r} (first defined at {where})",
+                    "duplicate-table",
+                )
             )
     known = set(by_name) | set(known_names)
     for table in tables:
@@ -42,7 +47,9 @@ def check_tables(tables: Sequence[LocatedTable], known_names: Iterable[str] = ()
     return problems
 
 
-def _at(table: LocatedTable, path: tuple[str | int, ...], message: str, code: str, *, key: bool = False) -> Problem:
+def _at(
+    table: LocatedTable, path: tuple[str | int, ...], message: str, code: str, *, key: bool = False
+) -> Problem:
     return Problem(table.source.locate(path, key=key), message, code)
 
 
@@ -51,17 +58,29 @@ def _own_names(table: LocatedTable) -> Iterator[Problem]:
     groups = (
         ("partitions", "name", [p.name for p in spec.partitions], "partition"),
         ("tasks", "alias", [t.alias for t in spec.tasks], "task alias"),
-        ("dependencies", "dependency_name", [d.dependency_name for d in spec.dependencies], "dependency"),
+        (
+            "dependencies",
+            "dependency_name",
+            [d.dependency_name for d in spec.dependencies],
+            "dependency",
+        ),
     )
     for field, attr, names, what in groups:
         seen: set[str] = set()
         for index, name in enumerate(names):
             if name in seen:
-                yield _at(table, (field, index, attr), f"duplicate {what} {name!r} in table {spec.name!r}", f"duplicate-{field}")
+                yield _at(
+                    table,
+                    (field, index, attr),
+                    f"duplicate {what} {name!r} in table {spec.name!r}",
+                    f"duplicate-{field}",
+                )
             seen.add(name)
 
 
-def _dependencies(table: LocatedTable, by_name: dict[str, LocatedTable], known: set[str]) -> Iterator[Problem]:
+def _dependencies(
+    table: LocatedTable, by_name: dict[str, LocatedTable], known: set[str]
+) -> Iterator[Problem]:
     spec = table.spec
     own = {p.name: p for p in spec.partitions}
     all_resolved = True
@@ -69,7 +88,12 @@ def _dependencies(table: LocatedTable, by_name: dict[str, LocatedTable], known: 
         path = ("dependencies", index)
         name = dep.dependency_name
         if name == spec.name:
-            yield _at(table, (*path, "dependency_name"), f"table {name!r} depends on itself", "self-dependency")
+            yield _at(
+                table,
+                (*path, "dependency_name"),
+                f"table {name!r} depends on itself",
+                "self-dependency",
+            )
             all_resolved = False
             continue
         for downstream in dep.partition_map:
@@ -77,7 +101,8 @@ def _dependencies(table: LocatedTable, by_name: dict[str, LocatedTable], known: 
                 yield _at(
                     table,
                     (*path, "partition_map", downstream),
-                    f"partition_map names unknown partition {downstream!r} of {spec.name!r} (it has: {_names(own)})",
+                    f"partition_map names unknown partition {downstream!r} of {spec.name!r} "
+                    f"(it has: {_names(own)})",
                     "partition-map",
                     key=True,
                 )
@@ -86,7 +111,12 @@ def _dependencies(table: LocatedTable, by_name: dict[str, LocatedTable], known: 
             all_resolved = False
             if name not in known:
                 hint = did_you_mean(name, sorted(known))
-                yield _at(table, (*path, "dependency_name"), f"unknown dependency {name!r}{hint}", "unknown-dependency")
+                yield _at(
+                    table,
+                    (*path, "dependency_name"),
+                    f"unknown dependency {name!r}{hint}",
+                    "unknown-dependency",
+                )
             continue
         yield from _shared_partitions(table, index, upstream.spec)
     if all_resolved and spec.dependencies:
@@ -102,7 +132,8 @@ def _shared_partitions(table: LocatedTable, index: int, upstream: TableSpec) -> 
             yield _at(
                 table,
                 ("dependencies", index, "partition_map", downstream),
-                f"partition_map maps {downstream!r} to {mapped!r}, which {upstream.name!r} does not have (it has: {_names(theirs)})",
+                f"partition_map maps {downstream!r} to {mapped!r}, which {upstream.name!r} does not have "
+                f"(it has: {_names(theirs)})",
                 "partition-map",
             )
     for partition in {p.name: p for p in spec.partitions}.values():  # duplicates are reported apart
@@ -150,7 +181,13 @@ def _templates(table: LocatedTable) -> Iterator[Problem]:
 def _cycles(by_name: dict[str, LocatedTable]) -> Iterator[Problem]:
     """One problem per dependency cycle, printed from its alphabetically first table."""
     graph = {
-        name: sorted({d.dependency_name for d in t.spec.dependencies if d.dependency_name in by_name and d.dependency_name != name})
+        name: sorted(
+            {
+                d.dependency_name
+                for d in t.spec.dependencies
+                if d.dependency_name in by_name and d.dependency_name != name
+            }
+        )
         for name, t in by_name.items()
     }
     for component in _strongly_connected(graph):
@@ -159,7 +196,12 @@ def _cycles(by_name: dict[str, LocatedTable]) -> Iterator[Problem]:
         cycle = _cycle_through(min(component), graph, component)
         start = by_name[cycle[0]]
         index = next(i for i, d in enumerate(start.spec.dependencies) if d.dependency_name == cycle[1])
-        yield _at(start, ("dependencies", index, "dependency_name"), "dependency cycle: " + " -> ".join(cycle), "cycle")
+        yield _at(
+            start,
+            ("dependencies", index, "dependency_name"),
+            "dependency cycle: " + " -> ".join(cycle),
+            "cycle",
+        )
 
 
 def _strongly_connected(graph: dict[str, list[str]]) -> list[set[str]]:
@@ -225,5 +267,5 @@ def _cycle_through(start: str, graph: dict[str, list[str]], component: set[str])
     raise AssertionError(f"{start} is in a cycle but no path returns to it")
 
 
-def _names(partitions: dict[str, object]) -> str:
+def _names(partitions: Mapping[str, object]) -> str:
     return ", ".join(partitions) or "no partitions"

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from functools import cache
 from importlib import resources
-from typing import Any
+from typing import Any, cast
 
 import jsonschema_rs
 from jsonschema import Draft202012Validator
@@ -62,6 +62,10 @@ def schema_problems(data: Any, locator: Locator) -> list[Problem]:
     return problems
 
 
+def _as_list(value: object) -> list[Any]:
+    return list(value) if isinstance(value, list | tuple) else []
+
+
 def _not_a_mapping(data: Any) -> str:
     return f"a table definition must be a mapping of fields, got {_describe(data)}"
 
@@ -85,14 +89,14 @@ def _translate(error: ValidationError, locator: Locator) -> list[Problem]:
         where = f" in {_field(path)}" if path else ""
         return [
             Problem(locator.locate(path), f"missing required field {name!r}{where}", "schema-required")
-            for name in error.validator_value
+            for name in _as_list(error.validator_value)
             if name not in instance
         ]
     return [Problem(locator.locate(path), _message(kind, error, path, schema), f"schema-{kind}")]
 
 
 def _message(kind: str, error: ValidationError, path: tuple[PathSegment, ...], schema: dict[str, Any]) -> str:
-    field, value, expected = _field(path), error.instance, error.validator_value
+    field, value, expected = _field(path), error.instance, cast(Any, error.validator_value)
     if kind == "type":
         wanted = [expected] if isinstance(expected, str) else list(expected)
         names = " or ".join(_JSON_TYPES.get(t, t) for t in wanted)

@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from functools import lru_cache
-from typing import Any
+from typing import Any, cast
 
 from jinja2 import StrictUndefined, TemplateSyntaxError, nodes
 from jinja2.meta import find_undeclared_variables
@@ -84,7 +84,7 @@ def _analyse(source: str) -> _Shape:
             continue
         if attr.startswith("_"):
             private.append(attr)
-        elif _is_partitions(node.node):
+        elif _is_partitions(cast(nodes.Getattr | nodes.Getitem, node).node):
             used.append(attr)
     return _Shape(None, unknown, tuple(private), tuple(dict.fromkeys(used)))
 

@@ -60,7 +60,9 @@ def validate_directory(root: Path, *, max_file_bytes: int = DEFAULT_MAX_FILE_BYT
     ]
     if not files:
         where = Location(root.as_posix())
-        return ValidationResult(problems=[Problem(where, "no *.yaml or *.yml definition files found", "no-definitions")])
+        return ValidationResult(
+            problems=[Problem(where, "no *.yaml or *.yml definition files found", "no-definitions")]
+        )
     return validate_sources(files)
 
 
@@ -74,7 +76,7 @@ def validate_sources(files: Iterable[SourceFile]) -> ValidationResult:
         result.problems.extend(source.problems)
         all_readable &= source.readable
         for document in source.documents:
-            table = _table(document, result.problems)
+            table = _table(document, result.problems) if document.usable else None
             if table is not None:
                 result.tables.append(table)
             elif isinstance(document.data, dict) and isinstance(document.data.get("name"), str):

@@ -42,6 +42,9 @@ MAX_DEPTH = 64
 _TAG = "tag:yaml.org,2002:"
 _STR, _INT, _FLOAT, _BOOL, _NULL = (_TAG + t for t in ("str", "int", "float", "bool", "null"))
 _TIMESTAMP, _SEQ, _MAP, _MERGE = (_TAG + t for t in ("timestamp", "seq", "map", "merge"))
+# Builder problems after which a document's value is incomplete; duplicate or non-string keys are not
+# among them (the first value is kept), so the document is still checked further.
+_FATAL = frozenset({"tag", "yaml-limit"})
 _CONSTRUCTOR = yaml.constructor.SafeConstructor()
 _SCALARS = {
     _INT: _CONSTRUCTOR.construct_yaml_int,
@@ -68,6 +71,9 @@ class SourceDocument:
     index: int
     data: Any
     raw: bytes = field(repr=False)
+    #: False when a value could not be built (a tag, an alias bomb): checking the rest would only
+    #: report consequences of that problem.
+    usable: bool = True
     _node: yaml.Node | None = field(default=None, repr=False)
 
     def locate(self, path: tuple[PathSegment, ...], *, key: bool = False) -> Location:
@@ -140,13 +146,14 @@ def parse_bytes(data: bytes, display: str) -> SourceFile:
         source.problems.append(too_deep)
         return source
     try:
-        for index, node in enumerate(yaml.compose_all(data, Loader=_Loader)):  # noqa: S506
-            if node is None:  # an empty document between two `---`
-                continue
+        for index, node in enumerate(yaml.compose_all(data, Loader=_Loader)):
+            if isinstance(node, yaml.ScalarNode) and node.tag == _NULL and not node.value:
+                continue  # an empty document, such as a trailing `---`
             builder = _Builder(display)
             value = builder.build(node)
             source.problems.extend(builder.problems)
-            source.documents.append(SourceDocument(display, index, value, data))
+            usable = not any(p.code in _FATAL for p in builder.problems)
+            source.documents.append(SourceDocument(display, index, value, data, usable))
     except yaml.MarkedYAMLError as exc:
         source.problems.append(_yaml_error(exc, display))
     except yaml.YAMLError as exc:  # reader errors: bad encoding, control characters
@@ -160,7 +167,7 @@ def parse_bytes(data: bytes, display: str) -> SourceFile:
 
 def _yaml_error(exc: yaml.MarkedYAMLError, display: str) -> Problem:
     mark = exc.problem_mark or exc.context_mark
-    location = Location(display, mark.line + 1, mark.column + 1) if mark else Location(display)
+    location = Location(display, mark.line + 1, mark.column + 1) if mark is not None else Location(display)
     message = exc.problem or "malformed document"
     if exc.context:
         message = f"{message} ({exc.context})"
@@ -178,8 +185,9 @@ def _check_depth(data: bytes, display: str) -> Problem | None:
                 depth += 1
                 if depth > MAX_DEPTH:
                     mark = event.start_mark
+                    where = Location(display, mark.line + 1, mark.column + 1) if mark else Location(display)
                     return Problem(
-                        Location(display, mark.line + 1, mark.column + 1),
+                        where,
                         f"values nest deeper than {MAX_DEPTH} levels",
                         "yaml-limit",
                     )
@@ -200,9 +208,8 @@ def _child(node: yaml.Node, segment: PathSegment) -> tuple[yaml.Node, yaml.Node]
         for key_node, value_node in node.value:
             if key_node.value == segment:
                 return key_node, value_node
-    elif isinstance(node, yaml.SequenceNode) and isinstance(segment, int):
-        if 0 <= segment < len(node.value):
-            return node.value[segment], node.value[segment]
+    elif isinstance(node, yaml.SequenceNode) and isinstance(segment, int) and 0 <= segment < len(node.value):
+        return node.value[segment], node.value[segment]
     return None
 
 
@@ -223,7 +230,7 @@ class _Builder:
 
     def build(self, node: yaml.Node) -> Any:
         try:
-            value, size = self._node(node, 1)
+            value, _ = self._node(node, 1)
         except _AliasLimit:
             self.problems.append(
                 Problem(
@@ -245,10 +252,14 @@ class _Builder:
         known = self._built.get(id(node))
         if known is not None:
             return known
-        if id(node) in self._building or depth > MAX_DEPTH:
-            self._problem(node, "recursive alias or nesting too deep", "yaml-limit")
+        if id(node) in self._building:
+            self._problem(node, "an alias refers to a value that contains it (recursive alias)", "yaml-limit")
+            return None, 1
+        if depth > MAX_DEPTH:
+            self._problem(node, f"values nest deeper than {MAX_DEPTH} levels", "yaml-limit")
             return None, 1
         self._building.add(id(node))
+        built: tuple[Any, int]
         if isinstance(node, yaml.SequenceNode) and node.tag == _SEQ:
             built = self._sequence(node, depth)
         elif isinstance(node, yaml.MappingNode) and node.tag == _MAP:

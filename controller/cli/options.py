@@ -3,14 +3,26 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 import click
 
+FC = TypeVar("FC", bound=Callable[..., Any])
 _SIZE = re.compile(r"^\s*(\d+)\s*(b|k|kb|kib|m|mb|mib)?\s*$", re.IGNORECASE)
-_UNITS = {"": 1, "b": 1, "k": 1024, "kb": 1024, "kib": 1024, "m": 1024**2, "mb": 1024**2, "mib": 1024**2}
+_UNITS = {
+    "": 1,
+    "b": 1,
+    "k": 1024,
+    "kb": 1024,
+    "kib": 1024,
+    "m": 1024**2,
+    "mb": 1024**2,
+    "mib": 1024**2,
+}
 
 
-class ByteSize(click.ParamType):
+class ByteSize(click.ParamType):  # type: ignore[type-arg]  # generic only in newer click stubs
     """A size such as ``1048576``, ``512KiB`` or ``2MiB``, as a number of bytes."""
 
     name = "size"
@@ -24,9 +36,9 @@ class ByteSize(click.ParamType):
         return int(match.group(1)) * _UNITS[(match.group(2) or "").lower()]
 
 
-def format_option(*choices: str) -> click.Option:
+def format_option(*choices: str) -> Callable[[FC], FC]:
     """``--format`` with the given choices; the first is the default."""
-    return click.option(  # type: ignore[return-value]
+    return click.option(
         "--format",
         "output_format",
         type=click.Choice(choices),
