@@ -78,13 +78,14 @@ def _analyse(source: str) -> _Shape:
     unknown = tuple(sorted(n for n in find_undeclared_variables(ast) if n not in CONTEXT_NAMES))
     private: list[str] = []
     used: list[str] = []
+    methods = {id(call.node) for call in ast.find_all(nodes.Call)}  # partitions.items() is no partition
     for node in ast.find_all((nodes.Getattr, nodes.Getitem)):
         attr = _attribute_name(node)
         if attr is None:
             continue
         if attr.startswith("_"):
             private.append(attr)
-        elif _is_partitions(cast(nodes.Getattr | nodes.Getitem, node).node):
+        elif id(node) not in methods and _is_partitions(cast(nodes.Getattr | nodes.Getitem, node).node):
             used.append(attr)
     return _Shape(None, unknown, tuple(private), tuple(dict.fromkeys(used)))
 

@@ -105,7 +105,9 @@ CASES = [
     Case(
         "oversize-file",
         {"a.yaml": table("description: " + "x" * 2000 + "\npartitions: []", name="a")},
-        ["defs/a.yaml:1:1: file is 2,048 bytes, larger than the 1,024-byte limit; split it into several files"],
+        [
+            "defs/a.yaml:1:1: file is 2,048 bytes, larger than the 1,024-byte limit; split it into several files"
+        ],
         max_bytes=1024,
     ),
     Case(
@@ -186,7 +188,11 @@ CASES = [
     ),
     Case(
         "step-function-target-not-an-arn",
-        {"a.yaml": table("partitions: []\ntasks:\n  - {alias: t, type: step_function, target: my-flow}", name="a")},
+        {
+            "a.yaml": table(
+                "partitions: []\ntasks:\n  - {alias: t, type: step_function, target: my-flow}", name="a"
+            )
+        },
         [
             "defs/a.yaml:5:45: 'tasks[0].target' 'my-flow' is not valid: a state machine ARN "
             "(arn:aws:states:REGION:ACCOUNT:stateMachine:NAME)"
@@ -208,7 +214,9 @@ CASES = [
                 name="a",
             )
         },
-        ["defs/a.yaml:5:55: 'tasks[0].params.--x' must be a string or a number or true or false, got a mapping"],
+        [
+            "defs/a.yaml:5:55: 'tasks[0].params.--x' must be a string or a number or true or false, got a mapping"
+        ],
     ),
     Case(
         "duplicate-approvers",
@@ -361,7 +369,7 @@ CASES = [
         {
             "a.yaml": table(
                 "partitions: []\ntasks:\n"
-                "  - {alias: t, type: lambda, target: fn, params: {x: \"{{ table.__class__.__mro__ }}\"}}",
+                '  - {alias: t, type: lambda, target: fn, params: {x: "{{ table.__class__.__mro__ }}"}}',
                 name="a",
             )
         },

@@ -53,8 +53,9 @@ def _print_text(result: ValidationResult) -> None:
     counts = result.summary()
     if result.valid:
         click.secho(
-            f"Valid: {counts['tables']} tables, {counts['dependencies']} dependencies, "
-            f"{counts['tasks']} tasks in {counts['files']} files.",
+            f"Valid: {_plural(counts['tables'], 'table')}, "
+            f"{_plural(counts['dependencies'], 'dependency', 'dependencies')}, "
+            f"{_plural(counts['tasks'], 'task')} in {_plural(counts['files'], 'file')}.",
             fg="green",
         )
     else:
@@ -74,5 +75,5 @@ def _as_json(result: ValidationResult) -> dict[str, object]:
     }
 
 
-def _plural(count: int, word: str) -> str:
-    return f"{count} {word}" if count == 1 else f"{count} {word}s"
+def _plural(count: int, word: str, plural: str | None = None) -> str:
+    return f"{count} {word}" if count == 1 else f"{count} {plural or word + 's'}"

@@ -1,0 +1,123 @@
+"""``flux-control validate`` as a user runs it: exit codes, formats, default directory."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from controller.cli import main
+from tests.conftest import REPO_ROOT, WriteDefs
+
+BROKEN = {
+    "a.yaml": "version: 1\nname: a\npartitions: []\nowner: 1\n",
+    "b.yaml": "version: 1\nname: b\npartitions: []\ndependencies: [{dependency_name: nope}]\n",
+}
+
+
+def test_example_definitions_are_valid() -> None:
+    result = CliRunner().invoke(main, ["validate", str(REPO_ROOT / "definitions")])
+    assert result.exit_code == 0, result.output
+    assert result.output == "Valid: 7 tables, 5 dependencies, 4 tasks in 5 files.\n"
+
+
+def test_default_directory_is_definitions(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    shutil.copytree(REPO_ROOT / "definitions", tmp_path / "definitions")
+    shutil.copytree(REPO_ROOT / "schemas", tmp_path / "schemas")
+    monkeypatch.chdir(tmp_path)
+    result = CliRunner().invoke(main, ["validate"])
+    assert result.exit_code == 0, result.output
+    assert result.output.startswith("Valid: 7 tables")
+
+
+def test_missing_default_directory_is_a_usage_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    result = CliRunner().invoke(main, ["validate"])
+    assert result.exit_code == 2
+    assert "'definitions' does not exist" in result.output
+
+
+def test_problems_then_summary_and_exit_1(write_defs: WriteDefs) -> None:
+    root = write_defs(BROKEN)
+    result = CliRunner().invoke(main, ["validate", str(root)])
+    assert result.exit_code == 1
+    assert result.output.splitlines() == [
+        "defs/a.yaml:4:8: 'owner' must be a string, got number 1",
+        "defs/b.yaml:4:34: unknown dependency 'nope'",
+        "Invalid: 2 problems in 2 files; nothing was written.",
+    ]
+
+
+def test_json_format_carries_the_same_problems(write_defs: WriteDefs) -> None:
+    root = write_defs(BROKEN)
+    result = CliRunner().invoke(main, ["validate", str(root), "--format", "json"])
+    assert result.exit_code == 1
+    document = json.loads(result.output)
+    assert document["valid"] is False
+    assert document["summary"]["problems"] == 2
+    assert document["problems"][1] == {
+        "path": "defs/b.yaml",
+        "line": 4,
+        "column": 34,
+        "code": "unknown-dependency",
+        "message": "unknown dependency 'nope'",
+    }
+
+
+def test_json_format_when_valid() -> None:
+    result = CliRunner().invoke(main, ["validate", str(REPO_ROOT / "definitions"), "--format", "json"])
+    assert result.exit_code == 0
+    assert json.loads(result.output) == {
+        "valid": True,
+        "summary": {
+            "files": 5,
+            "tables": 7,
+            "dependencies": 5,
+            "tasks": 4,
+            "problems": 0,
+            "files_with_problems": 0,
+        },
+        "problems": [],
+    }
+
+
+def test_output_is_stable_between_runs(write_defs: WriteDefs) -> None:
+    root = write_defs(BROKEN)
+    outputs = {CliRunner().invoke(main, ["validate", str(root)]).output for _ in range(3)}
+    assert len(outputs) == 1
+
+
+@pytest.mark.parametrize(("size", "exit_code"), [("16", 1), ("64KiB", 0), ("1MiB", 0)])
+def test_max_file_size_accepts_units(write_defs: WriteDefs, size: str, exit_code: int) -> None:
+    root = write_defs({"a.yaml": "version: 1\nname: a\npartitions: []\n"})
+    result = CliRunner().invoke(main, ["validate", str(root), "--max-file-size", size])
+    assert result.exit_code == exit_code, result.output
+
+
+def test_bad_max_file_size_is_a_usage_error(write_defs: WriteDefs) -> None:
+    root = write_defs({"a.yaml": "version: 1\nname: a\npartitions: []\n"})
+    result = CliRunner().invoke(main, ["validate", str(root), "--max-file-size", "lots"])
+    assert result.exit_code == 2
+    assert "'lots' is not a size such as 1048576, 512KiB or 2MiB" in result.output
+
+
+def test_an_empty_directory_is_invalid(defs_dir: Path) -> None:
+    result = CliRunner().invoke(main, ["validate", "defs"])
+    assert result.exit_code == 1
+    assert result.output.splitlines()[0] == "defs:1:1: no *.yaml or *.yml definition files found"
+
+
+def test_a_single_file_can_be_validated(write_defs: WriteDefs) -> None:
+    write_defs({"a.yaml": "version: 1\nname: a\npartitions: []\n"})
+    result = CliRunner().invoke(main, ["validate", "defs/a.yaml"])
+    assert result.exit_code == 0
+    assert result.output == "Valid: 1 table, 0 dependencies, 0 tasks in 1 file.\n"
+
+
+def test_help_shows_examples() -> None:
+    result = CliRunner().invoke(main, ["validate", "--help"])
+    assert result.exit_code == 0
+    assert "flux-control validate path/to/definitions --format json" in result.output
