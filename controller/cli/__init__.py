@@ -5,6 +5,8 @@ from __future__ import annotations
 import click
 
 from controller import __version__
+from controller.cli.db import db_group
+from controller.cli.reconcile import apply_command, drift_command, plan_command
 from controller.cli.validate import validate
 
 
@@ -18,4 +20,5 @@ def main() -> None:
     """
 
 
-main.add_command(validate)
+for command in (validate, plan_command, apply_command, drift_command, db_group):
+    main.add_command(command)

@@ -1,0 +1,99 @@
+"""What several commands share: the database option, revision and actor detection, error handling."""
+
+from __future__ import annotations
+
+import functools
+import getpass
+import os
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+import click
+from sqlalchemy import Engine
+from sqlalchemy.exc import SQLAlchemyError
+
+from controller.db.engine import DEFAULT_DATABASE_URL, database_url, make_engine, safe_url
+from controller.plan_documents import PlanFileError
+from controller.reconciler import ReconcileError
+from controller.validation import ValidationResult
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+database_option = click.option(
+    "--database-url",
+    envvar="FLUX_DATABASE_URL",
+    default=DEFAULT_DATABASE_URL,
+    show_default=True,
+    show_envvar=True,
+    help="SQLAlchemy URL of the database (postgresql+psycopg://… in production).",
+)
+
+directory_argument = click.argument(
+    "directory",
+    default="definitions",
+    type=click.Path(exists=True, file_okay=True, dir_okay=True, path_type=Path),
+)
+
+
+def open_engine(url: str) -> Engine:
+    return make_engine(database_url(url))
+
+
+def friendly_errors(command: F) -> F:
+    """Turn expected failures into one clear line on stderr and exit 1; never a stack trace."""
+
+    @functools.wraps(command)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return command(*args, **kwargs)
+        except (ReconcileError, PlanFileError) as exc:
+            _fail(str(exc))
+        except SQLAlchemyError as exc:
+            url = safe_url(database_url(kwargs.get("database_url")))
+            reason = str(getattr(exc, "orig", None) or exc).strip().splitlines()[0]
+            _fail(f"database error on {url}: {reason}. Check --database-url / FLUX_DATABASE_URL.")
+
+    return wrapper  # type: ignore[return-value]
+
+
+def _fail(message: str) -> None:
+    click.secho(f"Error: {message}", fg="red", err=True)
+    sys.exit(1)
+
+
+def report_invalid(result: ValidationResult) -> None:
+    """Print validation problems to stderr and exit 1: nothing is planned or written."""
+    for problem in result.problems:
+        click.echo(str(problem), err=True)
+    _fail(f"the definitions have {len(result.problems)} problem(s); fix them (see `flux-control validate`).")
+
+
+def resolve_revision(explicit: str | None, directory: Path | None) -> str:
+    """``--revision``, else ``GITHUB_SHA``, else ``git rev-parse HEAD`` in the directory, else unknown."""
+    if explicit:
+        return explicit
+    if os.environ.get("GITHUB_SHA"):
+        return os.environ["GITHUB_SHA"]
+    cwd = directory if directory and directory.is_dir() else (directory.parent if directory else Path.cwd())
+    try:
+        found = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=cwd, capture_output=True, text=True, timeout=10, check=True
+        )
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+    return found.stdout.strip() or "unknown"
+
+
+def resolve_actor(explicit: str | None) -> str:
+    """``--actor``, else ``GITHUB_ACTOR``, else the local user name."""
+    if explicit:
+        return explicit
+    if os.environ.get("GITHUB_ACTOR"):
+        return f"github:{os.environ['GITHUB_ACTOR']}"
+    try:
+        return getpass.getuser()
+    except (KeyError, OSError):
+        return "unknown"

@@ -1,0 +1,200 @@
+"""``plan``, ``apply`` and ``drift``: sync the definitions in Git into the database."""
+
+from __future__ import annotations
+
+import json
+import sys
+from datetime import UTC, datetime
+from pathlib import Path
+
+import click
+
+from controller.cli.common import (
+    database_option,
+    directory_argument,
+    friendly_errors,
+    open_engine,
+    report_invalid,
+    resolve_actor,
+    resolve_revision,
+)
+from controller.db.definitions_store import RevisionInfo
+from controller.plan_documents import read_plan_file, write_plan_file
+from controller.plan_rendering import render_markdown, render_text
+from controller.plans import Plan, TableState
+from controller.reconciler import DEFAULT_LOCK_TIMEOUT, apply, desired_states, plan
+from controller.validation import validate_directory
+
+
+def _desired(directory: Path) -> dict[str, TableState]:
+    result = validate_directory(directory)
+    if not result.valid:
+        report_invalid(result)
+    return desired_states(result)
+
+
+@click.command("plan")
+@directory_argument
+@database_option
+@click.option(
+    "--format",
+    "output_format",
+    type=click.Choice(["text", "json", "markdown"]),
+    default="text",
+    show_default=True,
+)
+@click.option(
+    "--out", type=click.Path(dir_okay=False, path_type=Path), help="Also write the plan as JSON here."
+)
+@click.option("--detailed-exitcode", is_flag=True, help="Exit 0 with no changes, 2 with changes, 1 on error.")
+@click.option("--revision", help="Git revision to record in the plan (default: GITHUB_SHA or git HEAD).")
+@friendly_errors
+def plan_command(
+    directory: Path,
+    database_url: str,
+    output_format: str,
+    out: Path | None,
+    detailed_exitcode: bool,
+    revision: str | None,
+) -> None:
+    """Show what apply would change in the database, per table and field; writes nothing.
+
+    Deletions are listed first. With --out, the JSON plan can later be applied exactly with
+    `apply --plan`, which refuses it if the database changed in between.
+
+    \b
+    Examples:
+      flux-control plan
+      flux-control plan definitions --detailed-exitcode
+      flux-control plan --format markdown > comment.md
+      flux-control plan --out plan.json && flux-control apply --plan plan.json
+    """
+    result, _ = plan(open_engine(database_url), _desired(directory))
+    result.revision = resolve_revision(revision, directory)
+    result.created_at = datetime.now(UTC)
+    if out is not None:
+        write_plan_file(result, out)
+    _print_plan(result, output_format)
+    if detailed_exitcode and result.has_changes:
+        sys.exit(2)
+
+
+def _print_plan(result: Plan, output_format: str) -> None:
+    if output_format == "json":
+        click.echo(json.dumps(result.as_dict(), indent=2, ensure_ascii=False))
+    elif output_format == "markdown":
+        click.echo(render_markdown(result), nl=False)
+    else:
+        click.echo(render_text(result, colour=sys.stdout.isatty()), nl=False)
+
+
+@click.command("apply")
+@directory_argument
+@database_option
+@click.option(
+    "--plan",
+    "plan_file",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="Apply exactly this plan (from `plan --out`) instead of the directory.",
+)
+@click.option("--allow-delete", is_flag=True, help="Allow deleting tables that have execution history.")
+@click.option("--revision", help="Git revision to record (default: GITHUB_SHA, else git rev-parse HEAD).")
+@click.option("--actor", help="Who applies (default: GITHUB_ACTOR, else the local user).")
+@click.option(
+    "--lock-timeout",
+    type=click.FloatRange(min=0),
+    default=DEFAULT_LOCK_TIMEOUT,
+    show_default=True,
+    help="Seconds to wait for another apply to finish.",
+)
+@friendly_errors
+def apply_command(
+    directory: Path,
+    database_url: str,
+    plan_file: Path | None,
+    allow_delete: bool,
+    revision: str | None,
+    actor: str | None,
+    lock_timeout: float,
+) -> None:
+    """Make the database match the definitions, in one transaction.
+
+    An empty database gets its schema first. Tables with execution history are only deleted with
+    --allow-delete (they are marked deleted; their history is kept). Applying unchanged
+    definitions writes nothing.
+
+    \b
+    Examples:
+      flux-control apply
+      flux-control apply definitions --revision "$GITHUB_SHA"
+      flux-control apply --plan plan.json
+      flux-control apply --allow-delete
+    """
+    saved = read_plan_file(plan_file) if plan_file else None
+    outcome = apply(
+        open_engine(database_url),
+        desired=None if saved else _desired(directory),
+        saved_plan=saved,
+        allow_delete=allow_delete,
+        revision=resolve_revision(revision or (saved.revision if saved else None), directory),
+        actor=resolve_actor(actor),
+        now=datetime.now(UTC),
+        lock_timeout=lock_timeout,
+    )
+    if not outcome.applied:
+        click.echo("No changes. Nothing to apply.")
+        return
+    click.echo(render_text(outcome.plan, colour=sys.stdout.isatty()), nl=False)
+    s = outcome.plan.summary()
+    click.secho(
+        f"Apply complete: {s['create']} created, {s['update']} updated, {s['delete']} deleted.",
+        fg="green",
+    )
+
+
+@click.command("drift")
+@directory_argument
+@database_option
+@click.option(
+    "--format", "output_format", type=click.Choice(["text", "json"]), default="text", show_default=True
+)
+@friendly_errors
+def drift_command(directory: Path, database_url: str, output_format: str) -> None:
+    """Report database state that differs from the definitions (changed by hand, or not applied).
+
+    Exits 0 when the database matches, 2 when it drifted. The next apply heals the drift.
+
+    \b
+    Examples:
+      flux-control drift
+      flux-control drift definitions --format json
+    """
+    result, last = plan(open_engine(database_url), _desired(directory))
+    if output_format == "json":
+        document = {"drift": result.has_changes, "last_apply": _revision_dict(last), "plan": result.as_dict()}
+        click.echo(json.dumps(document, indent=2, ensure_ascii=False))
+    else:
+        click.echo(_drift_text(result, last), nl=False)
+    if result.has_changes:
+        sys.exit(2)
+
+
+def _drift_text(result: Plan, last: RevisionInfo | None) -> str:
+    applied = (
+        f"last applied from revision {last.revision} by {last.actor} at {last.applied_at:%Y-%m-%d %H:%M:%S}Z"
+        if last
+        else "never applied"
+    )
+    if not result.has_changes:
+        return f"No drift: the database matches the definitions ({applied}).\n"
+    header = (
+        f"Drift: the database differs from the definitions ({applied}).\n"
+        "The next apply would make these changes:\n\n"
+    )
+    return header + render_text(result, colour=sys.stdout.isatty())
+
+
+def _revision_dict(last: RevisionInfo | None) -> dict[str, str] | None:
+    if last is None:
+        return None
+    return {"revision": last.revision, "actor": last.actor, "applied_at": last.applied_at.isoformat()}
