@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import os
 import textwrap
-from collections.abc import Callable
+import uuid
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from urllib.parse import quote
 
 import pytest
+from sqlalchemy import Engine, create_engine, text
+from sqlalchemy.exc import OperationalError
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
@@ -37,3 +42,59 @@ def write_defs(defs_dir: Path) -> WriteDefs:
         return Path("defs")
 
     return write
+
+
+# --- databases ---------------------------------------------------------------------------------------
+# Every database test runs on SQLite and on PostgreSQL. PostgreSQL tests skip only on a developer
+# machine without PostgreSQL; when FLUX_TEST_POSTGRES_URL is set (CI sets it) or CI=true, an
+# unreachable PostgreSQL fails them instead.
+
+DEFAULT_POSTGRES_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/test"
+POSTGRES_URL = os.environ.get("FLUX_TEST_POSTGRES_URL") or DEFAULT_POSTGRES_URL
+POSTGRES_REQUIRED = bool(os.environ.get("FLUX_TEST_POSTGRES_URL")) or os.environ.get("CI") == "true"
+
+
+def _postgres_admin() -> Engine:
+    engine = create_engine(POSTGRES_URL, isolation_level="AUTOCOMMIT")
+    try:
+        with engine.connect() as connection:
+            connection.execute(text("SELECT 1"))
+    except OperationalError as exc:
+        engine.dispose()
+        message = f"PostgreSQL at {POSTGRES_URL} is not reachable: {exc.orig}"
+        if POSTGRES_REQUIRED:
+            pytest.fail(message)
+        pytest.skip(message)
+    return engine
+
+
+@pytest.fixture(scope="session")
+def postgres_admin() -> Iterator[Engine]:
+    engine = _postgres_admin()
+    yield engine
+    engine.dispose()
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgresql)])
+def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    """A URL to an empty database: a SQLite file, or a fresh PostgreSQL schema dropped afterwards."""
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path / 'flux.db'}"
+        return
+    admin: Engine = request.getfixturevalue("postgres_admin")
+    schema = f"flux_test_{uuid.uuid4().hex[:12]}"
+    with admin.connect() as connection:
+        connection.execute(text(f'CREATE SCHEMA "{schema}"'))
+    separator = "&" if "?" in POSTGRES_URL else "?"
+    yield f"{POSTGRES_URL}{separator}options={quote(f'-csearch_path={schema}')}"
+    with admin.connect() as connection:
+        connection.execute(text(f'DROP SCHEMA "{schema}" CASCADE'))
+
+
+@pytest.fixture
+def engine(database_url: str) -> Iterator[Engine]:
+    from controller.db.engine import make_engine
+
+    created = make_engine(database_url)
+    yield created
+    created.dispose()

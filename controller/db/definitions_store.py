@@ -164,10 +164,9 @@ def write_actions(
     new = [a for a in upserts if a.table not in ids]
     if new:
         rows = [_table_row(a.after, revision_id, now) | {"created_at": now} for a in new if a.after]
-        inserted = session.execute(
-            insert(TableRow).returning(TableRow.id, TableRow.name, sort_by_parameter_order=True), rows
-        )
-        ids.update({name: table_id for table_id, name in inserted})
+        session.execute(insert(TableRow), rows)
+        # One query for the new ids: RETURNING with parameter order makes SQLite insert row by row.
+        ids = {name: table_id for table_id, name in session.execute(select(TableRow.id, TableRow.name))}
     existing = [a for a in upserts if a.table in state.ids]
     if existing:
         session.execute(

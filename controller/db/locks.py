@@ -12,7 +12,7 @@ from sqlalchemy.orm import Session
 from controller.db.engine import SQLITE_BUSY_TIMEOUT
 
 # Namespaced by schema so that two deployments sharing one PostgreSQL database do not block each other.
-_ADVISORY_KEY = "hashtext(current_schema() || ':flux-control:apply')"
+_ADVISORY_KEY = "hashtext(current_schema() || '/flux-control/apply')"
 
 
 class LockTimeout(Exception):
