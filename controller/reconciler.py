@@ -22,8 +22,9 @@ from controller.db.definitions_store import (
     read_state,
     write_actions,
 )
+from controller.db.engine import read_only
 from controller.db.locks import acquire_apply_lock, is_lock_timeout, sqlite_lock_wait
-from controller.db.migrate import SchemaStatus, schema_status, upgrade
+from controller.db.migrate import SchemaStatus, schema_status, upgrade_in
 from controller.plans import (
     History,
     Plan,
@@ -63,13 +64,14 @@ def plan(engine: Engine, desired: Mapping[str, TableState]) -> tuple[Plan, Revis
 
     Returns the last applied revision too, for reports. A database without a schema plans as empty.
     """
-    status = _status(engine)
+    reader = read_only(engine)
+    status = _status(reader)
     if status.empty:
         result = make_plan({}, desired)
-        result.notes.append("The database is empty: apply will create its schema first.")
+        result.notes.append("The database is empty: apply will create its schema first.\n")
         return result, None
     _require_current_schema(status)
-    with Session(engine) as session:
+    with Session(reader) as session:
         state = read_state(session)
         history = read_history(session, {n: state.ids[n] for n in state.tables if n not in desired})
         return make_plan(state.tables, desired, history), last_revision(session)
@@ -93,33 +95,35 @@ def apply(
     """
     if (desired is None) == (saved_plan is None):
         raise ValueError("give exactly one of desired or saved_plan")
-    status = _status(engine)
-    if status.empty:
-        upgrade(engine)
-    else:
-        _require_current_schema(status)
     try:
         with (
             engine.connect() as connection,
             sqlite_lock_wait(connection, lock_timeout),
-            Session(bind=connection) as session,
-            session.begin(),
+            connection.begin(),
         ):
-            acquire_apply_lock(session, lock_timeout)
-            state = read_state(session)
-            result = _checked_plan(session, state, desired, saved_plan, allow_delete)
-            if not result.actions:
-                return ApplyOutcome(result, None)
-            revision_id = write_actions(
-                session,
-                state,
-                result.actions,
-                revision=revision,
-                actor=actor,
-                desired_digest=result.desired_digest,
-                summary=result.summary(),
-                now=now,
-            )
+            acquire_apply_lock(connection, lock_timeout)
+            # Under the lock: two applies on an empty database must not both create the schema.
+            status = schema_status(connection)
+            if status.empty:
+                upgrade_in(connection)
+            else:
+                _require_current_schema(status)
+            with Session(bind=connection) as session:  # joins the transaction; commits with it
+                state = read_state(session)
+                result = _checked_plan(session, state, desired, saved_plan, allow_delete)
+                if not result.actions:
+                    return ApplyOutcome(result, None)
+                revision_id = write_actions(
+                    session,
+                    state,
+                    result.actions,
+                    revision=revision,
+                    actor=actor,
+                    desired_digest=result.desired_digest,
+                    summary=result.summary(),
+                    now=now,
+                )
+                session.flush()
             return ApplyOutcome(result, revision_id)
     except OperationalError as exc:
         if is_lock_timeout(exc):

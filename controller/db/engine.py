@@ -10,6 +10,7 @@ from sqlalchemy.engine import URL, make_url
 from sqlalchemy.orm import Session, sessionmaker
 
 DEFAULT_DATABASE_URL = "sqlite:///flux-control.db"
+READ_ONLY_OPTION = "flux_read_only"
 #: How long a SQLite writer waits for another one before failing (seconds).
 SQLITE_BUSY_TIMEOUT = 30
 
@@ -52,10 +53,17 @@ def _sqlite_engine(url: URL, **kwargs: Any) -> Engine:
     def _on_begin(connection: Any) -> None:
         # IMMEDIATE takes the write lock up front: two writers queue on the busy timeout instead of
         # one failing with "database is locked" when it upgrades a read lock mid-transaction.
-        connection.exec_driver_sql("BEGIN IMMEDIATE")
+        # Readers (see `read_only`) begin deferred and, in WAL mode, never wait for a writer.
+        read_only = connection.get_execution_options().get(READ_ONLY_OPTION)
+        connection.exec_driver_sql("BEGIN" if read_only else "BEGIN IMMEDIATE")
 
     return engine
 
 
 def session_factory(engine: Engine) -> sessionmaker[Session]:
     return sessionmaker(engine, expire_on_commit=False)
+
+
+def read_only(engine: Engine) -> Engine:
+    """The same engine for transactions that only read (on SQLite they take no write lock)."""
+    return engine.execution_options(**{READ_ONLY_OPTION: True})

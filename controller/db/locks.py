@@ -7,12 +7,11 @@ from contextlib import contextmanager
 
 from sqlalchemy import Connection, text
 from sqlalchemy.exc import OperationalError
-from sqlalchemy.orm import Session
 
 from controller.db.engine import SQLITE_BUSY_TIMEOUT
 
 # Namespaced by schema so that two deployments sharing one PostgreSQL database do not block each other.
-_ADVISORY_KEY = "hashtext(current_schema() || '/flux-control/apply')"
+ADVISORY_KEY = "hashtext(current_schema() || '/flux-control/apply')"
 
 
 class LockTimeout(Exception):
@@ -34,16 +33,16 @@ def sqlite_lock_wait(connection: Connection, seconds: float) -> Iterator[None]:
         raw.execute(f"PRAGMA busy_timeout = {SQLITE_BUSY_TIMEOUT * 1000}")
 
 
-def acquire_apply_lock(session: Session, seconds: float) -> None:
-    """Take the apply lock for the rest of the session's transaction, waiting up to ``seconds``.
+def acquire_apply_lock(connection: Connection, seconds: float) -> None:
+    """Take the apply lock for the rest of the connection's transaction, waiting up to ``seconds``.
 
     On SQLite the transaction's ``BEGIN IMMEDIATE`` already holds the database's single write lock.
     """
-    if session.get_bind().dialect.name != "postgresql":
+    if connection.dialect.name != "postgresql":
         return
-    session.execute(text(f"SET LOCAL lock_timeout = '{int(seconds * 1000)}ms'"))
-    session.execute(text(f"SELECT pg_advisory_xact_lock({_ADVISORY_KEY})"))
-    session.execute(text("SET LOCAL lock_timeout = 0"))
+    connection.execute(text(f"SET LOCAL lock_timeout = '{int(seconds * 1000)}ms'"))
+    connection.execute(text(f"SELECT pg_advisory_xact_lock({ADVISORY_KEY})"))
+    connection.execute(text("SET LOCAL lock_timeout = 0"))
 
 
 def is_lock_timeout(exc: OperationalError) -> bool:

@@ -53,5 +53,10 @@ def schema_status(connection: Connection) -> SchemaStatus:
 def upgrade(engine: Engine, revision: str = "head") -> SchemaStatus:
     """Migrate to ``revision`` in one transaction; returns the status after."""
     with engine.begin() as connection:
-        command.upgrade(alembic_config(connection), revision)
-        return schema_status(connection)
+        return upgrade_in(connection, revision)
+
+
+def upgrade_in(connection: Connection, revision: str = "head") -> SchemaStatus:
+    """Migrate inside the caller's transaction (Alembic does not commit an external transaction)."""
+    command.upgrade(alembic_config(connection), revision)
+    return schema_status(connection)
