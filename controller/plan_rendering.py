@@ -53,8 +53,8 @@ def plan_lines(plan: Plan) -> list[Line]:
     return lines
 
 
-def render_text(plan: Plan, *, colour: bool | None = None) -> str:
-    """The plan as terminal text; ANSI colours only when ``colour`` (None: only on a TTY)."""
+def render_text(plan: Plan, *, colour: bool | None = False) -> str:
+    """The plan as terminal text; ANSI colours only when ``colour`` is true (callers pass isatty())."""
     out = [*plan.notes]
     if plan.actions:
         out.append("Flux Control will perform the following actions:\n")
@@ -84,7 +84,7 @@ def render_markdown(plan: Plan, *, title: str = "Flux Control plan", limit: int 
     ]
     deletions = [a for a in plan.actions if a.action == "delete"]
     if deletions:
-        head.append("**Deletions:** " + ", ".join(_deletion_note(a) for a in deletions))
+        head.append("**Deletions:** " + _bounded_list([_deletion_note(a) for a in deletions], limit // 4))
         head.append("")
     opening = ["<details><summary>Details</summary>", "", "```diff"]
     closing = ["```", "", "</details>", ""]
@@ -103,6 +103,18 @@ def render_markdown(plan: Plan, *, title: str = "Flux Control plan", limit: int 
             "Run `flux-control plan` locally to see the whole plan."
         )
     return "\n".join(head + opening + kept + closing)
+
+
+def _bounded_list(items: list[str], budget: int) -> str:
+    """``items`` joined with commas, cut to ``budget`` characters with a count of what was left out."""
+    shown: list[str] = []
+    used = 0
+    for item in items:
+        if used + len(item) + 2 > budget:
+            return ", ".join(shown) + f" … and {len(items) - len(shown)} more (see the details)"
+        shown.append(item)
+        used += len(item) + 2
+    return ", ".join(shown)
 
 
 def _deletion_note(action: TableAction) -> str:
