@@ -1,5 +1,5 @@
 # Two commands set everything up on a fresh machine (Python 3.11+, make):
-#   make run    install into .venv, then run the main job on the embedded SQLite default
+#   make run    install into .venv, then apply the example definitions to the embedded SQLite database
 #   make test   install into .venv (with the dev tools), then run the tests
 VENV ?= .venv
 PYTHON ?= python3
@@ -16,8 +16,12 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install --quiet -e '.[dev]'
 	touch $(STAMP)
 
+# The main job: apply the example definitions to the embedded SQLite database (flux-control.db), then
+# show the plan (which is empty once applied).
 run: $(STAMP)
 	$(BIN)/flux-control validate definitions
+	$(BIN)/flux-control apply definitions
+	$(BIN)/flux-control plan definitions
 
 test: $(STAMP)
 	$(BIN)/python -m pytest
