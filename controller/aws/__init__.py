@@ -1,0 +1,1 @@
+"""AWS adapters: EventBridge Scheduler, task dispatch (Glue, Step Functions, SQS, Lambda), events out."""

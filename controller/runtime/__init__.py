@@ -1,0 +1,1 @@
+"""The runtime: registering executions, opening runs, approvals, firing, dispatch and completion."""
