@@ -10,7 +10,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Boolean, ForeignKey, Index, String, Text, UniqueConstraint, text
+from sqlalchemy import Boolean, ForeignKey, Index, Integer, String, Text, UniqueConstraint, text
 from sqlalchemy.orm import Mapped, mapped_column
 
 from controller.db.base import Base, Id, Json, UTCDateTime, utcnow
@@ -41,6 +41,21 @@ class ExecutionRow(Base):
     registered_by: Mapped[str | None] = mapped_column(String(256))
 
 
+class ExecutionValueRow(Base):
+    """One partition value of an execution, indexed for gate lookups by (table, partition, value).
+
+    Omitted optional partitions are stored with a NULL value: they agree with any value.
+    """
+
+    __tablename__ = "execution_values"
+    __table_args__ = (Index(None, "table_id", "name", "value"),)
+
+    execution_id: Mapped[int] = mapped_column(ForeignKey("executions.id"), primary_key=True)
+    name: Mapped[str] = mapped_column(String(128), primary_key=True)
+    table_id: Mapped[int] = mapped_column(ForeignKey("tables.id"))
+    value: Mapped[str | None] = mapped_column(String(256))
+
+
 class RunRow(Base):
     """One run of (table, key) through awaiting_approval → scheduled → dispatching → running → done."""
 
@@ -63,7 +78,10 @@ class RunRow(Base):
     partition_key: Mapped[str] = mapped_column(String(1024))
     partitions: Mapped[dict[str, Any]] = mapped_column(Json)
     status: Mapped[str] = mapped_column(String(32))
+    attempt: Mapped[int] = mapped_column(Integer, default=1)
     manual: Mapped[bool] = mapped_column(Boolean, default=False)
+    #: A trigger arrived while the run was dispatching or running: open a new run when it ends.
+    rerun_requested: Mapped[bool] = mapped_column(Boolean, default=False)
     reason: Mapped[str | None] = mapped_column(Text)
     first_trigger_at: Mapped[datetime] = mapped_column(UTCDateTime)
     last_trigger_at: Mapped[datetime] = mapped_column(UTCDateTime)
@@ -91,10 +109,11 @@ class TaskDispatchRow(Base):
     """One task of a run as started in AWS, with the id AWS gave it."""
 
     __tablename__ = "task_dispatches"
-    __table_args__ = (UniqueConstraint("run_id", "alias"), Index(None, "external_id"))
+    __table_args__ = (UniqueConstraint("run_id", "attempt", "alias"), Index(None, "external_id"))
 
     id: Mapped[int] = mapped_column(Id, primary_key=True)
     run_id: Mapped[int] = mapped_column(ForeignKey("runs.id"))
+    attempt: Mapped[int] = mapped_column(Integer, default=1)
     alias: Mapped[str] = mapped_column(String(64))
     type: Mapped[str] = mapped_column(String(16))
     target: Mapped[str] = mapped_column(String(2048))
@@ -128,3 +147,21 @@ class ApprovalRow(Base):
     decided_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     decided_by: Mapped[str | None] = mapped_column(String(256))
     comment: Mapped[str | None] = mapped_column(Text)
+
+
+class RunEventRow(Base):
+    """Outbox of run state changes: written with the change, published to EventBridge after commit.
+
+    Rows whose publication failed keep ``published_at`` empty; the sweep publishes them again.
+    """
+
+    __tablename__ = "run_events"
+    __table_args__ = (Index(None, "published_at", "id"),)
+
+    id: Mapped[int] = mapped_column(Id, primary_key=True)
+    run_id: Mapped[int] = mapped_column(ForeignKey("runs.id"))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    #: The unit of work that wrote it: published (and marked) together after that commit.
+    batch: Mapped[str] = mapped_column(String(36), index=True)
+    detail: Mapped[dict[str, Any]] = mapped_column(Json)
+    published_at: Mapped[datetime | None] = mapped_column(UTCDateTime)

@@ -2,7 +2,7 @@
 
 Revision ID: 0001
 Revises:
-Create Date: 2026-11-29 04:05:35.708177
+Create Date: 2026-11-29
 """
 
 from __future__ import annotations
@@ -94,7 +94,9 @@ def upgrade() -> None:
             nullable=False,
         ),
         sa.Column("status", sa.String(length=32), nullable=False),
+        sa.Column("attempt", sa.Integer(), nullable=False),
         sa.Column("manual", sa.Boolean(), nullable=False),
+        sa.Column("rerun_requested", sa.Boolean(), nullable=False),
         sa.Column("reason", sa.Text(), nullable=True),
         sa.Column("first_trigger_at", controller.db.base.UTCDateTime(timezone=True), nullable=False),
         sa.Column("last_trigger_at", controller.db.base.UTCDateTime(timezone=True), nullable=False),
@@ -244,9 +246,29 @@ def upgrade() -> None:
         batch_op.create_index("uq_executions_idempotency", ["table_id", "idempotency_key"], unique=True)
 
     op.create_table(
+        "run_events",
+        sa.Column("id", sa.BigInteger().with_variant(sa.Integer(), "sqlite"), nullable=False),
+        sa.Column("run_id", sa.BigInteger().with_variant(sa.Integer(), "sqlite"), nullable=False),
+        sa.Column("created_at", controller.db.base.UTCDateTime(timezone=True), nullable=False),
+        sa.Column(
+            "detail",
+            sa.JSON().with_variant(postgresql.JSONB(astext_type=sa.Text()), "postgresql"),
+            nullable=False,
+        ),
+        sa.Column("published_at", controller.db.base.UTCDateTime(timezone=True), nullable=True),
+        sa.ForeignKeyConstraint(["run_id"], ["runs.id"], name=op.f("fk_run_events_run_id_runs")),
+        sa.PrimaryKeyConstraint("id", name=op.f("pk_run_events")),
+    )
+    with op.batch_alter_table("run_events", schema=None) as batch_op:
+        batch_op.create_index(
+            batch_op.f("ix_run_events_published_at_id"), ["published_at", "id"], unique=False
+        )
+
+    op.create_table(
         "task_dispatches",
         sa.Column("id", sa.BigInteger().with_variant(sa.Integer(), "sqlite"), nullable=False),
         sa.Column("run_id", sa.BigInteger().with_variant(sa.Integer(), "sqlite"), nullable=False),
+        sa.Column("attempt", sa.Integer(), nullable=False),
         sa.Column("alias", sa.String(length=64), nullable=False),
         sa.Column("type", sa.String(length=16), nullable=False),
         sa.Column("target", sa.String(length=2048), nullable=False),
@@ -262,10 +284,31 @@ def upgrade() -> None:
         sa.Column("finished_at", controller.db.base.UTCDateTime(timezone=True), nullable=True),
         sa.ForeignKeyConstraint(["run_id"], ["runs.id"], name=op.f("fk_task_dispatches_run_id_runs")),
         sa.PrimaryKeyConstraint("id", name=op.f("pk_task_dispatches")),
-        sa.UniqueConstraint("run_id", "alias", name=op.f("uq_task_dispatches_run_id_alias")),
+        sa.UniqueConstraint(
+            "run_id", "attempt", "alias", name=op.f("uq_task_dispatches_run_id_attempt_alias")
+        ),
     )
     with op.batch_alter_table("task_dispatches", schema=None) as batch_op:
         batch_op.create_index(batch_op.f("ix_task_dispatches_external_id"), ["external_id"], unique=False)
+
+    op.create_table(
+        "execution_values",
+        sa.Column("execution_id", sa.BigInteger().with_variant(sa.Integer(), "sqlite"), nullable=False),
+        sa.Column("name", sa.String(length=128), nullable=False),
+        sa.Column("table_id", sa.BigInteger().with_variant(sa.Integer(), "sqlite"), nullable=False),
+        sa.Column("value", sa.String(length=256), nullable=True),
+        sa.ForeignKeyConstraint(
+            ["execution_id"], ["executions.id"], name=op.f("fk_execution_values_execution_id_executions")
+        ),
+        sa.ForeignKeyConstraint(
+            ["table_id"], ["tables.id"], name=op.f("fk_execution_values_table_id_tables")
+        ),
+        sa.PrimaryKeyConstraint("execution_id", "name", name=op.f("pk_execution_values")),
+    )
+    with op.batch_alter_table("execution_values", schema=None) as batch_op:
+        batch_op.create_index(
+            batch_op.f("ix_execution_values_table_id_name_value"), ["table_id", "name", "value"], unique=False
+        )
 
     op.create_table(
         "run_triggers",
@@ -281,10 +324,18 @@ def upgrade() -> None:
 
 def downgrade() -> None:
     op.drop_table("run_triggers")
+    with op.batch_alter_table("execution_values", schema=None) as batch_op:
+        batch_op.drop_index(batch_op.f("ix_execution_values_table_id_name_value"))
+
+    op.drop_table("execution_values")
     with op.batch_alter_table("task_dispatches", schema=None) as batch_op:
         batch_op.drop_index(batch_op.f("ix_task_dispatches_external_id"))
 
     op.drop_table("task_dispatches")
+    with op.batch_alter_table("run_events", schema=None) as batch_op:
+        batch_op.drop_index(batch_op.f("ix_run_events_published_at_id"))
+
+    op.drop_table("run_events")
     with op.batch_alter_table("executions", schema=None) as batch_op:
         batch_op.drop_index("uq_executions_idempotency")
         batch_op.drop_index(batch_op.f("ix_executions_table_id_registered_at"))

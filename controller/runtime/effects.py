@@ -1,0 +1,71 @@
+"""After commit: write schedules, fire due runs, publish events. Failures are recorded, not hidden.
+
+A schedule that could not be written leaves its run "unsynced" (``scheduled_fire_at`` differs from
+``fire_at``); events that could not be published stay in the outbox. The sweep retries both.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from sqlalchemy import bindparam, update
+from sqlalchemy.orm import Session
+
+from controller.db.runtime_models import RunRow
+from controller.db.runtime_store import mark_published
+from controller.runtime.context import Effects, Runtime
+from controller.runtime.ports import ScheduleRequest
+
+logger = logging.getLogger("flux_control.runtime")
+
+
+def carry_out(runtime: Runtime, effects: Effects) -> None:
+    """Carry out ``effects`` of a committed transaction."""
+    sync_schedules(runtime, effects.schedule)
+    for name in effects.unschedule:
+        try:
+            runtime.scheduler.delete(name)
+        except Exception:
+            # The run is already final in the database, so a late fire is a no-op; log for operators.
+            logger.exception("could not delete schedule", extra={"schedule": name})
+    if effects.events:
+        publish(runtime, effects)
+    if effects.fire_now:
+        from controller.runtime.dispatch import fire  # dispatch depends on this module
+
+        for run_id in effects.fire_now:
+            fire(runtime, run_id)
+
+
+def sync_schedules(runtime: Runtime, requests: list[ScheduleRequest]) -> list[int]:
+    """Write schedules; mark the runs whose schedule now matches their fire time. Returns their ids."""
+    synced: list[ScheduleRequest] = []
+    for request in requests:
+        try:
+            runtime.scheduler.put(request)
+        except Exception:
+            logger.exception(
+                "could not write schedule; the sweep will retry", extra={"run_id": request.run_id}
+            )
+            continue
+        synced.append(request)
+    if synced:
+        statement = (
+            update(RunRow)
+            .where(RunRow.id == bindparam("b_id"), RunRow.fire_at == bindparam("b_fire_at"))
+            .values(scheduled_fire_at=bindparam("b_fire_at"), schedule_name=bindparam("b_name"))
+        )
+        rows = [{"b_id": r.run_id, "b_fire_at": r.fire_at, "b_name": r.name} for r in synced]
+        with Session(runtime.engine) as session, session.begin():
+            session.connection().execute(statement, rows)
+    return [r.run_id for r in synced]
+
+
+def publish(runtime: Runtime, effects: Effects) -> None:
+    try:
+        runtime.events.publish(effects.events)
+    except Exception:
+        logger.exception("could not publish run events; the sweep will retry", extra={"batch": effects.batch})
+        return
+    with Session(runtime.engine) as session, session.begin():
+        mark_published(session, effects.batch, runtime.clock())

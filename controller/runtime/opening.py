@@ -1,0 +1,165 @@
+"""Opening and pushing runs for open gates: the one place runs are created.
+
+All statements are bulk: the number of statements does not grow with the number of runs opened.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import select, update
+from sqlalchemy.orm import Session
+
+from controller.db.graph_store import RuntimeGraph
+from controller.db.runtime_models import ApprovalRow, RunRow, RunTriggerRow
+from controller.db.runtime_store import insert_ignoring_duplicates, insert_runs, open_runs_for_update
+from controller.keys import Key, key_text
+from controller.runs import AWAITING_APPROVAL, PUSHABLE_STATES, SCHEDULED, fire_time
+from controller.runtime.context import Effects
+from controller.runtime.ports import RunEvent, ScheduleRequest, schedule_name
+
+
+@dataclass(slots=True)
+class Wanted:
+    """A run to open or push: table, key and the executions that triggered it."""
+
+    table: str
+    key: Key
+    triggers: list[int] = field(default_factory=list)
+
+
+def open_or_push(
+    session: Session,
+    graph: RuntimeGraph,
+    wanted: list[Wanted],
+    now: datetime,
+    effects: Effects,
+    *,
+    manual: bool = False,
+    reason: str | None = None,
+) -> list[dict[str, Any]]:
+    """Create the run of each (table, key), or push the open one; returns the runs as API dicts."""
+    merged: dict[tuple[int, str], Wanted] = {}
+    for item in wanted:
+        pair = (graph.ids[item.table], key_text(item.key))
+        if pair in merged:
+            merged[pair].triggers.extend(t for t in item.triggers if t not in merged[pair].triggers)
+        else:
+            merged[pair] = Wanted(item.table, item.key, list(item.triggers))
+    existing = open_runs_for_update(session, merged)
+    new_rows, pushes, reruns = [], [], []
+    for pair, item in merged.items():
+        spec = graph.graph.tables[item.table]
+        run = existing.get(pair)
+        if run is None:
+            approval = spec.requires_approval
+            fire_at = (
+                None
+                if approval
+                else (now if manual else fire_time(now, now, spec.debounce_seconds, spec.max_wait_seconds))
+            )
+            new_rows.append(
+                {
+                    "table_id": pair[0],
+                    "partition_key": pair[1],
+                    "partitions": item.key,
+                    "status": AWAITING_APPROVAL if approval else SCHEDULED,
+                    "attempt": 1,
+                    "manual": manual,
+                    "rerun_requested": False,
+                    "reason": reason,
+                    "first_trigger_at": now,
+                    "last_trigger_at": now,
+                    "fire_at": fire_at,
+                    "created_at": now,
+                    "updated_at": now,
+                }
+            )
+        elif run["status"] in PUSHABLE_STATES:
+            fire_at = run["fire_at"]
+            if run["status"] == SCHEDULED:
+                fire_at = (
+                    now
+                    if manual
+                    else fire_time(run["first_trigger_at"], now, spec.debounce_seconds, spec.max_wait_seconds)
+                )
+            pushes.append({"id": run["id"], "last_trigger_at": now, "fire_at": fire_at, "updated_at": now})
+        else:  # dispatching or running: run again once it is over
+            reruns.append({"id": run["id"], "rerun_requested": True, "updated_at": now})
+    insert_runs(session, new_rows)
+    if pushes or reruns:
+        session.execute(update(RunRow), pushes + reruns)
+    runs = open_runs_for_update(session, merged)
+    created = {pair for pair in merged if pair not in existing}
+    _record_triggers(session, runs, merged)
+    approvals = _request_approvals(
+        session, [runs[p]["id"] for p in created if runs[p]["status"] == AWAITING_APPROVAL], now
+    )
+    result = []
+    for pair, run in runs.items():
+        table = merged[pair].table
+        if pair in created:
+            effects.events.append(
+                RunEvent(
+                    run["id"],
+                    table,
+                    run["partitions"],
+                    None,
+                    run["status"],
+                    approvals.get(run["id"]),
+                    reason,
+                    now,
+                )
+            )
+        if run["status"] == SCHEDULED and run["fire_at"] is not None:
+            if run["fire_at"] <= now:
+                effects.fire_now.append(run["id"])
+            else:
+                effects.schedule.append(
+                    ScheduleRequest(schedule_name(run["id"], table), run["id"], run["fire_at"])
+                )
+        result.append(run_summary(run, table, approvals.get(run["id"])))
+    return result
+
+
+def _record_triggers(
+    session: Session, runs: dict[tuple[int, str], Any], merged: dict[tuple[int, str], Wanted]
+) -> None:
+    rows = [
+        {"run_id": runs[pair]["id"], "execution_id": execution_id}
+        for pair, item in merged.items()
+        if pair in runs
+        for execution_id in item.triggers
+    ]
+    insert_ignoring_duplicates(session, RunTriggerRow, rows)
+
+
+def _request_approvals(session: Session, run_ids: list[int], now: datetime) -> dict[int, int]:
+    rows = [{"run_id": run_id, "status": "pending", "requested_at": now} for run_id in run_ids]
+    insert_ignoring_duplicates(session, ApprovalRow, rows)
+    return pending_approvals(session, run_ids)
+
+
+def pending_approvals(session: Session, run_ids: list[int]) -> dict[int, int]:
+    """The pending approval of each run that has one (run id → approval id)."""
+    if not run_ids:
+        return {}
+    query = select(ApprovalRow.run_id, ApprovalRow.id).where(
+        ApprovalRow.run_id.in_(run_ids), ApprovalRow.status == "pending"
+    )
+    return {int(run_id): int(approval_id) for run_id, approval_id in session.execute(query)}
+
+
+def run_summary(run: Any, table: str, approval_id: int | None) -> dict[str, Any]:
+    """The short form of a run that registration and approval answers carry."""
+    fire_at = run["fire_at"]
+    return {
+        "id": run["id"],
+        "table_name": table,
+        "partitions": run["partitions"],
+        "status": run["status"],
+        "fire_at": fire_at.isoformat() if fire_at else None,
+        "approval_id": approval_id,
+    }

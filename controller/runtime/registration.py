@@ -1,0 +1,235 @@
+"""``register_execution``: record that tables produced partitions, and open the gates that opens.
+
+All items of a request are registered in one transaction or none is. Items carrying a ``run_id``
+complete that run (the path for SQS and Lambda tasks); items carrying an ``idempotency_key`` seen
+before return the first registration and write nothing.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import select, update
+from sqlalchemy.orm import Session
+
+from controller.db.graph_store import RuntimeGraph
+from controller.db.runtime_models import ExecutionRow, RunRow, RunTriggerRow, TaskDispatchRow
+from controller.db.runtime_store import fetch_probed, insert_executions, insert_values, lock_gates, value_rows
+from controller.gates import Execution, openings, probes
+from controller.keys import InvalidPartition, Key, key_text, make_key
+from controller.runs import DISPATCHING, RUNNING, SUCCEEDED
+from controller.runtime.context import Effects, Runtime
+from controller.runtime.effects import carry_out
+from controller.runtime.errors import Conflict, NotFound, RuntimeProblem, Unprocessable
+from controller.runtime.opening import Wanted, open_or_push, pending_approvals, run_summary
+from controller.runtime.ports import RunEvent
+
+MAX_ITEMS = 500
+
+
+@dataclass(frozen=True, slots=True)
+class ExecutionInput:
+    table_name: str
+    partitions: dict[str, Any]
+    source: str
+    run_id: int | None = None
+    idempotency_key: str | None = None
+
+
+@dataclass(slots=True)
+class Prepared:
+    index: int
+    item: ExecutionInput
+    table_id: int
+    key: Key
+    execution_id: int | None = None
+    replay: dict[str, Any] | None = None  # an idempotent repeat: the first result
+
+
+def register_executions(runtime: Runtime, items: list[ExecutionInput], user: str | None) -> dict[str, Any]:
+    """Register every item (all or none); returns ``{"executions": […], "runs": […]}``."""
+    if not items:
+        raise Unprocessable("data must hold at least one execution")
+    if len(items) > MAX_ITEMS:
+        raise Unprocessable(f"at most {MAX_ITEMS} executions per request, got {len(items)}")
+
+    def work(session: Session, effects: Effects) -> dict[str, Any]:
+        return register_in(session, runtime.graphs.get(session), items, user, runtime.clock(), effects)
+
+    result, effects = runtime.transact(work)
+    carry_out(runtime, effects)
+    return result
+
+
+def register_in(
+    session: Session,
+    graph: RuntimeGraph,
+    items: list[ExecutionInput],
+    user: str | None,
+    now: datetime,
+    effects: Effects,
+) -> dict[str, Any]:
+    """The registration inside a caller's transaction (also used when a run completes)."""
+    prepared = [_prepare(graph, index, item) for index, item in enumerate(items)]
+    _find_replays(session, graph, prepared)
+    fresh = [p for p in prepared if p.replay is None]
+    dependents = {
+        graph.ids[d.name] for p in fresh for d, _ in graph.graph.dependents.get(p.item.table_name, [])
+    }
+    lock_gates(session, dependents)
+    reruns = _complete_runs(session, fresh, now, effects)
+    ids = insert_executions(session, [_execution_row(p, user, now) for p in fresh])
+    for p, execution_id in zip(fresh, ids, strict=True):
+        p.execution_id = execution_id
+    insert_values(
+        session,
+        [
+            row
+            for p in fresh
+            if p.execution_id is not None
+            for row in value_rows(p.execution_id, graph.graph.tables[p.item.table_name], p.table_id, p.key)
+        ],
+    )
+    wanted = _gate_openings(session, graph, fresh) + reruns
+    runs = open_or_push(session, graph, wanted, now, effects) if wanted else []
+    executions = [p.replay["execution"] if p.replay else _execution_out(p) for p in prepared]
+    replayed_runs = [run for p in prepared if p.replay for run in p.replay["runs"]]
+    return {"executions": executions, "runs": runs + replayed_runs}
+
+
+def _prepare(graph: RuntimeGraph, index: int, item: ExecutionInput) -> Prepared:
+    table = graph.table(item.table_name)
+    if table is None:
+        raise NotFound(f"data[{index}]: unknown table {item.table_name!r}", {"index": index})
+    try:
+        key = make_key(table, item.partitions)
+    except InvalidPartition as exc:
+        problem = NotFound if exc.status == 404 else Unprocessable
+        raise problem(f"data[{index}]: {exc}", {"index": index, "partition": exc.partition}) from None
+    return Prepared(index, item, graph.ids[item.table_name], key)
+
+
+def _execution_row(p: Prepared, user: str | None, now: datetime) -> dict[str, Any]:
+    return {
+        "table_id": p.table_id,
+        "partition_key": key_text(p.key),
+        "partitions": p.key,
+        "source": p.item.source,
+        "run_id": p.item.run_id,
+        "idempotency_key": p.item.idempotency_key,
+        "registered_at": now,
+        "registered_by": user,
+    }
+
+
+def _execution_out(p: Prepared) -> dict[str, Any]:
+    return {"id": p.execution_id, "table_name": p.item.table_name, "partitions": p.key}
+
+
+def _find_replays(session: Session, graph: RuntimeGraph, prepared: list[Prepared]) -> None:
+    """Items whose idempotency key was used before: answer with the first registration."""
+    keyed = {(p.table_id, p.item.idempotency_key): p for p in prepared if p.item.idempotency_key}
+    if not keyed:
+        return
+    query = select(
+        ExecutionRow.id, ExecutionRow.table_id, ExecutionRow.idempotency_key, ExecutionRow.partitions
+    ).where(
+        ExecutionRow.idempotency_key.in_({k for _, k in keyed}),
+        ExecutionRow.table_id.in_({t for t, _ in keyed}),
+    )
+    found = {(t, k): (i, parts) for i, t, k, parts in session.execute(query) if (t, k) in keyed}
+    if not found:
+        return
+    triggered = select(RunTriggerRow.execution_id, RunRow).join(RunRow, RunRow.id == RunTriggerRow.run_id)
+    by_execution: dict[int, list[RunRow]] = {}
+    for execution_id, run in session.execute(
+        triggered.where(RunTriggerRow.execution_id.in_([i for i, _ in found.values()]))
+    ):
+        by_execution.setdefault(execution_id, []).append(run)
+    approvals = pending_approvals(session, [r.id for runs in by_execution.values() for r in runs])
+    for pair, (execution_id, partitions) in found.items():
+        p = keyed[pair]
+        runs = [
+            run_summary(
+                {"id": r.id, "partitions": r.partitions, "status": r.status, "fire_at": r.fire_at},
+                graph.names.get(r.table_id, ""),
+                approvals.get(r.id),
+            )
+            for r in by_execution.get(execution_id, [])
+        ]
+        execution = {"id": execution_id, "table_name": p.item.table_name, "partitions": partitions}
+        p.replay = {"execution": execution, "runs": runs}
+
+
+def _gate_openings(session: Session, graph: RuntimeGraph, fresh: list[Prepared]) -> list[Wanted]:
+    executions = [
+        Execution(p.execution_id, p.item.table_name, p.key) for p in fresh if p.execution_id is not None
+    ]
+    wanted_probes = list(dict.fromkeys(probe for e in executions for probe in probes(graph.graph, e)))
+    fetched = fetch_probed(session, wanted_probes, graph.ids, graph.names)
+    # Executions of this request are visible to each other's gates.
+    for e in executions:
+        if e not in fetched.get(e.table, []):
+            fetched.setdefault(e.table, []).append(e)
+    try:
+        found = [o for e in executions for o in openings(graph.graph, e, fetched)]
+    except ValueError as exc:
+        raise Unprocessable(str(exc)) from None
+    return [Wanted(o.dependent, o.key, o.triggers) for o in found]
+
+
+def _complete_runs(session: Session, fresh: list[Prepared], now: datetime, effects: Effects) -> list[Wanted]:
+    """Items with a run_id complete that run: it must be this table's, for this key, in progress.
+
+    Returns the runs to open again: a trigger arrived while they were in progress.
+    """
+    targets = {p.item.run_id: p for p in fresh if p.item.run_id is not None}
+    if not targets:
+        return []
+    rows = {
+        r.id: r
+        for r in session.execute(select(RunRow).where(RunRow.id.in_(targets)).with_for_update()).scalars()
+    }
+    for run_id, p in targets.items():
+        run = rows.get(run_id)
+        where = f"data[{p.index}]"
+        if run is None:
+            raise NotFound(f"{where}: unknown run {run_id}", {"index": p.index})
+        if run.table_id != p.table_id or run.partition_key != key_text(p.key):
+            raise Unprocessable(
+                f"{where}: run {run_id} is not a run of {p.item.table_name} for these partitions",
+                {"index": p.index},
+            )
+        if run.status not in (DISPATCHING, RUNNING):
+            raise Conflict(f"{where}: run {run_id} is {run.status}, not in progress", {"index": p.index})
+    finished = list(targets)
+    session.execute(
+        update(TaskDispatchRow)
+        .where(TaskDispatchRow.run_id.in_(finished), TaskDispatchRow.status.in_(("pending", "started")))
+        .values(status="succeeded", finished_at=now)
+    )
+    session.execute(
+        update(RunRow)
+        .where(RunRow.id.in_(finished))
+        .values(status=SUCCEEDED, finished_at=now, updated_at=now)
+    )
+    for run_id in finished:
+        run = rows[run_id]
+        effects.events.append(
+            RunEvent(
+                run_id,
+                targets[run_id].item.table_name,
+                run.partitions,
+                run.status,
+                SUCCEEDED,
+                None,
+                None,
+                now,
+            )
+        )
+    return [Wanted(targets[i].item.table_name, targets[i].key) for i in finished if rows[i].rerun_requested]
+
+
+__all__ = ["ExecutionInput", "RuntimeProblem", "register_executions", "register_in"]
