@@ -163,3 +163,9 @@ def run_summary(run: Any, table: str, approval_id: int | None) -> dict[str, Any]
         "fire_at": fire_at.isoformat() if fire_at else None,
         "approval_id": approval_id,
     }
+
+
+def summary_of(run: RunRow, table: str, approval_id: int | None) -> dict[str, Any]:
+    """:func:`run_summary` of a loaded run row."""
+    fields = {"id": run.id, "partitions": run.partitions, "status": run.status, "fire_at": run.fire_at}
+    return run_summary(fields, table, approval_id)
