@@ -182,10 +182,10 @@ def _completions(
                     extended.append(partial)
                 extended.extend(additions)
             else:
-                # Optional: never blocks; supplies values only for partitions nobody else provides.
+                # Optional: never blocks; where it has values for partitions still missing from the
+                # key, each distinct set of them is a key too (the partial key stays valid as it is).
                 extended.append(partial)
-                if not _complete(table, partial):
-                    extended.extend(additions)
+                extended.extend(additions)
         partials = extended
     return [k for k in partials if _complete(table, k)]
 

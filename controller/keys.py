@@ -21,8 +21,8 @@ Value = int | str
 #: A key: partition name → canonical value. Omitted optional partitions are not present.
 Key = dict[str, Value]
 
-_INT = re.compile(r"^[+-]?\d{1,18}$")
-_DATE = re.compile(r"^\d{4}-\d{2}-\d{2}$")
+_INT = re.compile(r"^[+-]?0*[0-9]{1,18}$")  # bounded: fits a 64-bit integer
+_DATE = re.compile(r"^[0-9]{4}-[0-9]{2}-[0-9]{2}$")
 MAX_STRING_VALUE = 256
 
 

@@ -6,8 +6,8 @@ import os
 from functools import cache
 from typing import Any
 
-import boto3  # type: ignore[import-untyped]
-from botocore.config import Config  # type: ignore[import-untyped]
+import boto3
+from botocore.config import Config
 
 DEFAULT_REGION = "us-east-1"
 

@@ -8,7 +8,7 @@ import re
 from collections.abc import Callable
 from typing import Any
 
-from botocore.exceptions import BotoCoreError, ClientError  # type: ignore[import-untyped]
+from botocore.exceptions import BotoCoreError, ClientError
 
 from controller.aws.clients import client as default_client
 from controller.runtime.ports import TaskRequest, TaskStartError

@@ -6,6 +6,7 @@ success and one 409, never two decisions.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import Any
 
 from sqlalchemy import update
@@ -20,6 +21,12 @@ from controller.runtime.effects import carry_out
 from controller.runtime.errors import Conflict, Forbidden, NotFound
 from controller.runtime.opening import summary_of
 from controller.runtime.ports import RunEvent, ScheduleRequest, schedule_name
+
+
+def is_approver(identity: str, approvers: Iterable[str]) -> bool:
+    """An approver is named as the identity itself or, for an ARN, as its last path segment."""
+    allowed = set(approvers)
+    return identity in allowed or identity.rsplit("/", 1)[-1] in allowed
 
 
 def decide(
@@ -54,7 +61,7 @@ def _decide(
     spec = graph.table(table) if table else None
     if identity is None:
         raise Forbidden("no caller identity: approvals need an authenticated caller")
-    if spec is not None and spec.approvers and identity not in spec.approvers:
+    if spec is not None and spec.approvers and not is_approver(identity, spec.approvers):
         raise Forbidden(
             f"{identity} may not decide runs of {spec.name} (approvers: {', '.join(spec.approvers)})"
         )

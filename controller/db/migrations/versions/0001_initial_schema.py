@@ -250,6 +250,7 @@ def upgrade() -> None:
         sa.Column("id", sa.BigInteger().with_variant(sa.Integer(), "sqlite"), nullable=False),
         sa.Column("run_id", sa.BigInteger().with_variant(sa.Integer(), "sqlite"), nullable=False),
         sa.Column("created_at", controller.db.base.UTCDateTime(timezone=True), nullable=False),
+        sa.Column("batch", sa.String(length=36), nullable=False),
         sa.Column(
             "detail",
             sa.JSON().with_variant(postgresql.JSONB(astext_type=sa.Text()), "postgresql"),
@@ -260,6 +261,7 @@ def upgrade() -> None:
         sa.PrimaryKeyConstraint("id", name=op.f("pk_run_events")),
     )
     with op.batch_alter_table("run_events", schema=None) as batch_op:
+        batch_op.create_index(batch_op.f("ix_run_events_batch"), ["batch"], unique=False)
         batch_op.create_index(
             batch_op.f("ix_run_events_published_at_id"), ["published_at", "id"], unique=False
         )
@@ -334,6 +336,7 @@ def downgrade() -> None:
     op.drop_table("task_dispatches")
     with op.batch_alter_table("run_events", schema=None) as batch_op:
         batch_op.drop_index(batch_op.f("ix_run_events_published_at_id"))
+        batch_op.drop_index(batch_op.f("ix_run_events_batch"))
 
     op.drop_table("run_events")
     with op.batch_alter_table("executions", schema=None) as batch_op:

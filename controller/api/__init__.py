@@ -1,0 +1,1 @@
+"""The HTTP API (API Gateway REST proxy events), built on Powertools' resolver."""

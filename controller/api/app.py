@@ -1,0 +1,192 @@
+"""Routes of DESIGN §5 on Powertools' ``APIGatewayRestResolver``, with the JSON error model.
+
+Every error answer is ``{"error": {"code", "message", "details"}}``; an unexpected exception is
+logged with its stack trace and answered with a 500 that carries only a reference id.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Annotated, Any
+
+from aws_lambda_powertools import Logger
+from aws_lambda_powertools.event_handler import APIGatewayRestResolver, Response
+from aws_lambda_powertools.event_handler.openapi.exceptions import RequestValidationError
+from aws_lambda_powertools.event_handler.openapi.params import Query
+
+from controller import __version__
+from controller.api.identity import caller_identity
+from controller.api.models import (
+    DecisionRequest,
+    ManualRunRequest,
+    ReasonRequest,
+    RegisterRequest,
+    as_mapping,
+)
+from controller.api.tables_payload import check_payload
+from controller.runtime import approvals, completion, queries, registration, run_actions
+from controller.runtime.errors import BadRequest, RuntimeProblem, TooLarge
+from controller.wiring import runtime
+
+MAX_BODY_BYTES = 256 * 1024
+logger = Logger(service="flux-control")
+app = APIGatewayRestResolver(enable_validation=True)
+
+
+def error_response(
+    status: int, code: str, message: str, details: dict[str, Any] | None = None
+) -> Response[str]:
+    body = {"error": {"code": code, "message": message, "details": details or {}}}
+    return Response(status_code=status, content_type="application/json", body=json.dumps(body))
+
+
+@app.exception_handler(RuntimeProblem)
+def _problem(exc: RuntimeProblem) -> Response[str]:
+    return error_response(exc.status, exc.code, exc.message, exc.details)
+
+
+@app.exception_handler(RequestValidationError)
+def _invalid(exc: RequestValidationError) -> Response[str]:
+    errors = [
+        {"location": ".".join(str(p) for p in e.get("loc", ())), "message": str(e.get("msg", ""))}
+        for e in exc.errors()
+    ]
+    malformed = any(
+        e.get("type") in ("json_invalid", "model_attributes_type", "missing") for e in exc.errors()
+    )
+    status, code = (400, "bad_request") if malformed else (422, "invalid")
+    first = errors[0] if errors else {"location": "body", "message": "invalid request"}
+    return error_response(status, code, f"{first['location']}: {first['message']}", {"errors": errors})
+
+
+@app.exception_handler(Exception)
+def _unexpected(exc: Exception) -> Response[str]:
+    reference = app.current_event.request_context.request_id if app.current_event else None
+    logger.exception("unexpected error", extra={"reference": reference})
+    return error_response(500, "internal", f"internal error (reference {reference}); it was logged", {})
+
+
+def _check_size() -> None:
+    body = app.current_event.body or ""
+    if len(body.encode("utf-8")) > MAX_BODY_BYTES:
+        raise TooLarge(f"request body is larger than {MAX_BODY_BYTES:,} bytes")
+
+
+def _identity(body_user: str | None) -> str | None:
+    context = app.current_event.raw_event.get("requestContext") or {}
+    return caller_identity(context, body_user, runtime().trust_body_user)
+
+
+@app.get("/health")
+def health() -> dict[str, str]:
+    return {"status": "ok"}
+
+
+@app.post("/register_execution")
+def register_execution(body: RegisterRequest) -> dict[str, Any]:
+    """Register that tables produced partitions (all items or none); opens the gates that opens."""
+    _check_size()
+    items = [
+        registration.ExecutionInput(
+            item.table_name, as_mapping(item.partitions), item.source, item.run_id, item.idempotency_key
+        )
+        for item in body.data
+    ]
+    return registration.register_executions(runtime(), items, _identity(body.user))
+
+
+@app.post("/approve")
+def approve(body: DecisionRequest) -> dict[str, Any]:
+    return approvals.decide(runtime(), body.approval_status_id, _identity(body.user), True, body.comment)
+
+
+@app.post("/reject")
+def reject(body: DecisionRequest) -> dict[str, Any]:
+    return approvals.decide(runtime(), body.approval_status_id, _identity(body.user), False, body.comment)
+
+
+@app.get("/approvals")
+def list_approvals(
+    status: Annotated[str | None, Query()] = "pending", limit: Annotated[int, Query()] = 100
+) -> dict[str, Any]:
+    return queries.list_approvals(runtime(), status, limit)
+
+
+@app.get("/runs")
+def list_runs(
+    table: Annotated[str | None, Query()] = None,
+    status: Annotated[str | None, Query()] = None,
+    limit: Annotated[int, Query()] = 100,
+) -> dict[str, Any]:
+    return queries.list_runs(runtime(), table, status, limit)
+
+
+@app.get("/runs/<run_id>")
+def get_run(run_id: int) -> dict[str, Any]:
+    return queries.get_run(runtime(), run_id)
+
+
+@app.post("/runs")
+def manual_run(body: ManualRunRequest) -> dict[str, Any]:
+    """Open the run of (table, key) now: skips the gate and the debounce, not the approval."""
+    return {
+        "run": run_actions.manual_run(runtime(), body.table_name, as_mapping(body.partitions), body.reason)
+    }
+
+
+@app.post("/runs/<run_id>/cancel")
+def cancel_run(run_id: int, body: ReasonRequest) -> dict[str, Any]:
+    return {"run": run_actions.cancel_run(runtime(), run_id, body.reason)}
+
+
+@app.post("/runs/<run_id>/retry")
+def retry_run(run_id: int, body: ReasonRequest) -> dict[str, Any]:
+    return {"run": run_actions.retry_run(runtime(), run_id, body.reason)}
+
+
+@app.post("/runs/<run_id>/fail")
+def fail_run(run_id: int, body: ReasonRequest) -> dict[str, Any]:
+    """A task reports failure (the path for SQS and Lambda tasks)."""
+    return {"run": completion.fail_run(runtime(), run_id, body.reason)}
+
+
+@app.get("/executions")
+def list_executions(
+    table: Annotated[str | None, Query()] = None, limit: Annotated[int, Query()] = 100
+) -> dict[str, Any]:
+    return queries.list_executions(runtime(), table, limit)
+
+
+@app.get("/tables")
+def list_tables() -> dict[str, Any]:
+    return queries.list_tables(runtime())
+
+
+@app.get("/tables/<name>")
+def get_table(name: str) -> dict[str, Any]:
+    return queries.list_tables(runtime(), name)
+
+
+@app.post("/tables")
+def post_tables() -> dict[str, Any]:
+    """Validate an original ``POST /tables`` payload and show the plan it would make; never writes."""
+    _check_size()
+    try:
+        payload = json.loads(app.current_event.body or "")
+    except ValueError as exc:
+        raise BadRequest(f"body is not JSON: {exc}") from None
+    return check_payload(runtime(), payload)
+
+
+@app.get("/openapi.json")
+def openapi() -> Response[str]:
+    return Response(status_code=200, content_type="application/json", body=openapi_document())
+
+
+def openapi_document() -> str:
+    """The API's OpenAPI 3.1 document (also printed by ``flux-control openapi``)."""
+    return app.get_openapi_json_schema(
+        title="Flux Control",
+        version=__version__,
+        description="Decides when data tables may be rebuilt: executions, gates, runs, approvals.",
+    )

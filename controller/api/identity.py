@@ -1,0 +1,31 @@
+"""Who is calling: from the API Gateway authorizer context, never from the body (outside trusted mode)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+_CLAIMS = ("cognito:username", "username", "email", "sub")
+
+
+def caller_identity(
+    request_context: Mapping[str, Any], body_user: str | None, trust_body_user: bool
+) -> str | None:
+    """The caller's identity: Cognito/JWT claims, a Lambda authorizer's principal, or the IAM user ARN.
+
+    The body's ``user`` counts only when the deployment trusts it (``FLUX_TRUST_BODY_USER``, local serve).
+    """
+    if trust_body_user and body_user:
+        return body_user
+    authorizer = request_context.get("authorizer") or {}
+    claims = authorizer.get("claims") or (authorizer.get("jwt") or {}).get("claims") or {}
+    for name in _CLAIMS:
+        if claims.get(name):
+            return str(claims[name])
+    if authorizer.get("principalId"):
+        return str(authorizer["principalId"])
+    identity = request_context.get("identity") or {}
+    for name in ("userArn", "cognitoIdentityId", "user"):
+        if identity.get(name):
+            return str(identity[name])
+    return None

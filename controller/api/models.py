@@ -1,0 +1,66 @@
+"""Request bodies of the HTTP API (pydantic: validated by Powertools, published in the OpenAPI document)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+_TEXT = 256
+
+
+class _Body(BaseModel):
+    model_config = ConfigDict(extra="forbid", str_max_length=4096)
+
+
+class PartitionValue(_Body):
+    partition_name: str = Field(max_length=128)
+    value: int | str | None = Field(description="int, date (YYYY-MM-DD) or string, by the partition's type")
+
+
+def as_mapping(partitions: list[PartitionValue]) -> dict[str, Any]:
+    return {p.partition_name: p.value for p in partitions}
+
+
+class _WithPartitions(_Body):
+    partitions: list[PartitionValue] = Field(default_factory=list, max_length=16)
+
+    @field_validator("partitions")
+    @classmethod
+    def _unique(cls, value: list[PartitionValue]) -> list[PartitionValue]:
+        names = [p.partition_name for p in value]
+        duplicates = sorted({n for n in names if names.count(n) > 1})
+        if duplicates:
+            raise ValueError(f"partition given more than once: {', '.join(duplicates)}")
+        return value
+
+
+class ExecutionItem(_WithPartitions):
+    table_name: str = Field(max_length=128)
+    source: str = Field(default="api", max_length=64)
+    run_id: int | None = Field(default=None, description="completes this run (SQS and Lambda tasks)")
+    idempotency_key: str | None = Field(
+        default=None, max_length=_TEXT, description="a repeat returns the first result"
+    )
+
+
+class RegisterRequest(_Body):
+    data: list[ExecutionItem] = Field(min_length=1, max_length=500)
+    user: str | None = Field(default=None, max_length=_TEXT)
+
+
+class DecisionRequest(_Body):
+    approval_status_id: int
+    user: str | None = Field(
+        default=None, max_length=_TEXT, description="used only in trusted mode (local serve)"
+    )
+    comment: str | None = Field(default=None, max_length=2000)
+
+
+class ManualRunRequest(_WithPartitions):
+    table_name: str = Field(max_length=128)
+    reason: str | None = Field(default=None, max_length=2000)
+
+
+class ReasonRequest(_Body):
+    reason: str | None = Field(default=None, max_length=2000)

@@ -1,0 +1,45 @@
+"""Builds the runtime from the environment once per process (a Lambda container, a serve process)."""
+
+from __future__ import annotations
+
+import os
+import threading
+
+from controller.aws.events import EventBridgePublisher
+from controller.aws.scheduler import EventBridgeScheduler
+from controller.aws.settings import AwsSettings
+from controller.aws.tasks import AwsTaskStarter
+from controller.db.engine import database_url, make_engine
+from controller.runtime.context import Runtime
+
+_lock = threading.Lock()
+_runtime: Runtime | None = None
+
+
+def truthy(value: str | None) -> bool:
+    return (value or "").strip().lower() in ("1", "true", "yes", "on")
+
+
+def runtime() -> Runtime:
+    """The process's runtime, built on first use from FLUX_* and AWS_* environment variables."""
+    global _runtime
+    with _lock:
+        if _runtime is None:
+            settings = AwsSettings.from_env()
+            _runtime = Runtime(
+                engine=make_engine(database_url(), pool_size=2, max_overflow=4)
+                if not database_url().startswith("sqlite")
+                else make_engine(database_url()),
+                scheduler=EventBridgeScheduler(settings),
+                tasks=AwsTaskStarter(),
+                events=EventBridgePublisher(settings),
+                trust_body_user=truthy(os.environ.get("FLUX_TRUST_BODY_USER")),
+            )
+        return _runtime
+
+
+def use(replacement: Runtime | None) -> None:
+    """Install a runtime (tests, ``serve``); None resets to building from the environment."""
+    global _runtime
+    with _lock:
+        _runtime = replacement
