@@ -20,5 +20,18 @@ def main() -> None:
     """
 
 
-for command in (validate, plan_command, apply_command, drift_command, db_group):
+@click.command("openapi")
+def openapi_command() -> None:
+    """Print the HTTP API's OpenAPI 3.1 document (JSON).
+
+    \b
+    Examples:
+      flux-control openapi > openapi.json
+    """
+    from controller.api.app import openapi_document  # imports Powertools: only when asked
+
+    click.echo(openapi_document())
+
+
+for command in (validate, plan_command, apply_command, drift_command, db_group, openapi_command):
     main.add_command(command)

@@ -1,0 +1,87 @@
+"""The Lambda entry point: API Gateway requests, its own scheduler events, and AWS state changes.
+
+- API Gateway REST proxy events → the routes of :mod:`controller.api.app`;
+- ``{"flux_action": "fire", "run_id": N}`` (a run's one-time schedule) → fire that run;
+- ``{"flux_action": "sweep"}`` (a rate schedule) → repair unsynced schedules, overdue runs, events;
+- EventBridge ``Glue Job State Change`` / ``Step Functions Execution Status Change`` → settle tasks.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from aws_lambda_powertools import Metrics
+from aws_lambda_powertools.metrics import MetricUnit
+
+from controller.api.app import app, logger
+from controller.runtime import completion, dispatch, sweep
+from controller.wiring import runtime
+
+metrics = Metrics(namespace="FluxControl", service="flux-control")
+
+GLUE_EVENT = "Glue Job State Change"
+STEP_FUNCTIONS_EVENT = "Step Functions Execution Status Change"
+
+
+@metrics.log_metrics
+def lambda_handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
+    """Route ``event`` by its shape; see the module docstring."""
+    _count("Invocations")
+    if "httpMethod" in event and "requestContext" in event:
+        logger.set_correlation_id(event["requestContext"].get("requestId"))
+        response: dict[str, Any] = app.resolve(event, context)
+        _count_api(event, response)
+        return response
+    action = event.get("flux_action")
+    if action == "fire":
+        logger.set_correlation_id(f"run-{event.get('run_id')}")
+        outcome = dispatch.fire(runtime(), int(event["run_id"]))
+        logger.info("fire", extra={"run_id": event["run_id"], "outcome": outcome})
+        _count(
+            "RunsDispatched"
+            if outcome == "running"
+            else "FiresIgnored"
+            if outcome.startswith("ignored")
+            else ""
+        )
+        _count("RunsFailed" if outcome.startswith("failed") else "")
+        return {"status": outcome}
+    if action == "sweep":
+        logger.set_correlation_id(f"sweep-{getattr(context, 'aws_request_id', '')}")
+        counts = sweep.sweep(runtime())
+        return {"status": "swept", **counts}
+    detail_type = event.get("detail-type")
+    if detail_type in (GLUE_EVENT, STEP_FUNCTIONS_EVENT):
+        logger.set_correlation_id(event.get("id"))
+        return {"status": _state_change(detail_type, event.get("detail") or {})}
+    logger.warning("event of unknown shape ignored", extra={"keys": sorted(event)[:20]})
+    return {"status": "ignored: unknown event"}
+
+
+def _state_change(detail_type: str, detail: dict[str, Any]) -> str:
+    if detail_type == GLUE_EVENT:
+        source, external_id, state = "glue", detail.get("jobRunId"), detail.get("state")
+        message = detail.get("message")
+    else:
+        source, external_id, state = "step_function", detail.get("executionArn"), detail.get("status")
+        message = detail.get("error") or detail.get("cause")
+    if not external_id or not state:
+        logger.warning("state change without an id or a state ignored", extra={"detail_type": detail_type})
+        return "ignored: incomplete event"
+    outcome = completion.task_state_changed(runtime(), source, str(external_id), str(state), message)
+    logger.info("task state change", extra={"external_id": external_id, "state": state, "outcome": outcome})
+    _count("RunsSucceeded" if outcome == "run succeeded" else "RunsFailed" if outcome == "run failed" else "")
+    return outcome
+
+
+def _count(name: str, value: float = 1) -> None:
+    if name:
+        metrics.add_metric(name=name, unit=MetricUnit.Count, value=value)
+
+
+def _count_api(event: dict[str, Any], response: dict[str, Any]) -> None:
+    if event.get("path") == "/register_execution" and response.get("statusCode") == 200:
+        body = json.loads(response.get("body") or "{}")
+        _count("Registrations", len(body.get("executions", [])))
+        _count("RunsOpenedOrPushed", len(body.get("runs", [])))
