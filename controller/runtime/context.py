@@ -17,6 +17,7 @@ from sqlalchemy.orm import Session
 
 from controller.db.base import utcnow
 from controller.db.graph_store import GraphCache
+from controller.db.runtime_store import record_events
 from controller.runtime.ports import EventPublisher, RunEvent, Scheduler, ScheduleRequest, TaskStarter
 
 T = TypeVar("T")
@@ -57,6 +58,8 @@ class Runtime:
             try:
                 with Session(self.engine, expire_on_commit=False) as session, session.begin():
                     result = work(session, effects)
+                    # The outbox row commits with the change it describes (published after commit).
+                    record_events(session, effects.events, effects.batch)
                 return result, effects
             except DBAPIError as exc:
                 code = getattr(exc.orig, "sqlstate", None)
