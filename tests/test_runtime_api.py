@@ -46,14 +46,21 @@ TABLES = [
         tasks=[{"alias": "build", "type": "glue", "target": "job-b"}],
     ),
     table_doc("tb_typed", partitions=[{"name": "dt", "type": "date"}, {"name": "n", "type": "int"}]),
-    table_doc("tb_manual", partitions=MONTH, tasks=[{"alias": "load", "type": "glue", "target": "job-manual"}]),
+    table_doc(
+        "tb_manual", partitions=MONTH, tasks=[{"alias": "load", "type": "glue", "target": "job-manual"}]
+    ),
     table_doc("tb_gated", partitions=MONTH, requires_approval=True, approvers=["ana"]),
     table_doc("tb_open_gate", partitions=MONTH, requires_approval=True),
     table_doc(
         "tb_queue",
         partitions=MONTH,
         tasks=[
-            {"alias": "notify", "type": "sqs", "target": QUEUE_URL, "params": {"mes": "{{ partitions.ano_mes }}"}}
+            {
+                "alias": "notify",
+                "type": "sqs",
+                "target": QUEUE_URL,
+                "params": {"mes": "{{ partitions.ano_mes }}"},
+            }
         ],
     ),
     table_doc("tb_fn", partitions=MONTH, tasks=[{"alias": "consume", "type": "lambda", "target": FUNCTION}]),
@@ -120,7 +127,13 @@ def send(flux: Lambda, event: dict[str, Any]) -> tuple[int, str]:
 
 
 def error_of(
-    flux: Lambda, method: str, path: str, body: Any = None, *, raw_body: str | None = None, user: str | None = None
+    flux: Lambda,
+    method: str,
+    path: str,
+    body: Any = None,
+    *,
+    raw_body: str | None = None,
+    user: str | None = None,
 ) -> tuple[int, dict[str, Any]]:
     """Send a request that must fail; checks the error model and returns (status, the error object)."""
     authorizer = {"claims": {"cognito:username": user}} if user else None
@@ -137,7 +150,9 @@ def error_of(
 
 
 def manual(flux: Lambda, table: str, month: int, reason: str = "backfill") -> dict[str, Any]:
-    answer = flux.ok("POST", "/runs", {"table_name": table, "partitions": partitions(ano_mes=month), "reason": reason})
+    answer = flux.ok(
+        "POST", "/runs", {"table_name": table, "partitions": partitions(ano_mes=month), "reason": reason}
+    )
     run: dict[str, Any] = answer["run"]
     return run
 
@@ -163,7 +178,9 @@ def test_a_body_that_is_not_json_is_400(flux: Lambda) -> None:
 
 
 def test_a_missing_required_field_is_400(flux: Lambda) -> None:
-    status, error = error_of(flux, "POST", "/register_execution", {"data": [{"partitions": partitions(ano_mes=1)}]})
+    status, error = error_of(
+        flux, "POST", "/register_execution", {"data": [{"partitions": partitions(ano_mes=1)}]}
+    )
     assert status == 400
     assert error["code"] == "bad_request"
     assert "table_name" in error["message"]
@@ -195,6 +212,18 @@ def test_an_unknown_partition_name_is_404(flux: Lambda) -> None:
     assert "'mes'" in error["message"]
     assert error["details"]["index"] == 0
     assert error["details"]["partition"] == "mes"
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="app.py registers an exception handler for Exception, which Powertools also picks for its "
+    "NotFoundError: an unknown route answers 500 'internal' instead of 404",
+)
+def test_an_unknown_route_is_404_in_the_error_model(flux: Lambda) -> None:
+    status, error = error_of(flux, "GET", "/nope")
+    assert (status, error["code"]) == (404, "not_found")
+    status, error = error_of(flux, "DELETE", "/runs")
+    assert status in (404, 405)
 
 
 def test_an_unknown_approval_is_404(flux: Lambda) -> None:
@@ -241,7 +270,10 @@ def test_deciding_an_already_decided_approval_is_409(flux: Lambda) -> None:
 def test_a_body_over_256_kib_is_413(flux: Lambda) -> None:
     # Well-formed for the model (16 partitions of 4 KiB values per item), about 330 KiB in all.
     padded = [
-        {"table_name": "tb_a", "partitions": [{"partition_name": f"p{i}", "value": "x" * 4096} for i in range(16)]}
+        {
+            "table_name": "tb_a",
+            "partitions": [{"partition_name": f"p{i}", "value": "x" * 4096} for i in range(16)],
+        }
         for _ in range(5)
     ]
     body = {"data": padded}
@@ -288,7 +320,9 @@ def test_an_invalid_date_value_is_422(flux: Lambda) -> None:
 
 
 def test_a_missing_required_partition_is_422(flux: Lambda) -> None:
-    status, error = error_of(flux, "POST", "/register_execution", {"data": [item("tb_typed", dt="2023-01-30")]})
+    status, error = error_of(
+        flux, "POST", "/register_execution", {"data": [item("tb_typed", dt="2023-01-30")]}
+    )
     assert (status, error["code"]) == (422, "invalid")
     assert "'n'" in error["message"] and "required" in error["message"]
     assert error["details"]["partition"] == "n"
@@ -338,7 +372,11 @@ def test_a_repeated_idempotency_key_returns_the_first_result_and_writes_nothing(
     first = flux.ok("POST", "/register_execution", {"data": [keyed]})
     [execution] = first["executions"]
     [run] = first["runs"]
-    assert (run["table_name"], run["status"], run["fire_at"]) == ("tb_b", "scheduled", "2026-11-29T12:05:00+00:00")
+    assert (run["table_name"], run["status"], run["fire_at"]) == (
+        "tb_b",
+        "scheduled",
+        "2026-11-29T12:05:00+00:00",
+    )
 
     flux.clock.advance(120)  # a push would move fire_at to 12:07
     with StatementLog(engine) as log:
@@ -350,6 +388,23 @@ def test_a_repeated_idempotency_key_returns_the_first_result_and_writes_nothing(
     assert [e["id"] for e in flux.ok("GET", "/executions")["executions"]] == [execution["id"]]
     assert run_detail(flux, run["id"])["fire_at"] == "2026-11-29T12:05:00+00:00"
     assert schedule_of(run["id"], "tb_b")["ScheduleExpression"] == "at(2026-11-29T12:05:00)"
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="two items of one request with the same idempotency key hit the unique index: an "
+    "IntegrityError answered as 500 'internal' instead of a client error",
+)
+def test_one_idempotency_key_twice_in_a_request_is_a_client_error(flux: Lambda) -> None:
+    body = {
+        "data": [
+            {**item("tb_a", ano_mes=202305), "idempotency_key": "same"},
+            {**item("tb_a", ano_mes=202306), "idempotency_key": "same"},
+        ]
+    }
+    status, error = error_of(flux, "POST", "/register_execution", body)
+    assert 400 <= status < 500, error
+    assert flux.ok("GET", "/executions")["executions"] == []
 
 
 # --- runs per key, debounce, max wait, schedules ----------------------------------------------------
@@ -459,7 +514,9 @@ def test_a_trusted_body_user_counts_as_the_approver(flux: Lambda) -> None:
 def test_an_iam_caller_is_identified_by_its_user_arn(flux: Lambda) -> None:
     run = manual(flux, "tb_gated", 202305)
     body = {"approval_status_id": run["approval_id"]}
-    mallory = api_event("POST", "/approve", body, identity={"userArn": f"arn:aws:iam::{ACCOUNT}:user/mallory"})
+    mallory = api_event(
+        "POST", "/approve", body, identity={"userArn": f"arn:aws:iam::{ACCOUNT}:user/mallory"}
+    )
     status, raw = send(flux, mallory)
     assert status == 403, raw
     ana = api_event("POST", "/approve", body, identity={"userArn": f"arn:aws:iam::{ACCOUNT}:user/ana"})
@@ -489,7 +546,9 @@ def test_only_an_iam_user_arn_is_shortened_to_its_user_name(flux: Lambda) -> Non
 def test_a_table_without_approvers_accepts_any_identified_caller(flux: Lambda) -> None:
     run = manual(flux, "tb_open_gate", 202305)
     assert run["status"] == "awaiting_approval"
-    answer = flux.ok("POST", "/reject", {"approval_status_id": run["approval_id"], "comment": "no"}, user="zoe")
+    answer = flux.ok(
+        "POST", "/reject", {"approval_status_id": run["approval_id"], "comment": "no"}, user="zoe"
+    )
     assert answer["approval"] == {"id": run["approval_id"], "status": "rejected"}
     assert answer["run"]["status"] == "rejected"
     assert run_detail(flux, run["id"])["approval"]["decided_by"] == "zoe"
@@ -500,7 +559,11 @@ def test_a_table_without_approvers_accepts_any_identified_caller(flux: Lambda) -
 
 def test_a_manual_run_fires_now_and_dispatches_in_the_same_request(flux: Lambda) -> None:
     run = manual(flux, "tb_manual", 202305, reason="backfill May")
-    assert (run["table_name"], run["partitions"], run["fire_at"]) == ("tb_manual", {"ano_mes": 202305}, AT_START)
+    assert (run["table_name"], run["partitions"], run["fire_at"]) == (
+        "tb_manual",
+        {"ano_mes": 202305},
+        AT_START,
+    )
     assert run["approval_id"] is None
     [job_run] = glue_runs("job-manual")
     assert job_run["Arguments"] == {"--ano_mes": "202305", "--flux_run_id": str(run["id"])}
@@ -559,7 +622,9 @@ def test_cancelling_a_scheduled_run_deletes_its_schedule(flux: Lambda) -> None:
     assert (detail["status"], detail["reason"]) == ("cancelled", "not needed")
     # A late fire is a no-op.
     flux.clock.advance(300)
-    assert flux.invoke({"flux_action": "fire", "run_id": run["id"]}) == {"status": "ignored: run is cancelled"}
+    assert flux.invoke({"flux_action": "fire", "run_id": run["id"]}) == {
+        "status": "ignored: run is cancelled"
+    }
     assert glue_runs("job-b") == []
 
 
@@ -596,7 +661,9 @@ def test_an_sqs_task_is_completed_by_register_execution_with_its_run_id(flux: La
     assert detail["status"] == "succeeded"
     assert [t["status"] for t in detail["tasks"]] == ["succeeded"]
     executions = flux.ok("GET", "/executions", query={"table": "tb_queue"})["executions"]
-    assert [(e["id"], e["source"], e["run_id"]) for e in executions] == [(execution["id"], "consumer", run["id"])]
+    assert [(e["id"], e["source"], e["run_id"]) for e in executions] == [
+        (execution["id"], "consumer", run["id"])
+    ]
     # The run is over: completing it again is a conflict.
     status, error = error_of(flux, "POST", "/register_execution", {"data": [done]})
     assert (status, error["code"]) == (409, "conflict")
@@ -685,6 +752,11 @@ def test_tables_are_listed_as_reconciled_with_the_revision(flux: Lambda) -> None
     assert "tb_ghost" in error["message"]
 
 
+@pytest.mark.xfail(
+    strict=True,
+    reason="tables_payload.check_payload validates the reconciled tables as documents with their null "
+    "fields (owner: null, max_wait_seconds: null), which the schema refuses: every payload is invalid",
+)
 def test_post_tables_checks_a_new_table_and_writes_nothing(flux: Lambda) -> None:
     before = flux.ok("GET", "/tables")
     new = {
@@ -698,9 +770,10 @@ def test_post_tables_checks_a_new_table_and_writes_nothing(flux: Lambda) -> None
     assert answer["problems"] == []
     actions = answer["plan"]["actions"]
     assert [(a["action"], a["table"]) for a in actions] == [("create", "tb_new")]
-    assert actions[0]["after"] == states([table_doc("tb_new", **{k: v for k, v in new.items() if k != "name"})])[
-        "tb_new"
-    ]
+    assert (
+        actions[0]["after"]
+        == states([table_doc("tb_new", **{k: v for k, v in new.items() if k != "name"})])["tb_new"]
+    )
     assert flux.ok("GET", "/tables") == before
 
 
@@ -711,7 +784,8 @@ def test_post_tables_reports_the_problems_of_an_invalid_payload(flux: Lambda) ->
     assert answer["valid"] is False
     assert answer["plan"] is None
     assert answer["problems"]
-    assert any("tb_ghost" in p["message"] for p in answer["problems"]), answer["problems"]
+    problems = answer["problems"]
+    assert any(p["path"] == "payload" and "tb_ghost" in p["message"] for p in problems), problems
     assert flux.ok("GET", "/tables") == before
 
 
@@ -745,7 +819,7 @@ def test_the_openapi_document_has_the_routes_of_the_design(flux: Lambda) -> None
     document = flux.ok("GET", "/openapi.json")
     assert document["openapi"].startswith("3.")
     assert document["info"]["title"] == "Flux Control"
-    assert DESIGN_ROUTES <= _routes(document)
+    assert _routes(document) >= DESIGN_ROUTES
 
 
 def test_flux_control_openapi_prints_the_document() -> None:
@@ -753,4 +827,4 @@ def test_flux_control_openapi_prints_the_document() -> None:
     assert result.exit_code == 0, result.output
     document = json.loads(result.output)
     assert "/register_execution" in document["paths"]
-    assert DESIGN_ROUTES <= _routes(document)
+    assert _routes(document) >= DESIGN_ROUTES
