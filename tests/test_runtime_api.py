@@ -214,11 +214,6 @@ def test_an_unknown_partition_name_is_404(flux: Lambda) -> None:
     assert error["details"]["partition"] == "mes"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="app.py registers an exception handler for Exception, which Powertools also picks for its "
-    "NotFoundError: an unknown route answers 500 'internal' instead of 404",
-)
 def test_an_unknown_route_is_404_in_the_error_model(flux: Lambda) -> None:
     status, error = error_of(flux, "GET", "/nope")
     assert (status, error["code"]) == (404, "not_found")
@@ -283,11 +278,6 @@ def test_a_body_over_256_kib_is_413(flux: Lambda) -> None:
     assert flux.ok("GET", "/executions")["executions"] == []
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="the size is checked inside the route, after Powertools parsed and validated the body: "
-    "an oversized body that the model refuses gets 400/422, and /approve, /runs… never check it",
-)
 def test_a_body_over_256_kib_is_413_before_it_is_parsed(flux: Lambda) -> None:
     huge = "x" * (300 * 1024)
     for path, body in [
@@ -390,11 +380,6 @@ def test_a_repeated_idempotency_key_returns_the_first_result_and_writes_nothing(
     assert schedule_of(run["id"], "tb_b")["ScheduleExpression"] == "at(2026-11-29T12:05:00)"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="two items of one request with the same idempotency key hit the unique index: an "
-    "IntegrityError answered as 500 'internal' instead of a client error",
-)
 def test_one_idempotency_key_twice_in_a_request_is_a_client_error(flux: Lambda) -> None:
     body = {
         "data": [
@@ -403,7 +388,8 @@ def test_one_idempotency_key_twice_in_a_request_is_a_client_error(flux: Lambda) 
         ]
     }
     status, error = error_of(flux, "POST", "/register_execution", body)
-    assert 400 <= status < 500, error
+    assert status == 422, error
+    assert error["message"] == "data[1]: idempotency_key 'same' is also used by data[0]"
     assert flux.ok("GET", "/executions")["executions"] == []
 
 
@@ -526,11 +512,6 @@ def test_an_iam_caller_is_identified_by_its_user_arn(flux: Lambda) -> None:
     assert run_detail(flux, run["id"])["approval"]["status"] == "approved"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="approvals.is_approver compares the last '/' segment of any identity, not only of IAM user "
-    "ARNs: 'mallory/ana' or an assumed-role session named 'ana' passes as approver 'ana'",
-)
 def test_only_an_iam_user_arn_is_shortened_to_its_user_name(flux: Lambda) -> None:
     run = manual(flux, "tb_gated", 202305)
     body = {"approval_status_id": run["approval_id"]}
@@ -752,11 +733,6 @@ def test_tables_are_listed_as_reconciled_with_the_revision(flux: Lambda) -> None
     assert "tb_ghost" in error["message"]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="tables_payload.check_payload validates the reconciled tables as documents with their null "
-    "fields (owner: null, max_wait_seconds: null), which the schema refuses: every payload is invalid",
-)
 def test_post_tables_checks_a_new_table_and_writes_nothing(flux: Lambda) -> None:
     before = flux.ok("GET", "/tables")
     new = {

@@ -59,6 +59,12 @@ def _invalid(exc: RequestValidationError) -> Response[str]:
     return error_response(status, code, f"{first['location']}: {first['message']}", {"errors": errors})
 
 
+@app.not_found
+def _not_found(exc: Exception) -> Response[str]:
+    event = app.current_event
+    return error_response(404, "not_found", f"no route {event.http_method} {event.path}", {})
+
+
 @app.exception_handler(Exception)
 def _unexpected(exc: Exception) -> Response[str]:
     reference = app.current_event.request_context.request_id if app.current_event else None
@@ -66,10 +72,14 @@ def _unexpected(exc: Exception) -> Response[str]:
     return error_response(500, "internal", f"internal error (reference {reference}); it was logged", {})
 
 
-def _check_size() -> None:
-    body = app.current_event.body or ""
-    if len(body.encode("utf-8")) > MAX_BODY_BYTES:
-        raise TooLarge(f"request body is larger than {MAX_BODY_BYTES:,} bytes")
+def too_large(event: dict[str, Any]) -> dict[str, Any] | None:
+    """The 413 answer for a body over the limit, checked before anything parses it (every route)."""
+    body = event.get("body") or ""
+    if len(body.encode("utf-8") if isinstance(body, str) else body) <= MAX_BODY_BYTES:
+        return None
+    problem = TooLarge(f"request body is larger than {MAX_BODY_BYTES:,} bytes")
+    answer = {"error": {"code": problem.code, "message": problem.message, "details": {}}}
+    return {"statusCode": 413, "headers": {"Content-Type": "application/json"}, "body": json.dumps(answer)}
 
 
 def _identity(body_user: str | None) -> str | None:
@@ -85,7 +95,6 @@ def health() -> dict[str, str]:
 @app.post("/register_execution")
 def register_execution(body: RegisterRequest) -> dict[str, Any]:
     """Register that tables produced partitions (all items or none); opens the gates that opens."""
-    _check_size()
     items = [
         registration.ExecutionInput(
             item.table_name, as_mapping(item.partitions), item.source, item.run_id, item.idempotency_key
@@ -170,7 +179,6 @@ def get_table(name: str) -> dict[str, Any]:
 @app.post("/tables")
 def post_tables() -> dict[str, Any]:
     """Validate an original ``POST /tables`` payload and show the plan it would make; never writes."""
-    _check_size()
     try:
         payload = json.loads(app.current_event.body or "")
     except ValueError as exc:

@@ -27,7 +27,11 @@ def check_payload(runtime: Runtime, payload: Any) -> dict[str, Any]:
     with Session(read_only(runtime.engine)) as session:
         current = read_state(session).tables
     names = {t.get("name") for t in tables}
-    others = [{"version": 1, **state} for name, state in sorted(current.items()) if name not in names]
+    others = [
+        {"version": 1, **{k: v for k, v in state.items() if v is not None}}  # null = unset in a definition
+        for name, state in sorted(current.items())
+        if name not in names
+    ]
     sources = [as_source(tables, "payload")] + ([as_source(others, "database")] if others else [])
     result = validate_sources(sources)
     problems = [p.as_dict() for p in result.problems]

@@ -6,6 +6,7 @@ success and one 409, never two decisions.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable
 from typing import Any
 
@@ -19,14 +20,17 @@ from controller.runtime.context import Effects, Runtime
 from controller.runtime.dispatch import set_status
 from controller.runtime.effects import carry_out
 from controller.runtime.errors import Conflict, Forbidden, NotFound
-from controller.runtime.opening import summary_of
+from controller.runtime.opening import refreshed, summary_of
 from controller.runtime.ports import RunEvent, ScheduleRequest, schedule_name
+
+_IAM_USER = re.compile(r"^arn:aws[\w-]*:iam::\d{12}:user/(?:[^/]+/)*([^/]+)$")
 
 
 def is_approver(identity: str, approvers: Iterable[str]) -> bool:
-    """An approver is named as the identity itself or, for an ARN, as its last path segment."""
+    """An approver is named exactly, or by the user name of an IAM user ARN (never a role session)."""
     allowed = set(approvers)
-    return identity in allowed or identity.rsplit("/", 1)[-1] in allowed
+    iam_user = _IAM_USER.match(identity)
+    return identity in allowed or (iam_user is not None and iam_user.group(1) in allowed)
 
 
 def decide(
@@ -39,7 +43,7 @@ def decide(
 
     result, effects = runtime.transact(work)
     carry_out(runtime, effects)
-    return result
+    return {**result, "run": refreshed(runtime.engine, result["run"])}
 
 
 def _decide(

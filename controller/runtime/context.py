@@ -12,7 +12,7 @@ from datetime import datetime
 from typing import TypeVar
 
 from sqlalchemy import Engine
-from sqlalchemy.exc import DBAPIError
+from sqlalchemy.exc import DBAPIError, IntegrityError
 from sqlalchemy.orm import Session
 
 from controller.db.base import utcnow
@@ -63,7 +63,10 @@ class Runtime:
                 return result, effects
             except DBAPIError as exc:
                 code = getattr(exc.orig, "sqlstate", None)
-                if code not in _RETRYABLE or attempt == MAX_ATTEMPTS:
+                # A concurrent registration with the same idempotency key won the insert: running
+                # again finds it and answers with its result.
+                replay = isinstance(exc, IntegrityError) and "idempotency" in str(exc.orig)
+                if (code not in _RETRYABLE and not replay) or attempt == MAX_ATTEMPTS:
                     raise
                 logger.info(
                     "retrying after a serialization conflict", extra={"attempt": attempt, "sqlstate": code}

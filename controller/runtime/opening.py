@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import select, update
+from sqlalchemy import Engine, select, update
 from sqlalchemy.orm import Session
 
 from controller.db.graph_store import RuntimeGraph
@@ -169,3 +169,12 @@ def summary_of(run: RunRow, table: str, approval_id: int | None) -> dict[str, An
     """:func:`run_summary` of a loaded run row."""
     fields = {"id": run.id, "partitions": run.partitions, "status": run.status, "fire_at": run.fire_at}
     return run_summary(fields, table, approval_id)
+
+
+def refreshed(engine: Engine, summary: dict[str, Any]) -> dict[str, Any]:
+    """``summary`` with the run's status and fire time as they are now (after an immediate fire)."""
+    with Session(engine) as session:
+        row = session.execute(select(RunRow.status, RunRow.fire_at).where(RunRow.id == summary["id"])).first()
+    if row is None:
+        return summary
+    return {**summary, "status": row.status, "fire_at": row.fire_at.isoformat() if row.fire_at else None}

@@ -73,6 +73,7 @@ def register_in(
 ) -> dict[str, Any]:
     """The registration inside a caller's transaction (also used when a run completes)."""
     prepared = [_prepare(graph, index, item) for index, item in enumerate(items)]
+    _reject_repeated_keys(prepared)
     _find_replays(session, graph, prepared)
     fresh = [p for p in prepared if p.replay is None]
     dependents = {
@@ -109,6 +110,19 @@ def _prepare(graph: RuntimeGraph, index: int, item: ExecutionInput) -> Prepared:
         problem = NotFound if exc.status == 404 else Unprocessable
         raise problem(f"data[{index}]: {exc}", {"index": index, "partition": exc.partition}) from None
     return Prepared(index, item, graph.ids[item.table_name], key)
+
+
+def _reject_repeated_keys(prepared: list[Prepared]) -> None:
+    seen: dict[tuple[int, str], int] = {}
+    for p in prepared:
+        if p.item.idempotency_key is None:
+            continue
+        first = seen.setdefault((p.table_id, p.item.idempotency_key), p.index)
+        if first != p.index:
+            raise Unprocessable(
+                f"data[{p.index}]: idempotency_key {p.item.idempotency_key!r} is also used by data[{first}]",
+                {"index": p.index},
+            )
 
 
 def _execution_row(p: Prepared, user: str | None, now: datetime) -> dict[str, Any]:

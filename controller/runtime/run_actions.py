@@ -23,7 +23,7 @@ from controller.runtime.context import Effects, Runtime
 from controller.runtime.dispatch import set_status
 from controller.runtime.effects import carry_out
 from controller.runtime.errors import Conflict, NotFound, Unprocessable
-from controller.runtime.opening import Wanted, open_or_push, pending_approvals, summary_of
+from controller.runtime.opening import Wanted, open_or_push, pending_approvals, refreshed, summary_of
 from controller.runtime.ports import RunEvent, schedule_name
 
 
@@ -127,7 +127,7 @@ def retry_run(runtime: Runtime, run_id: int, reason: str | None) -> dict[str, An
 
     result, effects = runtime.transact(work)
     carry_out(runtime, effects)
-    return result
+    return refreshed(runtime.engine, result)
 
 
 def _locked(session: Session, run_id: int) -> RunRow:
