@@ -24,7 +24,7 @@ from controller.db.models import (
     TaskRow,
 )
 from controller.db.runtime_models import ExecutionRow, RunRow
-from controller.plans import History, TableAction, TableState, digest
+from controller.plans import SCALAR_FIELDS, History, TableAction, TableState, digest
 
 
 @dataclass(slots=True)
@@ -84,15 +84,7 @@ def read_state(session: Session) -> DatabaseState:
     return state
 
 
-_SCALARS = (
-    "name",
-    "description",
-    "owner",
-    "requires_approval",
-    "approvers",
-    "debounce_seconds",
-    "max_wait_seconds",
-)
+_SCALARS = ("name", *SCALAR_FIELDS)
 
 
 def _table_state(row: Mapping[Any, Any]) -> TableState:

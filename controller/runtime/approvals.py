@@ -18,7 +18,7 @@ from controller.db.runtime_store import changed
 from controller.runs import AWAITING_APPROVAL, REJECTED, SCHEDULED, approved_fire_time
 from controller.runtime.context import Effects, Runtime
 from controller.runtime.dispatch import set_status
-from controller.runtime.effects import carry_out
+from controller.runtime.effects import perform
 from controller.runtime.errors import Conflict, Forbidden, NotFound
 from controller.runtime.opening import refreshed, summary_of
 from controller.runtime.ports import RunEvent, ScheduleRequest, schedule_name
@@ -41,8 +41,7 @@ def decide(
     def work(session: Session, effects: Effects) -> dict[str, Any]:
         return _decide(session, runtime, approval_id, identity, approve, comment, effects)
 
-    result, effects = runtime.transact(work)
-    carry_out(runtime, effects)
+    result = perform(runtime, work)
     return {**result, "run": refreshed(runtime.engine, result["run"])}
 
 

@@ -20,7 +20,7 @@ from controller.db.runtime_store import changed
 from controller.runs import DISPATCHING, FAILED, RUNNING
 from controller.runtime.context import Effects, Runtime
 from controller.runtime.dispatch import set_status
-from controller.runtime.effects import carry_out
+from controller.runtime.effects import perform
 from controller.runtime.errors import Conflict, NotFound
 from controller.runtime.opening import summary_of
 from controller.runtime.registration import ExecutionInput, register_in
@@ -45,9 +45,7 @@ def task_state_changed(
             session, graph, source, external_id, state in success, message or state, runtime.clock(), effects
         )
 
-    outcome, effects = runtime.transact(work)
-    carry_out(runtime, effects)
-    return outcome
+    return perform(runtime, work)
 
 
 def _settle(
@@ -121,6 +119,4 @@ def fail_run(runtime: Runtime, run_id: int, reason: str | None) -> dict[str, Any
         session.refresh(run)
         return summary_of(run, table, None)
 
-    result, effects = runtime.transact(work)
-    carry_out(runtime, effects)
-    return result
+    return perform(runtime, work)

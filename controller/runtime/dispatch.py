@@ -11,7 +11,7 @@ from datetime import datetime
 from typing import Any
 
 from jinja2 import TemplateError
-from sqlalchemy import select, update
+from sqlalchemy import Update, select, update
 from sqlalchemy.orm import Session
 
 from controller.db.graph_store import RuntimeGraph
@@ -20,7 +20,7 @@ from controller.db.runtime_models import ExecutionRow, RunRow, RunTriggerRow, Ta
 from controller.db.runtime_store import changed
 from controller.runs import CANCELLED, DISPATCHING, FAILED, RUNNING, SCHEDULED, SUCCEEDED, due
 from controller.runtime.context import Effects, Runtime
-from controller.runtime.effects import carry_out
+from controller.runtime.effects import perform
 from controller.runtime.ports import RunEvent, TaskRequest, TaskStartError
 from controller.runtime.registration import ExecutionInput, register_in
 from controller.specs import TableSpec
@@ -31,10 +31,9 @@ logger = logging.getLogger("flux_control.runtime")
 
 def fire(runtime: Runtime, run_id: int) -> str:
     """Fire run ``run_id`` (a schedule, the sweep, or an immediate run); returns what happened."""
-    (outcome, requests), effects = runtime.transact(
-        lambda s, e: _claim(s, runtime.graphs.get(s), run_id, runtime.clock(), e)
+    outcome, requests = perform(
+        runtime, lambda s, e: _claim(s, runtime.graphs.get(s), run_id, runtime.clock(), e)
     )
-    carry_out(runtime, effects)
     if not requests:
         return outcome
     started: dict[str, str] = {}
@@ -47,11 +46,9 @@ def fire(runtime: Runtime, run_id: int) -> str:
             logger.error(
                 "task failed to start", extra={"run_id": run_id, "task": request.alias, "error": str(exc)}
             )
-    result, effects = runtime.transact(
-        lambda s, e: _record_starts(s, run_id, requests[0], started, errors, runtime.clock(), e)
+    return perform(
+        runtime, lambda s, e: _record_starts(s, run_id, requests[0], started, errors, runtime.clock(), e)
     )
-    carry_out(runtime, effects)
-    return result
 
 
 def _claim(
@@ -180,25 +177,11 @@ def _record_starts(
     effects: Effects,
 ) -> str:
     for alias, external_id in started.items():
-        session.execute(
-            update(TaskDispatchRow)
-            .where(
-                TaskDispatchRow.run_id == run_id,
-                TaskDispatchRow.attempt == first.attempt,
-                TaskDispatchRow.alias == alias,
-            )
-            .values(status="started", external_id=external_id, started_at=now)
-        )
+        task = _dispatch_row(run_id, first.attempt, alias)
+        session.execute(task.values(status="started", external_id=external_id, started_at=now))
     for alias, error in errors.items():
-        session.execute(
-            update(TaskDispatchRow)
-            .where(
-                TaskDispatchRow.run_id == run_id,
-                TaskDispatchRow.attempt == first.attempt,
-                TaskDispatchRow.alias == alias,
-            )
-            .values(status="failed", error=error, finished_at=now)
-        )
+        task = _dispatch_row(run_id, first.attempt, alias)
+        session.execute(task.values(status="failed", error=error, finished_at=now))
     run = session.get(RunRow, run_id, with_for_update=True)
     assert run is not None
     if errors:
@@ -207,6 +190,12 @@ def _record_starts(
         return "failed: " + reason
     set_status(session, run, RUNNING, now, effects, first.table, old=DISPATCHING)
     return "running"
+
+
+def _dispatch_row(run_id: int, attempt: int, alias: str) -> Update:
+    return update(TaskDispatchRow).where(
+        TaskDispatchRow.run_id == run_id, TaskDispatchRow.attempt == attempt, TaskDispatchRow.alias == alias
+    )
 
 
 def set_status(

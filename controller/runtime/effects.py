@@ -7,6 +7,8 @@ A schedule that could not be written leaves its run "unsynced" (``scheduled_fire
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
+from typing import TypeVar
 
 from sqlalchemy import bindparam, update
 from sqlalchemy.orm import Session
@@ -16,7 +18,15 @@ from controller.db.runtime_store import mark_published
 from controller.runtime.context import Effects, Runtime
 from controller.runtime.ports import ScheduleRequest
 
+T = TypeVar("T")
 logger = logging.getLogger("flux_control.runtime")
+
+
+def perform(runtime: Runtime, work: Callable[[Session, Effects], T]) -> T:
+    """Run ``work`` in one transaction, then carry out its effects; returns what ``work`` returned."""
+    result, effects = runtime.transact(work)
+    carry_out(runtime, effects)
+    return result
 
 
 def carry_out(runtime: Runtime, effects: Effects) -> None:

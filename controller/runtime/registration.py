@@ -21,7 +21,7 @@ from controller.gates import Execution, openings, probes
 from controller.keys import InvalidPartition, Key, key_text, make_key
 from controller.runs import DISPATCHING, RUNNING, SUCCEEDED
 from controller.runtime.context import Effects, Runtime
-from controller.runtime.effects import carry_out
+from controller.runtime.effects import perform
 from controller.runtime.errors import Conflict, NotFound, RuntimeProblem, Unprocessable
 from controller.runtime.opening import Wanted, open_or_push, pending_approvals, run_summary
 from controller.runtime.ports import RunEvent
@@ -58,9 +58,7 @@ def register_executions(runtime: Runtime, items: list[ExecutionInput], user: str
     def work(session: Session, effects: Effects) -> dict[str, Any]:
         return register_in(session, runtime.graphs.get(session), items, user, runtime.clock(), effects)
 
-    result, effects = runtime.transact(work)
-    carry_out(runtime, effects)
-    return result
+    return perform(runtime, work)
 
 
 def register_in(

@@ -21,7 +21,7 @@ from controller.runs import (
 )
 from controller.runtime.context import Effects, Runtime
 from controller.runtime.dispatch import set_status
-from controller.runtime.effects import carry_out
+from controller.runtime.effects import perform
 from controller.runtime.errors import Conflict, NotFound, Unprocessable
 from controller.runtime.opening import Wanted, open_or_push, pending_approvals, refreshed, summary_of
 from controller.runtime.ports import RunEvent, schedule_name
@@ -61,9 +61,7 @@ def manual_run(
         )
         return run
 
-    result, effects = runtime.transact(work)
-    carry_out(runtime, effects)
-    return result
+    return refreshed(runtime.engine, perform(runtime, work))
 
 
 def cancel_run(runtime: Runtime, run_id: int, reason: str | None) -> dict[str, Any]:
@@ -88,9 +86,7 @@ def cancel_run(runtime: Runtime, run_id: int, reason: str | None) -> dict[str, A
         session.refresh(run)
         return summary_of(run, table, None)
 
-    result, effects = runtime.transact(work)
-    carry_out(runtime, effects)
-    return result
+    return perform(runtime, work)
 
 
 def retry_run(runtime: Runtime, run_id: int, reason: str | None) -> dict[str, Any]:
@@ -125,9 +121,7 @@ def retry_run(runtime: Runtime, run_id: int, reason: str | None) -> dict[str, An
         session.refresh(run)
         return summary_of(run, table, pending_approvals(session, [run_id]).get(run_id))
 
-    result, effects = runtime.transact(work)
-    carry_out(runtime, effects)
-    return refreshed(runtime.engine, result)
+    return refreshed(runtime.engine, perform(runtime, work))
 
 
 def _locked(session: Session, run_id: int) -> RunRow:

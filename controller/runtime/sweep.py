@@ -20,7 +20,7 @@ from controller.db.runtime_models import RunEventRow, RunRow
 from controller.runs import DISPATCHING, FAILED, SCHEDULED
 from controller.runtime.context import Effects, Runtime
 from controller.runtime.dispatch import fire, set_status
-from controller.runtime.effects import carry_out, sync_schedules
+from controller.runtime.effects import perform, sync_schedules
 from controller.runtime.ports import RunEvent, ScheduleRequest, schedule_name
 
 logger = logging.getLogger("flux_control.runtime")
@@ -61,8 +61,7 @@ def sweep(runtime: Runtime) -> dict[str, int]:
     synced = sync_schedules(runtime, requests)
     fired = sum(1 for run_id in overdue if fire(runtime, run_id) != "unknown")
     published = _publish_outbox(runtime)
-    stuck, effects = runtime.transact(lambda s, e: _fail_stuck(s, runtime, e))
-    carry_out(runtime, effects)
+    stuck = perform(runtime, lambda s, e: _fail_stuck(s, runtime, e))
     counts = {
         "schedules_written": len(synced),
         "overdue_fired": fired,
