@@ -106,6 +106,8 @@ class Plan:
     revision: str | None = None
     created_at: datetime | None = None
     notes: list[str] = field(default_factory=list)
+    #: What the plan compares with when it is not the database (a Git revision).
+    baseline: str | None = None
 
     @property
     def has_changes(self) -> bool:
@@ -124,6 +126,8 @@ class Plan:
 
     def summary_line(self) -> str:
         if not self.actions:
+            if self.baseline:
+                return f"No changes: the definitions match those at {self.baseline}."
             return "No changes. The database matches the definitions."
         s = self.summary()
         return f"Plan: {s['delete']} to delete, {s['create']} to create, {s['update']} to update."
@@ -146,9 +150,14 @@ def make_plan(
     history: Mapping[str, History] | None = None,
 ) -> Plan:
     """The actions that turn ``current`` (database) into ``desired`` (Git), deletes first."""
-    history = history or {}
+    # Without a history mapping (a plan against a Git revision) the history is unknown: None.
     deletes = [
-        TableAction("delete", name, before=current[name], history=history.get(name, History()))
+        TableAction(
+            "delete",
+            name,
+            before=current[name],
+            history=None if history is None else history.get(name, History()),
+        )
         for name in sorted(set(current) - set(desired))
     ]
     creates = [

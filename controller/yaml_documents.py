@@ -123,19 +123,18 @@ def iter_definition_files(root: Path) -> Iterator[Path]:
 
 def read_file(path: Path, display: str, *, max_bytes: int = DEFAULT_MAX_FILE_BYTES) -> SourceFile:
     """Read one file into documents; never raises for bad content, reports it instead."""
-    source = SourceFile(display)
     size = path.stat().st_size
     if size > max_bytes:
-        source.problems.append(
-            Problem(
-                Location(display),
-                f"file is {size:,} bytes, larger than the {max_bytes:,}-byte limit; "
-                "split it into several files",
-                "yaml-size",
-            )
-        )
-        return source
+        return oversized(display, size, max_bytes)
     return parse_bytes(path.read_bytes(), display)
+
+
+def oversized(display: str, size: int, max_bytes: int) -> SourceFile:
+    """A file refused for its size, unread."""
+    source = SourceFile(display)
+    message = f"file is {size:,} bytes, larger than the {max_bytes:,}-byte limit; split it into several files"
+    source.problems.append(Problem(Location(display), message, "yaml-size"))
+    return source
 
 
 def parse_bytes(data: bytes, display: str) -> SourceFile:

@@ -175,8 +175,13 @@ def test_text_delete_heading_mentions_the_history() -> None:
 
 
 def test_text_delete_heading_says_no_history() -> None:
-    text = render_text(mixed_plan(), colour=False)
+    text = render_text(mixed_plan(History(0, 0)), colour=False)
     assert "  # tb_old will be deleted (no history)\n" in text
+
+
+def test_text_delete_heading_says_nothing_when_history_is_unknown() -> None:
+    text = render_text(mixed_plan(), colour=False)
+    assert "  # tb_old will be deleted\n" in text
 
 
 def test_text_ends_with_the_summary_line() -> None:

@@ -254,8 +254,15 @@ def test_deletes_carry_the_history_passed_in_or_an_empty_one() -> None:
     assert all(a.history is None for a in plan.actions if a.action != "delete")
 
 
-def test_deletes_without_history_argument_get_empty_history() -> None:
+def test_deletes_without_history_argument_have_unknown_history() -> None:
+    """A plan against a Git revision knows nothing of executions: history is None, not empty."""
     plan = make_plan(by_name(table("tb_a")), {})
+    (action,) = plan.actions
+    assert action.history is None
+
+
+def test_deletes_of_tables_missing_from_the_history_mapping_have_empty_history() -> None:
+    plan = make_plan(by_name(table("tb_a")), {}, {})
     (action,) = plan.actions
     assert action.history == History(executions=0, runs=0)
 

@@ -16,6 +16,7 @@ from sqlalchemy import Engine
 from sqlalchemy.exc import SQLAlchemyError
 
 from controller.db.engine import DEFAULT_DATABASE_URL, database_url, make_engine, safe_url
+from controller.git_source import GitError
 from controller.plan_documents import PlanFileError
 from controller.reconciler import ReconcileError
 from controller.validation import ValidationResult
@@ -49,7 +50,7 @@ def friendly_errors(command: F) -> F:
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         try:
             return command(*args, **kwargs)
-        except (ReconcileError, PlanFileError) as exc:
+        except (ReconcileError, PlanFileError, GitError) as exc:
             _fail(str(exc))
         except SQLAlchemyError as exc:
             url = safe_url(database_url(kwargs.get("database_url")))

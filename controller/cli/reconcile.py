@@ -19,11 +19,12 @@ from controller.cli.common import (
     resolve_revision,
 )
 from controller.db.definitions_store import RevisionInfo
+from controller.git_source import read_revision
 from controller.plan_documents import read_plan_file, write_plan_file
 from controller.plan_rendering import render_markdown, render_text
-from controller.plans import Plan, TableState
+from controller.plans import Plan, TableState, make_plan
 from controller.reconciler import DEFAULT_LOCK_TIMEOUT, apply, desired_states, plan
-from controller.validation import validate_directory
+from controller.validation import validate_directory, validate_sources
 
 
 def _desired(directory: Path) -> dict[str, TableState]:
@@ -48,6 +49,11 @@ def _desired(directory: Path) -> dict[str, TableState]:
 )
 @click.option("--detailed-exitcode", is_flag=True, help="Exit 0 with no changes, 2 with changes, 1 on error.")
 @click.option("--revision", help="Git revision to record in the plan (default: GITHUB_SHA or git HEAD).")
+@click.option(
+    "--against-ref",
+    metavar="REF",
+    help="Compare with the definitions at this Git revision instead of the database (for pull requests).",
+)
 @friendly_errors
 def plan_command(
     directory: Path,
@@ -56,6 +62,7 @@ def plan_command(
     out: Path | None,
     detailed_exitcode: bool,
     revision: str | None,
+    against_ref: str | None,
 ) -> None:
     """Show what apply would change in the database, per table and field; writes nothing.
 
@@ -68,8 +75,14 @@ def plan_command(
       flux-control plan definitions --detailed-exitcode
       flux-control plan --format markdown > comment.md
       flux-control plan --out plan.json && flux-control apply --plan plan.json
+      flux-control plan --against-ref origin/main --format markdown
     """
-    result, _ = plan(open_engine(database_url), _desired(directory))
+    desired = _desired(directory)
+    result = (
+        _plan_against(directory, against_ref, desired)
+        if against_ref
+        else plan(open_engine(database_url), desired)[0]
+    )
     result.revision = resolve_revision(revision, directory)
     result.created_at = datetime.now(UTC)
     if out is not None:
@@ -77,6 +90,20 @@ def plan_command(
     _print_plan(result, output_format)
     if detailed_exitcode and result.has_changes:
         sys.exit(2)
+
+
+def _plan_against(directory: Path, ref: str, desired: dict[str, TableState]) -> Plan:
+    """The plan from the definitions at Git ``ref`` to the working tree; no database involved."""
+    base = validate_sources(read_revision(directory, ref))
+    result = make_plan(desired_states(base), desired)
+    result.baseline = ref
+    result.notes.append(f"Compared with the definitions at {ref} (not with a database).\n")
+    if not base.valid:
+        result.notes.append(
+            f"Warning: the definitions at {ref} have {len(base.problems)} problem(s); "
+            "tables with problems there count as absent.\n"
+        )
+    return result
 
 
 def _print_plan(result: Plan, output_format: str) -> None:
