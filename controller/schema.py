@@ -59,7 +59,8 @@ def schema_problems(data: Any, locator: Locator) -> list[Problem]:
     problems: list[Problem] = []
     for error in validator.iter_errors(data):
         problems.extend(_translate(error, locator))
-    return problems
+    # jsonschema reports "required" once per missing field, each naming all of them: keep one each.
+    return list(dict.fromkeys(problems))
 
 
 def _as_list(value: object) -> list[Any]:

@@ -445,3 +445,11 @@ def test_problems_are_sorted_by_file_line_column(write_defs: WriteDefs) -> None:
         "defs/b.yaml:4:8: 'owner' must be a string, got number 1",
         "defs/b.yaml:5:19: 'debounce_seconds' must be an integer, got string 'x'",
     ]
+
+
+def test_each_missing_field_is_reported_once(write_defs: WriteDefs) -> None:
+    root = write_defs({"a.yaml": "version: 1\n"})
+    assert [str(p) for p in validate_directory(root).problems] == [
+        "defs/a.yaml:1:1: missing required field 'name'",
+        "defs/a.yaml:1:1: missing required field 'partitions'",
+    ]

@@ -6,6 +6,9 @@ import click
 
 from controller import __version__
 from controller.cli.db import db_group
+from controller.cli.explain import explain_command
+from controller.cli.graph import graph_command
+from controller.cli.importer import import_command
 from controller.cli.reconcile import apply_command, drift_command, plan_command
 from controller.cli.validate import validate
 
@@ -33,5 +36,15 @@ def openapi_command() -> None:
     click.echo(openapi_document())
 
 
-for command in (validate, plan_command, apply_command, drift_command, db_group, openapi_command):
+for command in (
+    validate,
+    plan_command,
+    apply_command,
+    drift_command,
+    graph_command,
+    import_command,
+    db_group,
+    openapi_command,
+    explain_command,
+):
     main.add_command(command)

@@ -1,0 +1,59 @@
+"""``flux-control explain``: why a table did or did not run for a partition key."""
+
+from __future__ import annotations
+
+import json
+
+import click
+
+from controller.cli.common import database_option, friendly_errors, open_engine
+from controller.keys import InvalidPartition
+from controller.runtime.errors import RuntimeProblem
+from controller.runtime.explain import explain, render
+
+
+def _partition(_ctx: click.Context, _param: click.Parameter, values: tuple[str, ...]) -> dict[str, str]:
+    parsed: dict[str, str] = {}
+    for value in values:
+        name, sep, raw = value.partition("=")
+        if not sep or not name:
+            raise click.BadParameter(f"{value!r} is not NAME=VALUE")
+        parsed[name.strip()] = raw.strip()
+    return parsed
+
+
+@click.command("explain")
+@click.argument("table")
+@click.option(
+    "--partition",
+    "-p",
+    "partitions",
+    multiple=True,
+    callback=_partition,
+    metavar="NAME=VALUE",
+    help="A partition value of the key (repeat for each partition).",
+)
+@database_option
+@click.option(
+    "--format", "output_format", type=click.Choice(["text", "json"]), default="text", show_default=True
+)
+@friendly_errors
+def explain_command(table: str, partitions: dict[str, str], database_url: str, output_format: str) -> None:
+    """Explain why TABLE did or did not run for a key.
+
+    Shows each dependency present or missing (with the execution that satisfies it), the open run
+    and its state, the debounce fire time, the approval, and the last runs with their outcome.
+
+    \b
+    Examples:
+      flux-control explain tb_op_enriquecido --partition ano_mes_referencia=202305
+      flux-control explain tb_vendas_consolidadas -p data_venda=2024-05-01 -p regiao=sul --format json
+    """
+    try:
+        result = explain(open_engine(database_url), table, partitions)
+    except (RuntimeProblem, InvalidPartition) as exc:
+        raise click.ClickException(str(exc)) from None
+    if output_format == "json":
+        click.echo(json.dumps(result.as_dict(), indent=2, ensure_ascii=False))
+    else:
+        click.echo(render(result), nl=False)
