@@ -66,8 +66,11 @@ def render_text(plan: Plan, *, colour: bool | None = False) -> str:
     return text if colour else click.unstyle(text)
 
 
-def render_markdown(plan: Plan, *, title: str = "Flux Control plan", limit: int = MARKDOWN_LIMIT) -> str:
-    """A PR comment: summary table first, then collapsible details, kept under ``limit`` characters."""
+def render_markdown(
+    plan: Plan, *, title: str = "Flux Control plan", limit: int = MARKDOWN_LIMIT, graph: str | None = None
+) -> str:
+    """A PR comment: summary table first, then a Mermaid ``graph`` (if given), then collapsible
+    details, kept under ``limit`` characters (the graph is dropped before the summary is)."""
     summary = plan.summary()
     head = [f"### {title}", ""]
     if not plan.actions:
@@ -86,6 +89,15 @@ def render_markdown(plan: Plan, *, title: str = "Flux Control plan", limit: int 
     if deletions:
         head.append("**Deletions:** " + _bounded_list([_deletion_note(a) for a in deletions], limit // 4))
         head.append("")
+    if graph and len(graph) < limit // 3:
+        head += [
+            "Changed tables and everything downstream of them:",
+            "",
+            "```mermaid",
+            graph.rstrip("\n"),
+            "```",
+            "",
+        ]
     opening = ["<details><summary>Details</summary>", "", "```diff"]
     closing = ["```", "", "</details>", ""]
     body = [line.plain() for line in plan_lines(plan)]

@@ -87,6 +87,11 @@ def test_markdown_for_the_pull_request_comment(repo: Path) -> None:
     assert output.startswith("### Flux Control plan")
     assert "| 🗑️ delete | 1 |" in output
     assert "**Deletions:** `c`" in output
+    # Summary first, then the graph of changed tables and their downstream, then the details.
+    assert output.index("| ✏️ update | 1 |") < output.index("```mermaid") < output.index("<details>")
+    graph = output[output.index("```mermaid") : output.index("<details>")]
+    assert "class t_b,t_d changed" in graph
+    assert "t_a" not in graph  # unchanged and upstream only
 
 
 def test_an_unknown_revision_says_what_to_do(repo: Path) -> None:

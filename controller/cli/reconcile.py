@@ -9,6 +9,7 @@ from pathlib import Path
 
 import click
 
+from controller import graphs
 from controller.cli.common import (
     database_option,
     directory_argument,
@@ -24,14 +25,19 @@ from controller.plan_documents import read_plan_file, write_plan_file
 from controller.plan_rendering import render_markdown, render_text
 from controller.plans import Plan, TableState, make_plan
 from controller.reconciler import DEFAULT_LOCK_TIMEOUT, apply, desired_states, plan
-from controller.validation import validate_directory, validate_sources
+from controller.specs import TableSpec
+from controller.validation import ValidationResult, validate_directory, validate_sources
 
 
-def _desired(directory: Path) -> dict[str, TableState]:
+def _valid(directory: Path) -> ValidationResult:
     result = validate_directory(directory)
     if not result.valid:
         report_invalid(result)
-    return desired_states(result)
+    return result
+
+
+def _desired(directory: Path) -> dict[str, TableState]:
+    return desired_states(_valid(directory))
 
 
 @click.command("plan")
@@ -77,7 +83,8 @@ def plan_command(
       flux-control plan --out plan.json && flux-control apply --plan plan.json
       flux-control plan --against-ref origin/main --format markdown
     """
-    desired = _desired(directory)
+    definitions = _valid(directory)
+    desired = desired_states(definitions)
     result = (
         _plan_against(directory, against_ref, desired)
         if against_ref
@@ -87,7 +94,7 @@ def plan_command(
     result.created_at = datetime.now(UTC)
     if out is not None:
         write_plan_file(result, out)
-    _print_plan(result, output_format)
+    _print_plan(result, output_format, definitions.specs)
     if detailed_exitcode and result.has_changes:
         sys.exit(2)
 
@@ -106,11 +113,13 @@ def _plan_against(directory: Path, ref: str, desired: dict[str, TableState]) -> 
     return result
 
 
-def _print_plan(result: Plan, output_format: str) -> None:
+def _print_plan(result: Plan, output_format: str, specs: list[TableSpec]) -> None:
     if output_format == "json":
         click.echo(json.dumps(result.as_dict(), indent=2, ensure_ascii=False))
     elif output_format == "markdown":
-        click.echo(render_markdown(result), nl=False)
+        changed = {a.table for a in result.actions if a.action != "delete"}
+        graph = graphs.mermaid(specs, changed=changed) if changed else None
+        click.echo(render_markdown(result, graph=graph), nl=False)
     else:
         click.echo(render_text(result, colour=sys.stdout.isatty()), nl=False)
 
