@@ -74,7 +74,7 @@ def render_markdown(
     summary = plan.summary()
     head = [f"### {title}", ""]
     if not plan.actions:
-        head.append("**No changes.** The database matches the definitions.")
+        head.append(f"**{plan.summary_line()}**")
         return "\n".join(head) + "\n"
     head += [
         "| action | tables |",

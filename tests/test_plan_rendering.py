@@ -282,9 +282,16 @@ def test_markdown_without_deletions_has_no_deletion_note() -> None:
 def test_markdown_of_no_changes() -> None:
     states = by_name(table("tb_a"), table("tb_b"))
     markdown = render_markdown(make_plan(states, states))
-    assert "**No changes.**" in markdown
+    assert "**No changes. The database matches the definitions.**" in markdown
     assert "<details>" not in markdown
     assert "```" not in markdown
+
+
+def test_markdown_of_no_changes_against_a_revision_names_it() -> None:
+    states = by_name(table("tb_a"))
+    plan = make_plan(states, states)
+    plan.baseline = "origin/main"
+    assert "**No changes: the definitions match those at origin/main.**" in render_markdown(plan)
 
 
 def test_markdown_of_a_huge_plan_is_truncated_and_well_formed() -> None:
