@@ -6,7 +6,7 @@ database, asks the planner, enforces the safety rails, and writes in one transac
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -87,6 +87,7 @@ def apply(
     actor: str,
     now: datetime,
     lock_timeout: float = DEFAULT_LOCK_TIMEOUT,
+    progress: Callable[[], None] = lambda: None,
 ) -> ApplyOutcome:
     """Make the database match ``desired`` (or exactly ``saved_plan``) in one transaction.
 
@@ -122,6 +123,7 @@ def apply(
                     desired_digest=result.desired_digest,
                     summary=result.summary(),
                     now=now,
+                    progress=progress,
                 )
                 session.flush()
             return ApplyOutcome(result, revision_id)

@@ -181,3 +181,34 @@ def test_help_of_every_reconcile_command_has_examples() -> None:
         result = CliRunner().invoke(main, [command, "--help"])
         assert result.exit_code == 0
         assert f"flux-control {command}" in result.output.split("Examples:")[1]
+
+
+def test_applies_of_many_tables_show_progress_on_stderr(tmp_path: Path) -> None:
+    from tests.factories import generated
+
+    url = f"sqlite:///{tmp_path / 'flux.db'}"
+    small = run("apply", str(write_tables(tmp_path / "small", generated(999))), database_url=url)
+    assert small.exit_code == 0
+    assert "Applying" not in small.stderr
+    large = run("apply", str(write_tables(tmp_path / "large", generated(1000, salt=" v2"))), database_url=url)
+    assert large.exit_code == 0, large.output
+    assert "Applying 1,000 tables" in large.stderr
+
+
+def test_apply_reports_each_write_step(engine: Engine) -> None:
+    from datetime import UTC, datetime
+
+    from controller.db.definitions_store import WRITE_STEPS
+    from controller.reconciler import apply
+    from tests.factories import generated, states
+
+    steps: list[int] = []
+    apply(
+        engine,
+        desired=states(generated(5)),
+        revision="r",
+        actor="t",
+        now=datetime.now(UTC),
+        progress=lambda: steps.append(1),
+    )
+    assert len(steps) == WRITE_STEPS

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import sys
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -19,7 +21,7 @@ from controller.cli.common import (
     resolve_actor,
     resolve_revision,
 )
-from controller.db.definitions_store import RevisionInfo
+from controller.db.definitions_store import WRITE_STEPS, RevisionInfo
 from controller.git_source import read_revision
 from controller.plan_documents import read_plan_file, write_plan_file
 from controller.plan_rendering import render_markdown, render_text
@@ -167,16 +169,20 @@ def apply_command(
       flux-control apply --allow-delete
     """
     saved = read_plan_file(plan_file) if plan_file else None
-    outcome = apply(
-        open_engine(database_url),
-        desired=None if saved else _desired(directory),
-        saved_plan=saved,
-        allow_delete=allow_delete,
-        revision=resolve_revision(revision or (saved.revision if saved else None), directory),
-        actor=resolve_actor(actor),
-        now=datetime.now(UTC),
-        lock_timeout=lock_timeout,
-    )
+    desired = None if saved else _desired(directory)
+    size = len(saved.actions) if saved else len(desired or {})
+    with _progress(size) as step:
+        outcome = apply(
+            open_engine(database_url),
+            desired=desired,
+            saved_plan=saved,
+            allow_delete=allow_delete,
+            revision=resolve_revision(revision or (saved.revision if saved else None), directory),
+            actor=resolve_actor(actor),
+            now=datetime.now(UTC),
+            lock_timeout=lock_timeout,
+            progress=step,
+        )
     if not outcome.applied:
         click.echo("No changes. Nothing to apply.")
         return
@@ -186,6 +192,19 @@ def apply_command(
         f"Apply complete: {s['create']} created, {s['update']} updated, {s['delete']} deleted.",
         fg="green",
     )
+
+
+PROGRESS_THRESHOLD = 1000
+
+
+@contextmanager
+def _progress(tables: int) -> Iterator[Callable[[], None]]:
+    """A progress bar on stderr for applies of many tables (click shows it only on a terminal)."""
+    if tables < PROGRESS_THRESHOLD:
+        yield lambda: None
+        return
+    with click.progressbar(length=WRITE_STEPS, label=f"Applying {tables:,} tables", file=sys.stderr) as bar:
+        yield lambda: bar.update(1)
 
 
 @click.command("drift")

@@ -7,7 +7,7 @@ pure planner compares like with like.
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -85,6 +85,8 @@ def read_state(session: Session) -> DatabaseState:
 
 
 _SCALARS = ("name", *SCALAR_FIELDS)
+#: Progress steps of :func:`write_actions`: tables, partitions, dependencies, tasks, audit.
+WRITE_STEPS = 5
 
 
 def _table_state(row: Mapping[Any, Any]) -> TableState:
@@ -124,8 +126,12 @@ def write_actions(
     desired_digest: str,
     summary: dict[str, int],
     now: datetime,
+    progress: Callable[[], None] = lambda: None,
 ) -> int:
-    """Apply ``actions`` with bulk statements and record the revision; returns the revision id."""
+    """Apply ``actions`` with bulk statements and record the revision; returns the revision id.
+
+    ``progress`` is called after each of the :data:`WRITE_STEPS` steps (for a progress bar).
+    """
     revision_id = session.execute(
         insert(ReconcileRevision).returning(ReconcileRevision.id),
         [
@@ -165,8 +171,10 @@ def write_actions(
             update(TableRow),
             [{"id": ids[a.table], **_table_row(a.after, revision_id, now)} for a in existing if a.after],
         )
-    _rewrite_children(session, upserts, ids, set(state.ids))
+    progress()
+    _rewrite_children(session, upserts, ids, set(state.ids), progress)
     session.execute(insert(AuditEntry), [_audit(a, actor, revision_id, now) for a in actions])
+    progress()
     return int(revision_id)
 
 
@@ -186,7 +194,11 @@ def _table_row(state: TableState, revision_id: int, now: datetime) -> dict[str, 
 
 
 def _rewrite_children(
-    session: Session, upserts: Iterable[TableAction], ids: dict[str, int], had_rows: set[str]
+    session: Session,
+    upserts: Iterable[TableAction],
+    ids: dict[str, int],
+    had_rows: set[str],
+    progress: Callable[[], None],
 ) -> None:
     """Replace the partitions, dependencies or tasks of tables where those changed (bulk)."""
     for list_field, model in (
@@ -210,6 +222,7 @@ def _rewrite_children(
         ]
         if rows:
             session.execute(insert(model), rows)
+        progress()
 
 
 def _child_row(
