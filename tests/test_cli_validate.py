@@ -121,3 +121,20 @@ def test_help_shows_examples() -> None:
     result = CliRunner().invoke(main, ["validate", "--help"])
     assert result.exit_code == 0
     assert "flux-control validate path/to/definitions --format json" in result.output
+
+
+def test_every_command_has_help_with_examples() -> None:
+    import click
+
+    commands: list[tuple[str, ...]] = []
+    for name, command in main.commands.items():
+        if isinstance(command, click.Group):
+            commands.extend((name, sub) for sub in command.commands)
+        else:
+            commands.append((name,))
+    assert len(commands) >= 9
+    for path in commands:
+        result = CliRunner().invoke(main, [*path, "--help"])
+        assert result.exit_code == 0, path
+        assert "Examples:" in result.output, f"flux-control {' '.join(path)} --help has no examples"
+        assert f"flux-control {' '.join(path)}" in result.output.split("Examples:")[1], path
