@@ -10,6 +10,7 @@ from controller.cli.explain import explain_command
 from controller.cli.graph import graph_command
 from controller.cli.importer import import_command
 from controller.cli.reconcile import apply_command, drift_command, plan_command
+from controller.cli.serve import serve_command
 from controller.cli.validate import validate
 
 
@@ -46,5 +47,6 @@ for command in (
     db_group,
     openapi_command,
     explain_command,
+    serve_command,
 ):
     main.add_command(command)

@@ -1,0 +1,72 @@
+"""HTTP requests to API Gateway REST proxy events and back, served by the Lambda handler."""
+
+from __future__ import annotations
+
+import base64
+import uuid
+from collections.abc import Callable
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+from urllib.parse import parse_qs, urlsplit
+
+Invoke = Callable[[dict[str, Any]], Any]
+_FORM = "application/x-www-form-urlencoded"
+
+
+def to_event(method: str, target: str, headers: dict[str, str], body: bytes, client: str) -> dict[str, Any]:
+    """The API Gateway REST proxy event for one HTTP request."""
+    url = urlsplit(target)
+    query = parse_qs(url.query, keep_blank_values=True)
+    return {
+        "resource": url.path,
+        "path": url.path,
+        "httpMethod": method,
+        "headers": headers,
+        "multiValueHeaders": {k: [v] for k, v in headers.items()},
+        "queryStringParameters": {k: v[-1] for k, v in query.items()} or None,
+        "multiValueQueryStringParameters": query or None,
+        "pathParameters": None,
+        "stageVariables": None,
+        "requestContext": {
+            "requestId": str(uuid.uuid4()),
+            "stage": "local",
+            "httpMethod": method,
+            "path": url.path,
+            "resourcePath": url.path,
+            "identity": {"sourceIp": client},
+            "authorizer": {},
+        },
+        "body": body.decode("utf-8", "replace") if body else None,
+        "isBase64Encoded": False,
+    }
+
+
+def make_server(host: str, port: int, invoke: Invoke) -> ThreadingHTTPServer:
+    """A threaded HTTP server whose every request is one handler invocation."""
+
+    class Handler(BaseHTTPRequestHandler):
+        server_version = "flux-control-local"
+
+        def _serve(self) -> None:
+            length = int(self.headers.get("Content-Length") or 0)
+            body = self.rfile.read(length) if length else b""
+            headers = {k.lower(): v for k, v in self.headers.items()}
+            if body.lstrip()[:1] in (b"{", b"[") and headers.get("content-type", "").startswith(_FORM):
+                # `curl -d '{...}'` labels JSON as a form; API Gateway clients send application/json.
+                headers["content-type"] = "application/json"
+            response = invoke(to_event(self.command, self.path, headers, body, self.client_address[0]))
+            payload = response.get("body") or ""
+            data = base64.b64decode(payload) if response.get("isBase64Encoded") else str(payload).encode()
+            self.send_response(int(response.get("statusCode", 500)))
+            for name, value in (response.get("headers") or {}).items():
+                self.send_header(name, str(value))
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+
+        do_GET = do_POST = do_PUT = do_DELETE = do_PATCH = _serve
+
+        def log_message(self, format: str, *args: Any) -> None:
+            pass  # the handler logs each request as JSON already
+
+    return ThreadingHTTPServer((host, port), Handler)
