@@ -72,7 +72,8 @@ def get_run(runtime: Runtime, run_id: int) -> dict[str, Any]:
             first_trigger_at=_iso(run.first_trigger_at),
             last_trigger_at=_iso(run.last_trigger_at),
             schedule_name=run.schedule_name,
-            schedule_synced=run.scheduled_fire_at == run.fire_at if run.fire_at else None,
+            # Only a scheduled run needs its schedule; None once it has fired or when it never will.
+            schedule_synced=run.scheduled_fire_at == run.fire_at if run.status == "scheduled" else None,
             created_at=_iso(run.created_at),
             finished_at=_iso(run.finished_at),
             approval=None
