@@ -6,7 +6,7 @@ PYTHON ?= python3
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install run test lint clean
+.PHONY: install run test lint clean lambda-zip
 
 install: $(STAMP)
 
@@ -33,3 +33,8 @@ lint: $(STAMP)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache *.egg-info
+
+# The Lambda deployment zip for deploy/template.yaml: the package and its runtime dependencies only (no dev
+# extra), binary wheels for Lambda's Python and platform, zipped deterministically. Needs PyPI, not the venv.
+lambda-zip:
+	$(PYTHON) deploy/build_lambda_zip.py --out build/lambda.zip

@@ -7,9 +7,10 @@ import threading
 
 from controller.aws.events import EventBridgePublisher
 from controller.aws.scheduler import EventBridgeScheduler
+from controller.aws.secrets import runtime_database_url
 from controller.aws.settings import AwsSettings
 from controller.aws.tasks import AwsTaskStarter
-from controller.db.engine import database_url, make_engine
+from controller.db.engine import make_engine
 from controller.runtime.context import Runtime
 
 _lock = threading.Lock()
@@ -26,10 +27,11 @@ def runtime() -> Runtime:
     with _lock:
         if _runtime is None:
             settings = AwsSettings.from_env()
+            url = runtime_database_url()  # FLUX_DATABASE_URL, else the FLUX_DATABASE_SECRET_ARN secret
             _runtime = Runtime(
-                engine=make_engine(database_url(), pool_size=2, max_overflow=4)
-                if not database_url().startswith("sqlite")
-                else make_engine(database_url()),
+                engine=make_engine(url, pool_size=2, max_overflow=4)
+                if not url.startswith("sqlite")
+                else make_engine(url),
                 scheduler=EventBridgeScheduler(settings),
                 tasks=AwsTaskStarter(),
                 events=EventBridgePublisher(settings),

@@ -1,0 +1,666 @@
+"""The AWS deployment: the SAM template (cfn-lint and its structure), the Lambda zip, the database secret."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import warnings
+import zipfile
+from collections.abc import Iterator
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import boto3
+import pytest
+import yaml
+from botocore.exceptions import ClientError
+from moto import mock_aws
+
+from controller.aws.clients import client
+from controller.aws.secrets import SecretFormatError, database_url_from_secret, runtime_database_url
+from controller.lambda_function import GLUE_EVENT, STEP_FUNCTIONS_EVENT
+from controller.runtime.completion import GLUE_FAILURE, GLUE_SUCCESS, SFN_FAILURE, SFN_SUCCESS
+from controller.runtime.ports import schedule_name
+
+REPO = Path(__file__).resolve().parent.parent
+TEMPLATE = REPO / "deploy" / "template.yaml"
+BUILDER = REPO / "deploy" / "build_lambda_zip.py"
+FUNCTION_ARN = {
+    "Fn::Sub": "arn:${AWS::Partition}:lambda:${AWS::Region}:${AWS::AccountId}:function:${FunctionName}"
+}
+NO_VALUE = {"Ref": "AWS::NoValue"}
+
+
+# --- loading -----------------------------------------------------------------------------------------
+
+
+class CloudFormationLoader(yaml.SafeLoader):
+    """A safe loader that turns CloudFormation's short tags into their long forms (``!Ref x`` → ``{"Ref": x}``)."""
+
+
+def _intrinsic(loader: CloudFormationLoader, suffix: str, node: yaml.Node) -> dict[str, Any]:
+    value: Any
+    if isinstance(node, yaml.ScalarNode):
+        value = loader.construct_scalar(node)
+    elif isinstance(node, yaml.SequenceNode):
+        value = loader.construct_sequence(node, deep=True)
+    else:
+        assert isinstance(node, yaml.MappingNode)
+        value = loader.construct_mapping(node, deep=True)
+    if suffix == "Ref":
+        return {"Ref": value}
+    if suffix == "GetAtt" and isinstance(value, str):
+        value = value.split(".", 1)
+    return {f"Fn::{suffix}": value}
+
+
+CloudFormationLoader.add_multi_constructor("!", _intrinsic)
+
+
+@pytest.fixture(scope="module")
+def template() -> dict[str, Any]:
+    loaded: dict[str, Any] = yaml.load(TEMPLATE.read_text(encoding="utf-8"), Loader=CloudFormationLoader)
+    return loaded
+
+
+def resources(template: dict[str, Any], type_: str) -> dict[str, dict[str, Any]]:
+    return {name: body for name, body in template["Resources"].items() if body["Type"] == type_}
+
+
+def statements(policy_document: dict[str, Any]) -> list[tuple[str | None, dict[str, Any]]]:
+    """``(condition, statement)`` for each statement; ``!If [C, S, AWS::NoValue]`` gives ``(C, S)``."""
+    found: list[tuple[str | None, dict[str, Any]]] = []
+    for entry in policy_document["Statement"]:
+        if "Fn::If" in entry:
+            condition, when_true, when_false = entry["Fn::If"]
+            assert when_false == NO_VALUE, f"statement under {condition} must vanish when it is false"
+            found.append((condition, when_true))
+        else:
+            found.append((None, entry))
+    return found
+
+
+def as_list(value: Any) -> list[Any]:
+    return value if isinstance(value, list) else [value]
+
+
+def references(node: Any) -> set[str]:
+    """Names a node refers to: ``Ref``, ``Fn::GetAtt`` and ``${Name}`` / ``${Name.Attribute}`` in ``Fn::Sub``."""
+    if isinstance(node, list):
+        return set().union(*map(references, node)) if node else set()
+    if not isinstance(node, dict):
+        return set()
+    found: set[str] = set()
+    for key, value in node.items():
+        if key == "Ref" and isinstance(value, str):
+            found.add(value)
+        elif key == "Fn::GetAtt":
+            found.add(value[0])
+        elif key == "Fn::Sub":
+            text = value if isinstance(value, str) else value[0]
+            found |= {match.split(".")[0] for match in re.findall(r"\$\{([^}!]+)\}", text)}
+            found |= references(value[1:] if isinstance(value, list) else [])
+        elif key == "DependsOn":
+            found |= set(as_list(value))
+        else:
+            found |= references(value)
+    return found
+
+
+def depends_on(template: dict[str, Any], name: str) -> set[str]:
+    """Every resource ``name`` needs before it can be created, transitively."""
+    seen: set[str] = set()
+    pending = [name]
+    while pending:
+        for referenced in references(template["Resources"][pending.pop()]) & set(template["Resources"]):
+            if referenced not in seen:
+                seen.add(referenced)
+                pending.append(referenced)
+    return seen
+
+
+def load_builder() -> ModuleType:
+    spec = importlib.util.spec_from_file_location("build_lambda_zip", BUILDER)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+# --- cfn-lint ----------------------------------------------------------------------------------------
+
+
+def cfn_lint_command() -> str:
+    """cfn-lint beside the running Python (the venv's), else on PATH; missing is a failure, not a skip."""
+    beside = Path(sys.executable).parent / "cfn-lint"
+    found = str(beside) if beside.is_file() else shutil.which("cfn-lint")
+    if found is None:
+        pytest.fail("cfn-lint is not installed; it is in the dev extra: pip install -e '.[dev]'")
+    return found
+
+
+def test_cfn_lint_passes_on_the_template() -> None:
+    result = subprocess.run(
+        [cfn_lint_command(), "--", str(TEMPLATE)], capture_output=True, text=True, timeout=300, check=False
+    )
+    assert result.returncode == 0, f"cfn-lint exited {result.returncode}:\n{result.stdout}{result.stderr}"
+
+
+def test_cfn_lint_is_not_vacuous(tmp_path: Path) -> None:
+    """The same call fails on a broken copy, so a pass above means the template was really checked."""
+    broken = tmp_path / "template.yaml"
+    broken.write_text(
+        TEMPLATE.read_text(encoding="utf-8").replace("Runtime: python3.12", "Runtime: python2.7"),
+        encoding="utf-8",
+    )
+    result = subprocess.run(
+        [cfn_lint_command(), "--", str(broken)], capture_output=True, text=True, timeout=300, check=False
+    )
+    assert result.returncode != 0
+    assert "python2.7" in result.stdout
+
+
+# --- structure ---------------------------------------------------------------------------------------
+
+
+def test_the_function_runs_the_handler_on_the_runtime_the_zip_is_built_for(template: dict[str, Any]) -> None:
+    assert template["Transform"] == "AWS::Serverless-2016-10-31"
+    (function,) = resources(template, "AWS::Serverless::Function").values()
+    props = function["Properties"]
+    assert props["Handler"] == "controller.lambda_function.lambda_handler"
+    assert props["Runtime"] == f"python{load_builder().PYTHON_VERSION}"
+    assert props["Architectures"] == ["x86_64"]  # the builder's manylinux2014_x86_64 wheels
+    assert (props["MemorySize"], props["Timeout"]) == (512, 60)
+    assert (TEMPLATE.parent / props["CodeUri"]).resolve() == load_builder().DEFAULT_OUT
+    assert props["FunctionName"] == {"Ref": "FunctionName"}
+    assert props["Role"] == {"Fn::GetAtt": ["FunctionRole", "Arn"]}
+
+
+def test_the_function_environment_names_itself_without_a_circular_reference(template: dict[str, Any]) -> None:
+    variables = template["Resources"]["Function"]["Properties"]["Environment"]["Variables"]
+    assert variables == {
+        "FLUX_SCHEDULE_GROUP": {"Ref": "ScheduleGroup"},
+        # Built from the name the stack sets, not !GetAtt Function.Arn (the function cannot name itself).
+        "FLUX_FUNCTION_ARN": FUNCTION_ARN,
+        "FLUX_SCHEDULER_ROLE_ARN": {"Fn::GetAtt": ["SchedulerRole", "Arn"]},
+        "FLUX_EVENT_BUS": {"Ref": "EventBusName"},
+        "FLUX_TRUST_BODY_USER": "false",
+        "FLUX_DATABASE_SECRET_ARN": {"Ref": "DatabaseSecretArn"},
+        "POWERTOOLS_SERVICE_NAME": "flux-control",
+        "POWERTOOLS_METRICS_NAMESPACE": "FluxControl",
+    }
+    assert depends_on(template, "Function") == {"FunctionRole", "SchedulerRole", "ScheduleGroup", "LogGroup"}
+    assert [name for name in template["Resources"] if name in depends_on(template, name)] == []
+    assert template["Resources"]["ScheduleGroup"]["Properties"]["Name"] == {"Ref": "ScheduleGroupName"}
+    assert template["Parameters"]["ScheduleGroupName"]["Default"] == "flux-control"
+
+
+@pytest.mark.parametrize(
+    ("rule", "source", "detail_type", "field", "final_states"),
+    [
+        ("GlueJobStateRule", "aws.glue", GLUE_EVENT, "state", GLUE_SUCCESS | GLUE_FAILURE),
+        ("StepFunctionsStateRule", "aws.states", STEP_FUNCTIONS_EVENT, "status", SFN_SUCCESS | SFN_FAILURE),
+    ],
+)
+def test_state_change_rules_send_the_final_states_the_runtime_settles_to_the_function(
+    template: dict[str, Any], rule: str, source: str, detail_type: str, field: str, final_states: set[str]
+) -> None:
+    body = template["Resources"][rule]
+    assert body["Type"] == "AWS::Events::Rule"
+    pattern = body["Properties"]["EventPattern"]
+    assert pattern["source"] == [source]
+    assert pattern["detail-type"] == [detail_type]
+    assert set(pattern["detail"][field]) == final_states
+    (target,) = body["Properties"]["Targets"]
+    assert target["Arn"] == {"Fn::GetAtt": ["Function", "Arn"]}
+    permissions = [
+        props
+        for props in (p["Properties"] for p in resources(template, "AWS::Lambda::Permission").values())
+        if props["SourceArn"] == {"Fn::GetAtt": [rule, "Arn"]}
+    ]
+    assert permissions == [
+        {
+            "FunctionName": {"Fn::GetAtt": ["Function", "Arn"]},
+            "Action": "lambda:InvokeFunction",
+            "Principal": "events.amazonaws.com",
+            "SourceArn": {"Fn::GetAtt": [rule, "Arn"]},
+        }
+    ]
+
+
+def test_the_scheduler_role_is_assumable_by_the_scheduler_and_invokes_only_this_function(
+    template: dict[str, Any],
+) -> None:
+    role = template["Resources"]["SchedulerRole"]["Properties"]
+    (trust,) = role["AssumeRolePolicyDocument"]["Statement"]
+    assert trust["Principal"] == {"Service": "scheduler.amazonaws.com"}
+    assert trust["Action"] == "sts:AssumeRole"
+    assert trust["Condition"] == {"StringEquals": {"aws:SourceAccount": {"Ref": "AWS::AccountId"}}}
+    (policy,) = role["Policies"]
+    assert [statement for _, statement in statements(policy["PolicyDocument"])] == [
+        {
+            "Sid": "InvokeThisFunctionOnly",
+            "Effect": "Allow",
+            "Action": "lambda:InvokeFunction",
+            "Resource": FUNCTION_ARN,
+        }
+    ]
+
+
+def test_the_sweep_runs_every_five_minutes_with_the_sweep_action(template: dict[str, Any]) -> None:
+    (schedule,) = resources(template, "AWS::Scheduler::Schedule").values()
+    props = schedule["Properties"]
+    assert props["ScheduleExpression"] == "rate(5 minutes)"
+    assert props["FlexibleTimeWindow"] == {"Mode": "OFF"}
+    assert props["GroupName"] == {"Ref": "ScheduleGroup"}
+    assert json.loads(props["Target"]["Input"]) == {"flux_action": "sweep"}
+    assert props["Target"]["Arn"] == {"Fn::GetAtt": ["Function", "Arn"]}
+    assert props["Target"]["RoleArn"] == {"Fn::GetAtt": ["SchedulerRole", "Arn"]}
+
+
+def test_the_log_group_is_the_functions_with_a_retention(template: dict[str, Any]) -> None:
+    (log_group,) = resources(template, "AWS::Logs::LogGroup").values()
+    assert log_group["Properties"] == {
+        "LogGroupName": {"Fn::Sub": "/aws/lambda/${FunctionName}"},
+        "RetentionInDays": {"Ref": "LogRetentionDays"},
+    }
+    assert template["Parameters"]["LogRetentionDays"]["Default"] == 30
+    assert template["Resources"]["Function"]["DependsOn"] == "LogGroup"
+
+
+#: Each statement of the function's policy: its condition, its actions. Nothing else is allowed.
+FUNCTION_STATEMENTS = {
+    "WriteOwnLogs": (None, {"logs:CreateLogStream", "logs:PutLogEvents"}),
+    "ReadDatabaseUrl": (None, {"secretsmanager:GetSecretValue"}),
+    "DecryptDatabaseUrl": ("HasSecretKmsKey", {"kms:Decrypt"}),
+    "ManageRunSchedules": (
+        None,
+        {
+            "scheduler:CreateSchedule",
+            "scheduler:UpdateSchedule",
+            "scheduler:DeleteSchedule",
+            "scheduler:GetSchedule",
+        },
+    ),
+    "PassSchedulerRole": (None, {"iam:PassRole"}),
+    "PublishRunStateChanges": (None, {"events:PutEvents"}),
+    "StartListedGlueJobs": ("HasGlueJobs", {"glue:StartJobRun"}),
+    "StartListedStateMachines": ("HasStateMachines", {"states:StartExecution"}),
+    "SendToListedQueues": ("HasQueues", {"sqs:SendMessage"}),
+    "InvokeListedFunctions": ("HasTargetFunctions", {"lambda:InvokeFunction"}),
+    "AttachToVpc": (
+        "InVpc",
+        {
+            "ec2:CreateNetworkInterface",
+            "ec2:DescribeNetworkInterfaces",
+            "ec2:DescribeSubnets",
+            "ec2:DeleteNetworkInterface",
+            "ec2:AssignPrivateIpAddresses",
+            "ec2:UnassignPrivateIpAddresses",
+        },
+    ),
+}
+
+
+@pytest.fixture(scope="module")
+def function_statements(template: dict[str, Any]) -> dict[str, tuple[str | None, dict[str, Any]]]:
+    (policy,) = template["Resources"]["FunctionRole"]["Properties"]["Policies"]
+    found = {
+        statement["Sid"]: (condition, statement)
+        for condition, statement in statements(policy["PolicyDocument"])
+    }
+    assert len(found) == len(policy["PolicyDocument"]["Statement"]), "every statement has its own Sid"
+    return found
+
+
+def test_the_function_policy_grants_exactly_the_calls_the_code_makes(
+    function_statements: dict[str, tuple[str | None, dict[str, Any]]],
+) -> None:
+    granted = {
+        sid: (condition, set(as_list(statement["Action"])))
+        for sid, (condition, statement) in function_statements.items()
+    }
+    assert granted == FUNCTION_STATEMENTS
+    assert all(statement["Effect"] == "Allow" for _, statement in function_statements.values())
+
+
+def test_no_resource_is_a_bare_star_except_the_vpc_attachment_aws_requires(
+    function_statements: dict[str, tuple[str | None, dict[str, Any]]],
+) -> None:
+    """ec2:CreateNetworkInterface and friends support no resource-level permissions: Lambda's VPC
+    attachment needs them on "*", and only when the function runs in a VPC. Nothing else may.
+    """
+    stars = {
+        sid for sid, (_, statement) in function_statements.items() if "*" in as_list(statement["Resource"])
+    }
+    assert stars == {"AttachToVpc"}
+    assert function_statements["AttachToVpc"][0] == "InVpc"
+
+
+def test_each_statement_is_limited_to_this_stacks_resources_or_the_listed_ones(
+    function_statements: dict[str, tuple[str | None, dict[str, Any]]],
+) -> None:
+    resource = {sid: statement["Resource"] for sid, (_, statement) in function_statements.items()}
+    assert resource["WriteOwnLogs"] == {"Fn::Sub": "${LogGroup.Arn}"}
+    assert resource["ReadDatabaseUrl"] == {"Ref": "DatabaseSecretArn"}
+    assert resource["DecryptDatabaseUrl"] == {"Ref": "DatabaseSecretKmsKeyArn"}
+    # Only run schedules (flux-run-…) in the group: the function cannot touch the sweep schedule.
+    assert resource["ManageRunSchedules"]["Fn::Sub"].endswith(":schedule/${ScheduleGroup}/flux-run-*")
+    assert schedule_name(12345, "t" * 80).startswith("flux-run-")
+    assert resource["PassSchedulerRole"] == {"Fn::GetAtt": ["SchedulerRole", "Arn"]}
+    assert function_statements["PassSchedulerRole"][1]["Condition"] == {
+        "StringEquals": {"iam:PassedToService": "scheduler.amazonaws.com"}
+    }
+    assert resource["PublishRunStateChanges"]["Fn::Sub"].endswith(":event-bus/${EventBusName}")
+    # Each listed name becomes arn:*:glue:*:*:job/<name>, the region pinned by a condition.
+    assert references(resource["StartListedGlueJobs"]) == {"GlueJobNames"}
+    assert "arn:*:glue:*:*:job/" in json.dumps(resource["StartListedGlueJobs"])
+    assert function_statements["StartListedGlueJobs"][1]["Condition"] == {
+        "StringEquals": {"aws:RequestedRegion": {"Ref": "AWS::Region"}}
+    }
+    assert resource["StartListedStateMachines"] == {"Ref": "StateMachineArns"}
+    assert resource["SendToListedQueues"] == {"Ref": "QueueArns"}
+    assert resource["InvokeListedFunctions"] == {"Ref": "TargetFunctionArns"}
+
+
+def test_the_listed_targets_default_to_none_so_nothing_is_granted_unasked(template: dict[str, Any]) -> None:
+    for name, condition in [
+        ("GlueJobNames", "HasGlueJobs"),
+        ("StateMachineArns", "HasStateMachines"),
+        ("QueueArns", "HasQueues"),
+        ("TargetFunctionArns", "HasTargetFunctions"),
+    ]:
+        parameter = template["Parameters"][name]
+        assert (parameter["Type"], parameter["Default"]) == ("CommaDelimitedList", "")
+        assert template["Conditions"][condition] == {
+            "Fn::Not": [{"Fn::Equals": [{"Fn::Join": ["", {"Ref": name}]}, ""]}]
+        }
+
+
+def test_every_route_is_authorised_by_iam_unless_a_cognito_pool_is_given(template: dict[str, Any]) -> None:
+    assert template["Conditions"]["UseCognito"] == {
+        "Fn::Not": [{"Fn::Equals": [{"Ref": "CognitoUserPoolArn"}, ""]}]
+    }
+    assert template["Parameters"]["CognitoUserPoolArn"]["Default"] == ""
+    body = template["Resources"]["Api"]["Properties"]["DefinitionBody"]
+    condition, cognito, iam = body["securityDefinitions"]["flux"]["Fn::If"]
+    assert condition == "UseCognito"
+    assert iam["x-amazon-apigateway-authtype"] == "awsSigv4"
+    assert cognito["x-amazon-apigateway-authtype"] == "cognito_user_pools"
+    assert cognito["x-amazon-apigateway-authorizer"]["providerARNs"] == [{"Ref": "CognitoUserPoolArn"}]
+    methods = [method for path in body["paths"].values() for method in path.values()]
+    assert methods, "the API has routes"
+    for method in methods:
+        assert method["security"] == [{"flux": []}]
+        integration = method["x-amazon-apigateway-integration"]
+        assert integration["type"] == "aws_proxy"
+        assert "${Function.Arn}" in integration["uri"]["Fn::Sub"]
+    assert list(body["paths"]) == ["/{proxy+}"]
+    (api_permission,) = [
+        p["Properties"]
+        for p in resources(template, "AWS::Lambda::Permission").values()
+        if p["Properties"]["Principal"] == "apigateway.amazonaws.com"
+    ]
+    assert "${Api}" in api_permission["SourceArn"]["Fn::Sub"]
+
+
+def test_the_outputs_give_the_api_url_and_the_function_arn(template: dict[str, Any]) -> None:
+    outputs = template["Outputs"]
+    assert "${Api}.execute-api." in outputs["ApiUrl"]["Value"]["Fn::Sub"]
+    assert outputs["FunctionArn"]["Value"] == {"Fn::GetAtt": ["Function", "Arn"]}
+
+
+# --- the builder, fast parts ---------------------------------------------------------------------------
+
+
+def test_the_builder_installs_binary_wheels_for_lambdas_platform() -> None:
+    builder = load_builder()
+    command = builder.pip_command(Path("src"), Path("out"), "3.12", "manylinux2014_x86_64")
+    assert command[:4] == [sys.executable, "-m", "pip", "install"]
+    joined = " ".join(command)
+    for flag in (
+        "--target out",
+        "--only-binary=:all:",
+        "--platform manylinux2014_x86_64",
+        "--implementation cp",
+        "--python-version 3.12",
+    ):
+        assert flag in joined
+    assert command[-1] == "src"
+    assert "[dev]" not in joined
+
+
+def test_pruning_removes_caches_scripts_and_temporary_paths_and_the_zip_is_deterministic(
+    tmp_path: Path,
+) -> None:
+    builder = load_builder()
+    tree = tmp_path / "tree"
+    (tree / "pkg" / "__pycache__").mkdir(parents=True)
+    (tree / "pkg" / "__pycache__" / "mod.cpython-312.pyc").write_bytes(b"\0")
+    (tree / "pkg" / "mod.py").write_text("X = 1\n")
+    (tree / "pkg" / "native.so").write_bytes(b"\x7fELF")
+    (tree / "pkg" / "native.so").chmod(0o755)
+    (tree / "bin").mkdir()
+    (tree / "bin" / "tool").write_text("#!/somewhere/python\n")
+    info = tree / "pkg-1.0.dist-info"
+    info.mkdir()
+    (info / "direct_url.json").write_text('{"url": "file:///tmp/flux-lambda-123/source"}')
+    (info / "RECORD").write_text(
+        "pkg/mod.py,sha256=a,6\npkg/native.so,sha256=b,4\n"
+        "pkg-1.0.dist-info/direct_url.json,sha256=c,40\n../../bin/tool,sha256=d,20\npkg-1.0.dist-info/RECORD,,\n"
+    )
+    builder.prune(tree)
+    assert not list(tree.rglob("__pycache__")) and not (tree / "bin").exists()
+    assert not (info / "direct_url.json").exists()
+    assert (info / "RECORD").read_text() == (
+        "pkg/mod.py,sha256=a,6\npkg/native.so,sha256=b,4\npkg-1.0.dist-info/RECORD,,\n"
+    )
+
+    first, second = tmp_path / "a.zip", tmp_path / "b.zip"
+    assert builder.write_zip(tree, first) == 3
+    os.utime(tree / "pkg" / "mod.py", (1_000_000_000, 1_000_000_000))  # mtimes do not matter
+    builder.write_zip(tree, second)
+    assert first.read_bytes() == second.read_bytes()
+    with zipfile.ZipFile(first) as archive:
+        entries = archive.infolist()
+    assert [entry.filename for entry in entries] == sorted(entry.filename for entry in entries)
+    assert {entry.date_time for entry in entries} == {(1980, 1, 1, 0, 0, 0)}
+    modes = {entry.filename: entry.external_attr >> 16 & 0o777 for entry in entries}
+    assert modes == {"pkg-1.0.dist-info/RECORD": 0o644, "pkg/mod.py": 0o644, "pkg/native.so": 0o755}
+
+
+# --- the builder, for real -------------------------------------------------------------------------------
+
+DEV_PACKAGES = ("pytest", "_pytest", "moto", "ruff", "mypy", "cfnlint", "samtranslator", "check_jsonschema")
+HEALTH_PROBE = """
+import json, sys
+import controller
+from controller.lambda_function import lambda_handler
+
+event = {
+    "resource": "/{proxy+}", "path": "/health", "httpMethod": "GET",
+    "headers": {"Accept": "application/json"}, "multiValueHeaders": {"Accept": ["application/json"]},
+    "queryStringParameters": None, "multiValueQueryStringParameters": None,
+    "pathParameters": {"proxy": "health"}, "stageVariables": None,
+    "requestContext": {"requestId": "zip-probe", "stage": "v1", "httpMethod": "GET", "path": "/v1/health",
+                       "resourcePath": "/{proxy+}", "identity": {"sourceIp": "127.0.0.1"}},
+    "body": None, "isBase64Encoded": False,
+}
+response = lambda_handler(event, None)
+print("PROBE " + json.dumps({"response": response, "controller": controller.__file__,
+                             "python": list(sys.version_info[:2])}))
+"""
+
+
+def runtime_python(version: str) -> str | None:
+    """An interpreter of the Lambda runtime's Python version on this machine (PATH, then pyenv), if any."""
+    candidates = [
+        shutil.which(f"python{version}"),
+        *sorted(map(str, Path.home().glob(f".pyenv/versions/{version}*/bin/python{version}")), reverse=True),
+        f"/usr/bin/python{version}",
+        f"/usr/local/bin/python{version}",
+    ]
+    for candidate in candidates:
+        if not candidate or not Path(candidate).exists():
+            continue
+        probe = subprocess.run(
+            [candidate, "-c", "import sys, venv; print('%d.%d' % sys.version_info[:2])"],
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        if probe.returncode == 0 and probe.stdout.strip() == version:
+            return candidate
+    return None
+
+
+@pytest.mark.slow
+def test_the_lambda_zip_builds_without_dev_packages_and_answers_health_in_a_clean_venv(
+    tmp_path: Path,
+) -> None:
+    version = load_builder().PYTHON_VERSION
+    python = runtime_python(version)
+    if python is None:
+        # Still check the packaging, on the Python running the tests, built for that Python's ABI.
+        python, version = sys.executable, "{}.{}".format(*sys.version_info[:2])
+        warnings.warn(
+            f"no Python {load_builder().PYTHON_VERSION} here: the zip is built and imported for {version}",
+            stacklevel=1,
+        )
+    out = tmp_path / "lambda.zip"
+    build = subprocess.run(
+        [sys.executable, str(BUILDER), "--out", str(out), "--python-version", version],
+        capture_output=True,
+        text=True,
+        timeout=1200,
+        check=False,
+        cwd=tmp_path,
+    )
+    assert build.returncode == 0, f"build failed:\n{build.stdout}\n{build.stderr[-6000:]}"
+    assert f"{out}: {out.stat().st_size:,} bytes" in build.stdout
+
+    with zipfile.ZipFile(out) as archive:
+        names = archive.namelist()
+        archive.extractall(tmp_path / "package")
+    assert "controller/db/migrations/versions/0001_initial_schema.py" in names
+    assert "controller/schemas/table.schema.json" in names
+    assert "controller/lambda_function.py" in names
+    top_level = {name.split("/", 1)[0] for name in names}
+    assert not top_level & set(DEV_PACKAGES), sorted(top_level & set(DEV_PACKAGES))
+    distributions = {name.split("-", 1)[0].lower() for name in top_level if name.endswith(".dist-info")}
+    assert not distributions & {"pytest", "moto", "ruff", "mypy", "cfn_lint", "types_pyyaml"}, distributions
+    assert {
+        "flux_control",
+        "sqlalchemy",
+        "psycopg_binary",
+        "pydantic_core",
+        "aws_lambda_powertools",
+    } <= distributions
+    assert not [name for name in names if "__pycache__" in name or name.startswith("bin/")]
+
+    venv = tmp_path / "venv"
+    subprocess.run([python, "-m", "venv", "--without-pip", str(venv)], check=True, timeout=300)
+    env = {
+        "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
+        "HOME": str(tmp_path),
+        "PYTHONPATH": str(tmp_path / "package"),
+        "PYTHONNOUSERSITE": "1",
+        "FLUX_DATABASE_URL": f"sqlite:///{tmp_path / 'flux.db'}",
+        "AWS_DEFAULT_REGION": "us-east-1",
+    }
+    probe = subprocess.run(
+        [str(venv / "bin" / "python"), "-c", HEALTH_PROBE],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+        env=env,
+        cwd=tmp_path,
+    )
+    assert probe.returncode == 0, f"probe failed:\n{probe.stdout}\n{probe.stderr[-6000:]}"
+    (line,) = [line for line in probe.stdout.splitlines() if line.startswith("PROBE ")]
+    result = json.loads(line.removeprefix("PROBE "))
+    assert result["response"]["statusCode"] == 200, result
+    assert json.loads(result["response"]["body"]) == {"status": "ok"}
+    assert Path(result["controller"]).is_relative_to(tmp_path / "package")
+    assert result["python"] == [int(part) for part in version.split(".")]
+
+
+# --- the database URL from Secrets Manager ---------------------------------------------------------------
+
+URL = "postgresql+psycopg://flux:s3cr3t-pw@db.internal:5432/flux"
+
+
+@pytest.fixture
+def aws(monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
+    """Fake credentials, a fresh client cache, moto; yields a Secrets Manager client."""
+    for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"):
+        monkeypatch.setenv(name, "testing")
+    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
+    for name in ("AWS_ENDPOINT_URL", "AWS_PROFILE", "AWS_SESSION_TOKEN", "FLUX_DATABASE_URL"):
+        monkeypatch.delenv(name, raising=False)
+    client.cache_clear()
+    with mock_aws():
+        yield boto3.client("secretsmanager", region_name="us-east-1")
+    client.cache_clear()
+
+
+def secret(secrets: Any, value: str, name: str = "flux/database") -> str:
+    return str(secrets.create_secret(Name=name, SecretString=value)["ARN"])
+
+
+def test_a_secret_holding_the_url_itself_gives_the_url(aws: Any) -> None:
+    assert database_url_from_secret(secret(aws, f"  {URL}\n")) == URL
+
+
+def test_a_json_secret_gives_its_url_key(aws: Any) -> None:
+    arn = secret(aws, json.dumps({"url": URL, "username": "flux", "note": "rotated monthly"}))
+    assert database_url_from_secret(arn) == URL
+    assert database_url_from_secret(arn, client=aws) == URL
+
+
+@pytest.mark.parametrize(
+    ("value", "complaint"),
+    [
+        (json.dumps({"username": "flux", "password": "s3cr3t-pw"}), "without a non-empty string 'url'"),
+        (json.dumps({"url": ""}), "without a non-empty string 'url'"),
+        ('{"url": "postgresql://flux:s3cr3t-pw@db/flux"', "is not valid JSON"),
+        ("   ", "is empty"),
+    ],
+)
+def test_a_secret_of_another_shape_is_refused_without_showing_its_value(
+    aws: Any, value: str, complaint: str
+) -> None:
+    arn = secret(aws, value)
+    with pytest.raises(SecretFormatError) as raised:
+        database_url_from_secret(arn)
+    assert complaint in str(raised.value)
+    assert arn in str(raised.value)
+    assert "s3cr3t" not in str(raised.value)
+
+
+def test_a_missing_secret_is_the_aws_error(aws: Any) -> None:
+    with pytest.raises(ClientError) as raised:
+        database_url_from_secret("arn:aws:secretsmanager:us-east-1:123456789012:secret:nope-AbCdEf")
+    assert raised.value.response["Error"]["Code"] == "ResourceNotFoundException"
+
+
+def test_the_runtime_url_prefers_the_explicit_url_then_the_secret_then_sqlite(aws: Any) -> None:
+    arn = secret(aws, URL)
+    other = "postgresql+psycopg://local@127.0.0.1/flux"
+    assert runtime_database_url({"FLUX_DATABASE_URL": other, "FLUX_DATABASE_SECRET_ARN": arn}) == other
+    assert runtime_database_url({"FLUX_DATABASE_URL": " ", "FLUX_DATABASE_SECRET_ARN": arn}) == URL
+    assert runtime_database_url({}) == "sqlite:///flux-control.db"
+
+
+def test_the_runtime_url_reads_the_process_environment_by_default(
+    aws: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("FLUX_DATABASE_SECRET_ARN", secret(aws, json.dumps({"url": URL})))
+    assert runtime_database_url() == URL
