@@ -167,7 +167,8 @@ def make_plan(
     updates = []
     unchanged = 0
     for name in sorted(set(desired) & set(current)):
-        changes = diff_table(current[name], desired[name])
+        # Equality is cheap; the field-by-field diff only runs for tables that changed.
+        changes = () if current[name] == desired[name] else diff_table(current[name], desired[name])
         if changes:
             updates.append(TableAction("update", name, changes, before=current[name], after=desired[name]))
         else:

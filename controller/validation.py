@@ -13,6 +13,7 @@ from pathlib import Path
 from pydantic import ValidationError
 
 from controller.checks import LocatedTable, check_tables
+from controller.gc_pause import gc_paused
 from controller.problems import Location, Problem
 from controller.schema import schema_problems
 from controller.specs import TableSpec
@@ -54,10 +55,11 @@ class ValidationResult:
 
 def validate_directory(root: Path, *, max_file_bytes: int = DEFAULT_MAX_FILE_BYTES) -> ValidationResult:
     """Validate every definition file under ``root`` (paths in problems start with ``root``)."""
-    files = [
-        read_file(path, _display(root, path), max_bytes=max_file_bytes)
-        for path in iter_definition_files(root)
-    ]
+    with gc_paused():
+        files = [
+            read_file(path, _display(root, path), max_bytes=max_file_bytes)
+            for path in iter_definition_files(root)
+        ]
     if not files:
         where = Location(root.as_posix())
         return ValidationResult(
@@ -68,6 +70,11 @@ def validate_directory(root: Path, *, max_file_bytes: int = DEFAULT_MAX_FILE_BYT
 
 def validate_sources(files: Iterable[SourceFile]) -> ValidationResult:
     """Validate already-read files (from disk, from a Git revision, from an API payload)."""
+    with gc_paused():
+        return _validate(files)
+
+
+def _validate(files: Iterable[SourceFile]) -> ValidationResult:
     result = ValidationResult()
     broken_names: set[str] = set()
     all_readable = True

@@ -162,7 +162,9 @@ def write_actions(
     new = [a for a in upserts if a.table not in ids]
     if new:
         rows = [_table_row(a.after, revision_id, now) | {"created_at": now} for a in new if a.after]
-        session.execute(insert(TableRow), rows)
+        # render_nulls keeps every row's keys identical so all rows go in one batched INSERT (None
+        # values would otherwise split the batch wherever owner or max_wait_seconds is missing).
+        session.execute(insert(TableRow).execution_options(render_nulls=True), rows)
         # One query for the new ids: RETURNING with parameter order makes SQLite insert row by row.
         ids = {name: table_id for table_id, name in session.execute(select(TableRow.id, TableRow.name))}
     existing = [a for a in upserts if a.table in state.ids]
