@@ -1,0 +1,1 @@
+"""Benchmarks of Flux Control (run with ``python -m bench``; writes BENCHMARKS.md)."""
