@@ -13,25 +13,14 @@ import click
 import yaml
 
 from controller.payloads import PayloadError, payload_tables
+from controller.plans import LIST_FIELDS, SCALAR_FIELDS
 from controller.validation import ValidationResult, validate_directory
 
 SCHEMA_FILE = Path("schemas") / "table.schema.json"
 _NAME = re.compile(r"^[a-z][a-z0-9_]{0,127}$")
 _WIDTH = 1 << 20  # never fold long strings: one value per line diffs cleanly
 # The order of the DESIGN example; fields a payload has beyond these follow in their own order.
-_FIELDS = (
-    "version",
-    "name",
-    "description",
-    "owner",
-    "requires_approval",
-    "approvers",
-    "debounce_seconds",
-    "max_wait_seconds",
-    "partitions",
-    "dependencies",
-    "tasks",
-)
+_FIELDS = ("version", "name", *SCALAR_FIELDS, *(list_field for list_field, _ in LIST_FIELDS))
 _ITEM_FIELDS = {
     "partitions": ("name", "type", "is_required"),
     "dependencies": ("dependency_name", "is_required", "partition_map"),
