@@ -25,6 +25,7 @@ from controller.db.definitions_store import (
 from controller.db.engine import read_only
 from controller.db.locks import acquire_apply_lock, is_lock_timeout, sqlite_lock_wait
 from controller.db.migrate import SchemaStatus, schema_status, upgrade_in
+from controller.gc_pause import gc_paused
 from controller.plans import (
     History,
     Plan,
@@ -64,7 +65,11 @@ def plan(engine: Engine, desired: Mapping[str, TableState]) -> tuple[Plan, Revis
 
     Returns the last applied revision too, for reports. A database without a schema plans as empty.
     """
-    reader = read_only(engine)
+    with gc_paused():  # tens of thousands of rows and dicts: nothing to collect until the plan is made
+        return _plan(read_only(engine), desired)
+
+
+def _plan(reader: Engine, desired: Mapping[str, TableState]) -> tuple[Plan, RevisionInfo | None]:
     status = _status(reader)
     if status.empty:
         result = make_plan({}, desired)
