@@ -288,29 +288,17 @@ def register_event(table: str, day: date, request: int) -> dict[str, Any]:
     body = {
         "data": [{"table_name": table, "partitions": [{"partition_name": "dt", "value": day.isoformat()}]}]
     }
-    path = "/register_execution"
-    return {
-        "resource": path,
-        "path": path,
-        "httpMethod": "POST",
-        "headers": {"content-type": "application/json"},
-        "multiValueHeaders": {},
-        "queryStringParameters": None,
-        "multiValueQueryStringParameters": None,
-        "pathParameters": None,
-        "stageVariables": None,
-        "requestContext": {
-            "requestId": f"bench-{request}",
-            "stage": "bench",
-            "httpMethod": "POST",
-            "path": path,
-            "resourcePath": path,
-            "authorizer": {"claims": {"cognito:username": "bench"}},
-            "identity": {"sourceIp": "127.0.0.1"},
-        },
-        "body": json.dumps(body),
-        "isBase64Encoded": False,
-    }
+    from controller.local.http import to_event
+
+    return to_event(
+        "POST",
+        "/register_execution",
+        {"content-type": "application/json"},
+        json.dumps(body).encode(),
+        "127.0.0.1",
+        authorizer={"claims": {"cognito:username": "bench"}},
+        request_id=f"bench-{request}",
+    )
 
 
 # --- ports: counting wrappers and in-memory fakes ----------------------------------------------------

@@ -8,6 +8,7 @@ from typing import Any
 
 import boto3
 
+from controller.local.http import to_event
 from tests.factories import table_doc
 from tests.runtime_support import (
     ACCOUNT,
@@ -72,28 +73,17 @@ def api_event(
     identity: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """An API Gateway REST proxy event, shaped like ``Lambda.call``'s, with a settable request context."""
-    return {
-        "resource": path,
-        "path": path,
-        "httpMethod": method,
-        "headers": {"content-type": "application/json"},
-        "multiValueHeaders": {},
-        "queryStringParameters": None,
-        "multiValueQueryStringParameters": None,
-        "pathParameters": None,
-        "stageVariables": None,
-        "requestContext": {
-            "requestId": f"api-test-{next(_request_ids)}",
-            "stage": "test",
-            "httpMethod": method,
-            "path": path,
-            "resourcePath": path,
-            "authorizer": authorizer or {},
-            "identity": {"sourceIp": "127.0.0.1", **(identity or {})},
-        },
-        "body": raw_body if raw_body is not None else (json.dumps(body) if body is not None else None),
-        "isBase64Encoded": False,
-    }
+    text = raw_body if raw_body is not None else (json.dumps(body) if body is not None else "")
+    return to_event(
+        method,
+        path,
+        {"content-type": "application/json"},
+        text.encode(),
+        "127.0.0.1",
+        authorizer=authorizer,
+        identity=identity,
+        request_id=f"api-test-{next(_request_ids)}",
+    )
 
 
 def send(flux: Lambda, event: dict[str, Any]) -> tuple[int, str]:

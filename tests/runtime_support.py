@@ -8,6 +8,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
+from urllib.parse import urlencode
 
 import boto3
 import pytest
@@ -20,6 +21,7 @@ from controller.aws.scheduler import EventBridgeScheduler
 from controller.aws.settings import AwsSettings
 from controller.aws.tasks import AwsTaskStarter
 from controller.lambda_function import lambda_handler
+from controller.local.http import to_event
 from controller.reconciler import apply
 from controller.runtime.context import Runtime
 from tests.factories import states
@@ -63,28 +65,17 @@ class Lambda:
     ) -> tuple[int, dict[str, Any]]:
         self.requests += 1
         authorizer = {"claims": {"cognito:username": user}} if user else {}
-        event = {
-            "resource": path,
-            "path": path,
-            "httpMethod": method,
-            "headers": {"content-type": "application/json"},
-            "multiValueHeaders": {},
-            "queryStringParameters": query,
-            "multiValueQueryStringParameters": {k: [v] for k, v in (query or {}).items()} or None,
-            "pathParameters": None,
-            "stageVariables": None,
-            "requestContext": {
-                "requestId": f"req-{self.requests}",
-                "stage": "test",
-                "httpMethod": method,
-                "path": path,
-                "resourcePath": path,
-                "authorizer": authorizer,
-                "identity": {"sourceIp": "127.0.0.1"},
-            },
-            "body": raw_body if raw_body is not None else (json.dumps(body) if body is not None else None),
-            "isBase64Encoded": False,
-        }
+        text = raw_body if raw_body is not None else (json.dumps(body) if body is not None else "")
+        target = f"{path}?{urlencode(query)}" if query else path
+        event = to_event(
+            method,
+            target,
+            {"content-type": "application/json"},
+            text.encode(),
+            "127.0.0.1",
+            authorizer=authorizer,
+            request_id=f"req-{self.requests}",
+        )
         response = lambda_handler(event, None)
         return response["statusCode"], json.loads(response["body"])
 

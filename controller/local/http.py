@@ -13,8 +13,21 @@ Invoke = Callable[[dict[str, Any]], Any]
 _FORM = "application/x-www-form-urlencoded"
 
 
-def to_event(method: str, target: str, headers: dict[str, str], body: bytes, client: str) -> dict[str, Any]:
-    """The API Gateway REST proxy event for one HTTP request."""
+def to_event(
+    method: str,
+    target: str,
+    headers: dict[str, str],
+    body: bytes,
+    client: str,
+    *,
+    authorizer: dict[str, Any] | None = None,
+    identity: dict[str, Any] | None = None,
+    request_id: str | None = None,
+) -> dict[str, Any]:
+    """The API Gateway REST proxy event for one HTTP request (``target`` may carry a query string).
+
+    ``authorizer`` and ``identity`` fill the request context as API Gateway's authorizers would.
+    """
     url = urlsplit(target)
     query = parse_qs(url.query, keep_blank_values=True)
     return {
@@ -28,13 +41,13 @@ def to_event(method: str, target: str, headers: dict[str, str], body: bytes, cli
         "pathParameters": None,
         "stageVariables": None,
         "requestContext": {
-            "requestId": str(uuid.uuid4()),
+            "requestId": request_id or str(uuid.uuid4()),
             "stage": "local",
             "httpMethod": method,
             "path": url.path,
             "resourcePath": url.path,
-            "identity": {"sourceIp": client},
-            "authorizer": {},
+            "identity": {"sourceIp": client, **(identity or {})},
+            "authorizer": authorizer or {},
         },
         "body": body.decode("utf-8", "replace") if body else None,
         "isBase64Encoded": False,
