@@ -59,6 +59,14 @@ class DependencyStatus:
     satisfied_by: Execution | None
 
 
+@dataclass(frozen=True, slots=True)
+class GateLock:
+    """The lock that serialises gate decisions of ``table``: for one ``key`` (text), or all of them."""
+
+    table: str
+    key: str | None = None
+
+
 class Graph:
     """Definitions indexed for the runtime: tables by name, and dependents by upstream."""
 
@@ -68,6 +76,25 @@ class Graph:
         for table in self.tables.values():
             for dependency in table.dependencies:
                 self.dependents.setdefault(dependency.dependency_name, []).append((table, dependency))
+        self._lock_partitions: dict[str, tuple[str, ...]] = {}
+
+    def lock_partitions(self, table: TableSpec) -> tuple[str, ...]:
+        """The partitions of ``table`` that every one of its dependencies shares with it.
+
+        An execution of any dependency fixes them, and an execution can only take part in gates of
+        keys that agree with it there: gate decisions for different values of these partitions never
+        read each other's executions, so they may run concurrently.
+        """
+        found = self._lock_partitions.get(table.name)
+        if found is None:
+            common = {p.name for p in table.partitions}
+            for dependency in table.dependencies:
+                upstream = self.tables.get(dependency.dependency_name)
+                if upstream is not None:
+                    common &= {mine for mine, _ in shared(table, dependency, upstream)}
+            found = tuple(p.name for p in table.partitions if p.name in common)
+            self._lock_partitions[table.name] = found
+        return found
 
 
 def shared(table: TableSpec, dependency: DependencySpec, upstream: TableSpec) -> list[tuple[str, str]]:
@@ -103,6 +130,25 @@ def probes(graph: Graph, execution: Execution) -> list[Probe]:
             name, value = anchors[0] if anchors else (None, None)
             found[Probe(other.name, name, value)] = None
     return list(found)
+
+
+def gate_locks(graph: Graph, execution: Execution) -> list[GateLock]:
+    """The locks to hold while deciding the gates ``execution`` may open (see ``Graph.lock_partitions``).
+
+    Two registrations that could complete one gate together take the same lock, so neither decides
+    without seeing the other's execution (no write skew); registrations for other keys do not wait.
+    When the execution does not fix every lock partition (it omits one, or the dependent has none),
+    the lock covers all of the dependent's keys.
+    """
+    upstream = graph.tables[execution.table]
+    locks: dict[GateLock, None] = {}
+    for dependent, edge in graph.dependents.get(execution.table, []):
+        fixed = _determined(dependent, edge, upstream, execution.key)
+        names = graph.lock_partitions(dependent)
+        whole = not names or any(fixed.get(name) is None for name in names)
+        key = None if whole else key_text({name: fixed[name] for name in names})
+        locks[GateLock(dependent.name, key)] = None
+    return list(locks)
 
 
 def openings(graph: Graph, execution: Execution, fetched: Mapping[str, Sequence[Execution]]) -> list[Opening]:

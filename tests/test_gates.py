@@ -15,7 +15,17 @@ from typing import Any
 import pytest
 
 import controller.gates
-from controller.gates import DependencyStatus, Execution, Graph, Opening, Probe, gate, openings, probes
+from controller.gates import (
+    DependencyStatus,
+    Execution,
+    Graph,
+    Opening,
+    Probe,
+    gate,
+    gate_locks,
+    openings,
+    probes,
+)
 from controller.keys import Key, key_text, make_key
 from controller.specs import TableSpec
 
@@ -84,7 +94,23 @@ class Registry:
         probed = openings(self.graph, execution, fetch(self.executions, probes(self.graph, execution)))
         everything = openings(self.graph, execution, by_table(self.executions))
         assert normal(probed) == normal(everything), "the probes did not fetch every execution needed"
+        self._check_locks(probed)
         return probed
+
+    def _check_locks(self, opened: Iterable[Opening]) -> None:
+        """Executions that open a gate together hold one lock for it: the same key's, or the whole table's.
+
+        Otherwise two concurrent registrations could each miss the other's execution (write skew).
+        """
+        by_id = {e.id: e for e in self.executions}
+        for opening in opened:
+            held = {
+                lock.key
+                for trigger in opening.triggers
+                for lock in gate_locks(self.graph, by_id[trigger])
+                if lock.table == opening.dependent
+            }
+            assert None in held or len(held) == 1, f"{opening} is decided under different locks {held}"
 
     @property
     def last(self) -> int:

@@ -6,7 +6,19 @@ from collections.abc import Iterable, Sequence
 from datetime import datetime
 from typing import Any, cast
 
-from sqlalchemy import CursorResult, Executable, RowMapping, and_, insert, or_, select, text, update
+from sqlalchemy import (
+    Connection,
+    CursorResult,
+    Executable,
+    Table,
+    and_,
+    bindparam,
+    insert,
+    or_,
+    select,
+    text,
+    update,
+)
 from sqlalchemy.dialects.postgresql import insert as postgresql_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session
@@ -18,36 +30,71 @@ from controller.runs import OPEN_STATES
 from controller.runtime.ports import RunEvent
 from controller.specs import TableSpec
 
-RUN_COLUMNS = (
-    RunRow.id,
-    RunRow.table_id,
-    RunRow.partition_key,
-    RunRow.partitions,
-    RunRow.status,
-    RunRow.attempt,
-    RunRow.first_trigger_at,
-    RunRow.last_trigger_at,
-    RunRow.fire_at,
-    RunRow.scheduled_fire_at,
-    RunRow.schedule_name,
+_executions = cast(Table, ExecutionRow.__table__)
+_values = cast(Table, ExecutionValueRow.__table__)
+_runs = cast(Table, RunRow.__table__)
+_events = cast(Table, RunEventRow.__table__)
+#: What the runtime reads of a run to open, push and schedule it.
+RUN_COLUMNS = tuple(
+    _runs.c[name]
+    for name in (
+        "id",
+        "table_id",
+        "partition_key",
+        "partitions",
+        "status",
+        "attempt",
+        "first_trigger_at",
+        "last_trigger_at",
+        "fire_at",
+        "scheduled_fire_at",
+        "schedule_name",
+    )
 )
-_GATE_LOCK = "hashtext(current_schema() || '/flux-control/gate')"
+#: A run as the runtime handles it: column name → value.
+Run = dict[str, Any]
+_GATE_NAMESPACE = "hashtext(current_schema() || '/flux-control/gate')"
+#: One statement takes every lock, in the order given (table locks by id, then key locks): a set
+#: function's rows are produced in array order. Mode 0: shared table lock, 1: exclusive table lock,
+#: 2: the lock of one key of the table (one 64-bit hash of schema, table and key).
+_LOCKS = f"""
+SELECT count(CASE m
+    WHEN 0 THEN pg_advisory_xact_lock_shared({_GATE_NAMESPACE}, t)
+    WHEN 1 THEN pg_advisory_xact_lock({_GATE_NAMESPACE}, t)
+    ELSE pg_advisory_xact_lock(
+        hashtextextended(current_schema() || '/flux-control/gate/' || t || '/' || k, 0))
+END)
+FROM unnest(CAST(:modes AS int[]), CAST(:tables AS int[]), CAST(:keys AS text[])) AS u(m, t, k)
+"""
 
 
-def lock_gates(session: Session, table_ids: Iterable[int]) -> None:
-    """Serialise gate decisions per dependent table (PostgreSQL advisory locks, in id order).
+def connection(session: Session) -> Connection:
+    """The session's connection: the hot path runs Core statements on it (no ORM unit of work)."""
+    return session.connection()
+
+
+def lock_gates(session: Session, tables: Iterable[int], keys: Iterable[tuple[int, str]] = ()) -> None:
+    """Serialise gate decisions: of whole dependent tables, or of single keys of them (PostgreSQL).
 
     Two registrations of different upstreams of one table must not both miss each other's execution
-    (write skew): each takes the dependent's lock before inserting and reading. SQLite needs nothing:
-    its writers are already serialised by BEGIN IMMEDIATE.
+    (write skew): each takes the lock of what it decides before inserting and reading. A key lock
+    also takes its table's lock in shared mode, so a whole-table lock waits for every key lock of
+    that table and the reverse. SQLite needs nothing: its writers are serialised by BEGIN IMMEDIATE.
     """
-    ids = sorted(set(table_ids))
-    if not ids or session.get_bind().dialect.name != "postgresql":
+    whole = set(tables)
+    keyed = sorted({(t, k) for t, k in keys if t not in whole})
+    if (not whole and not keyed) or session.get_bind().dialect.name != "postgresql":
         return
-    statement = (
-        f"SELECT pg_advisory_xact_lock({_GATE_LOCK}, CAST(t AS int)) FROM unnest(CAST(:ids AS bigint[])) t"
+    table_modes = dict.fromkeys(whole, 1) | {t: 0 for t, _ in keyed if t not in whole}
+    ordered = [(mode, t, None) for t, mode in sorted(table_modes.items())] + [(2, t, k) for t, k in keyed]
+    connection(session).execute(
+        text(_LOCKS),
+        {
+            "modes": [m for m, _, _ in ordered],
+            "tables": [t for _, t, _ in ordered],
+            "keys": [k for _, _, k in ordered],
+        },
     )
-    session.execute(text(statement), {"ids": ids})
 
 
 def value_rows(execution_id: int, table: TableSpec, table_id: int, key: Key) -> list[dict[str, Any]]:
@@ -67,15 +114,13 @@ def insert_executions(session: Session, rows: Sequence[dict[str, Any]]) -> list[
     """Insert executions and return their ids in the order given."""
     if not rows:
         return []
-    result = session.execute(
-        insert(ExecutionRow).returning(ExecutionRow.id, sort_by_parameter_order=True), rows
-    )
-    return [row[0] for row in result]
+    statement = insert(_executions).returning(_executions.c.id, sort_by_parameter_order=True)
+    return [row[0] for row in connection(session).execute(statement, rows)]
 
 
 def insert_values(session: Session, rows: Sequence[dict[str, Any]]) -> None:
     if rows:
-        session.execute(insert(ExecutionValueRow), rows)
+        connection(session).execute(insert(_values), rows)
 
 
 def fetch_probed(
@@ -85,32 +130,32 @@ def fetch_probed(
     if not probes:
         return {}
     whole = [ids[p.table] for p in probes if p.partition is None]
+    values = _values.c
     matches = [
         and_(
-            ExecutionValueRow.table_id == ids[p.table],
-            ExecutionValueRow.name == p.partition,
-            or_(ExecutionValueRow.value == str(p.value), ExecutionValueRow.value.is_(None)),
+            values.table_id == ids[p.table],
+            values.name == p.partition,
+            or_(values.value == str(p.value), values.value.is_(None)),
         )
         for p in probes
         if p.partition is not None
     ]
     conditions = []
     if matches:
-        conditions.append(ExecutionRow.id.in_(select(ExecutionValueRow.execution_id).where(or_(*matches))))
+        conditions.append(_executions.c.id.in_(select(values.execution_id).where(or_(*matches))))
     if whole:
-        conditions.append(ExecutionRow.table_id.in_(whole))
-    query = select(ExecutionRow.id, ExecutionRow.table_id, ExecutionRow.partition_key).where(or_(*conditions))
+        conditions.append(_executions.c.table_id.in_(whole))
+    columns = _executions.c
+    query = select(columns.id, columns.table_id, columns.partition_key).where(or_(*conditions))
     found: dict[str, list[Execution]] = {}
-    for execution_id, table_id, key in session.execute(query):
+    for execution_id, table_id, key in connection(session).execute(query):
         name = names.get(table_id)
         if name is not None:
             found.setdefault(name, []).append(Execution(execution_id, name, key_from_text(key)))
     return found
 
 
-def open_runs_for_update(
-    session: Session, pairs: Iterable[tuple[int, str]]
-) -> dict[tuple[int, str], RowMapping]:
+def open_runs_for_update(session: Session, pairs: Iterable[tuple[int, str]]) -> dict[tuple[int, str], Run]:
     """The open runs of these (table id, key text) pairs, locked until commit (one statement)."""
     wanted = set(pairs)
     if not wanted:
@@ -118,16 +163,16 @@ def open_runs_for_update(
     query = (
         select(*RUN_COLUMNS)
         .where(
-            RunRow.table_id.in_({t for t, _ in wanted}),
-            RunRow.partition_key.in_({k for _, k in wanted}),
-            RunRow.status.in_(OPEN_STATES),
+            _runs.c.table_id.in_({t for t, _ in wanted}),
+            _runs.c.partition_key.in_({k for _, k in wanted}),
+            _runs.c.status.in_(OPEN_STATES),
         )
         .with_for_update()
     )
     found = {}
-    for row in session.execute(query).mappings():
+    for row in connection(session).execute(query).mappings():
         if (row["table_id"], row["partition_key"]) in wanted:
-            found[(row["table_id"], row["partition_key"])] = row
+            found[(row["table_id"], row["partition_key"])] = dict(row)
     return found
 
 
@@ -137,16 +182,33 @@ def insert_ignoring_duplicates(session: Session, model: Any, rows: Sequence[dict
         return
     dialect = session.get_bind().dialect.name
     builder = postgresql_insert if dialect == "postgresql" else sqlite_insert
-    session.execute(builder(model).on_conflict_do_nothing(), rows)
+    connection(session).execute(builder(model.__table__).on_conflict_do_nothing(), rows)
 
 
-def insert_runs(session: Session, rows: Sequence[dict[str, Any]]) -> None:
-    """Insert runs in one statement (callers read them back with :func:`open_runs_for_update`).
+def insert_runs(session: Session, rows: Sequence[dict[str, Any]]) -> dict[tuple[int, str], Run]:
+    """Insert runs in one statement; returns them by (table id, key text) as :data:`RUN_COLUMNS`.
 
-    No RETURNING: with parameter order it makes SQLite insert row by row, one statement per run.
+    RETURNING without parameter order (which would make SQLite insert row by row): rows are matched
+    by their (table id, key text), unique among open runs.
     """
-    if rows:
-        session.execute(insert(RunRow), rows)
+    if not rows:
+        return {}
+    result = connection(session).execute(insert(_runs).returning(*RUN_COLUMNS), rows)
+    return {(row["table_id"], row["partition_key"]): dict(row) for row in result.mappings()}
+
+
+def update_runs(session: Session, changes: Sequence[dict[str, Any]]) -> None:
+    """Update runs by id, each with its own values (``changes`` rows hold ``id`` and the same columns)."""
+    if not changes:
+        return
+    columns = [name for name in changes[0] if name != "id"]
+    statement = (
+        update(_runs)
+        .where(_runs.c.id == bindparam("b_id"))
+        .values({name: bindparam(f"b_{name}") for name in columns})
+    )
+    rows = [{f"b_{name}": value for name, value in change.items()} for change in changes]
+    connection(session).execute(statement, rows)
 
 
 def record_events(session: Session, events: Sequence[RunEvent], batch: str) -> None:
@@ -155,11 +217,11 @@ def record_events(session: Session, events: Sequence[RunEvent], batch: str) -> N
         rows = [
             {"run_id": e.run_id, "detail": e.detail(), "created_at": e.at, "batch": batch} for e in events
         ]
-        session.execute(insert(RunEventRow), rows)
+        connection(session).execute(insert(_events), rows)
 
 
 def mark_published(session: Session, batch: str, now: datetime) -> None:
-    session.execute(update(RunEventRow).where(RunEventRow.batch == batch).values(published_at=now))
+    connection(session).execute(update(_events).where(_events.c.batch == batch).values(published_at=now))
 
 
 def key_pair(table_id: int, key: Key) -> tuple[int, str]:

@@ -30,16 +30,16 @@ def perform(runtime: Runtime, work: Callable[[Session, Effects], T]) -> T:
 
 
 def carry_out(runtime: Runtime, effects: Effects) -> None:
-    """Carry out ``effects`` of a committed transaction."""
-    sync_schedules(runtime, effects.schedule)
+    """Carry out ``effects`` of a committed transaction, then record what was done in one transaction."""
+    synced = _put_schedules(runtime, effects.schedule)
     for name in effects.unschedule:
         try:
             runtime.scheduler.delete(name)
         except Exception:
             # The run is already final in the database, so a late fire is a no-op; log for operators.
             logger.exception("could not delete schedule", extra={"schedule": name})
-    if effects.events:
-        publish(runtime, effects)
+    published = bool(effects.events) and _publish(runtime, effects)
+    _record_done(runtime, synced, effects.batch if published else None)
     if effects.fire_now:
         from controller.runtime.dispatch import fire  # dispatch depends on this module
 
@@ -49,6 +49,13 @@ def carry_out(runtime: Runtime, effects: Effects) -> None:
 
 def sync_schedules(runtime: Runtime, requests: list[ScheduleRequest]) -> list[int]:
     """Write schedules; mark the runs whose schedule now matches their fire time. Returns their ids."""
+    synced = _put_schedules(runtime, requests)
+    _record_done(runtime, synced, None)
+    return [r.run_id for r in synced]
+
+
+def _put_schedules(runtime: Runtime, requests: list[ScheduleRequest]) -> list[ScheduleRequest]:
+    """Write each schedule; returns those written (a failure is logged and left to the sweep)."""
     synced: list[ScheduleRequest] = []
     for request in requests:
         try:
@@ -59,23 +66,32 @@ def sync_schedules(runtime: Runtime, requests: list[ScheduleRequest]) -> list[in
             )
             continue
         synced.append(request)
-    if synced:
-        statement = (
-            update(RunRow)
-            .where(RunRow.id == bindparam("b_id"), RunRow.fire_at == bindparam("b_fire_at"))
-            .values(scheduled_fire_at=bindparam("b_fire_at"), schedule_name=bindparam("b_name"))
-        )
-        rows = [{"b_id": r.run_id, "b_fire_at": r.fire_at, "b_name": r.name} for r in synced]
-        with Session(runtime.engine) as session, session.begin():
-            session.connection().execute(statement, rows)
-    return [r.run_id for r in synced]
+    return synced
 
 
-def publish(runtime: Runtime, effects: Effects) -> None:
+def _publish(runtime: Runtime, effects: Effects) -> bool:
+    """Publish the transaction's run events; False (logged) when they stay in the outbox."""
     try:
         runtime.events.publish(effects.events)
     except Exception:
         logger.exception("could not publish run events; the sweep will retry", extra={"batch": effects.batch})
+        return False
+    return True
+
+
+def _record_done(runtime: Runtime, synced: list[ScheduleRequest], published: str | None) -> None:
+    """In one transaction: schedules written (where the run's fire time is still the one written),
+    and the outbox batch ``published``."""
+    if not synced and published is None:
         return
     with Session(runtime.engine) as session, session.begin():
-        mark_published(session, effects.batch, runtime.clock())
+        if synced:
+            statement = (
+                update(RunRow)
+                .where(RunRow.id == bindparam("b_id"), RunRow.fire_at == bindparam("b_fire_at"))
+                .values(scheduled_fire_at=bindparam("b_fire_at"), schedule_name=bindparam("b_name"))
+            )
+            rows = [{"b_id": r.run_id, "b_fire_at": r.fire_at, "b_name": r.name} for r in synced]
+            session.connection().execute(statement, rows)
+        if published is not None:
+            mark_published(session, published, runtime.clock())

@@ -5,20 +5,27 @@ All statements are bulk: the number of statements does not grow with the number 
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Engine, select, update
+from sqlalchemy import Engine, select
 from sqlalchemy.orm import Session
 
 from controller.db.graph_store import RuntimeGraph
 from controller.db.runtime_models import ApprovalRow, RunRow, RunTriggerRow
-from controller.db.runtime_store import insert_ignoring_duplicates, insert_runs, open_runs_for_update
+from controller.db.runtime_store import (
+    insert_ignoring_duplicates,
+    insert_runs,
+    open_runs_for_update,
+    update_runs,
+)
 from controller.keys import Key, key_text
 from controller.runs import AWAITING_APPROVAL, PUSHABLE_STATES, SCHEDULED, fire_time
 from controller.runtime.context import Effects
 from controller.runtime.ports import RunEvent, ScheduleRequest, schedule_name
+from controller.specs import TableSpec
 
 
 @dataclass(slots=True)
@@ -49,34 +56,13 @@ def open_or_push(
         else:
             merged[pair] = Wanted(item.table, item.key, list(item.triggers))
     existing = open_runs_for_update(session, merged)
-    new_rows, pushes, reruns = [], [], []
+    new_rows: list[dict[str, Any]] = []
+    changes: dict[tuple[int, str], dict[str, Any]] = {}
     for pair, item in merged.items():
         spec = graph.graph.tables[item.table]
         run = existing.get(pair)
         if run is None:
-            approval = spec.requires_approval
-            fire_at = (
-                None
-                if approval
-                else (now if manual else fire_time(now, now, spec.debounce_seconds, spec.max_wait_seconds))
-            )
-            new_rows.append(
-                {
-                    "table_id": pair[0],
-                    "partition_key": pair[1],
-                    "partitions": item.key,
-                    "status": AWAITING_APPROVAL if approval else SCHEDULED,
-                    "attempt": 1,
-                    "manual": manual,
-                    "rerun_requested": False,
-                    "reason": reason,
-                    "first_trigger_at": now,
-                    "last_trigger_at": now,
-                    "fire_at": fire_at,
-                    "created_at": now,
-                    "updated_at": now,
-                }
-            )
+            new_rows.append(_new_run(pair, item, spec, now, manual, reason))
         elif run["status"] in PUSHABLE_STATES:
             fire_at = run["fire_at"]
             if run["status"] == SCHEDULED:
@@ -85,13 +71,18 @@ def open_or_push(
                     if manual
                     else fire_time(run["first_trigger_at"], now, spec.debounce_seconds, spec.max_wait_seconds)
                 )
-            pushes.append({"id": run["id"], "last_trigger_at": now, "fire_at": fire_at, "updated_at": now})
+            changes[pair] = {"id": run["id"], "last_trigger_at": now, "fire_at": fire_at, "updated_at": now}
         else:  # dispatching or running: run again once it is over
-            reruns.append({"id": run["id"], "rerun_requested": True, "updated_at": now})
-    insert_runs(session, new_rows)
-    if pushes or reruns:
-        session.execute(update(RunRow), pushes + reruns)
-    runs = open_runs_for_update(session, merged)
+            changes[pair] = {"id": run["id"], "rerun_requested": True, "updated_at": now}
+    inserted = insert_runs(session, new_rows)
+    for same_columns in _grouped_by_columns(changes.values()):
+        update_runs(session, same_columns)
+    # Rows read FOR UPDATE are locked: they are now what was read, with these changes.
+    runs = {
+        pair: inserted[pair] if pair in inserted else {**existing[pair], **changes.get(pair, {})}
+        for pair in merged
+        if pair in inserted or pair in existing
+    }
     created = {pair for pair in merged if pair not in existing}
     _record_triggers(session, runs, merged)
     approvals = _request_approvals(
@@ -122,6 +113,38 @@ def open_or_push(
                 )
         result.append(run_summary(run, table, approvals.get(run["id"])))
     return result
+
+
+def _new_run(
+    pair: tuple[int, str], item: Wanted, spec: TableSpec, now: datetime, manual: bool, reason: str | None
+) -> dict[str, Any]:
+    approval = spec.requires_approval
+    fire_at = None
+    if not approval:
+        fire_at = now if manual else fire_time(now, now, spec.debounce_seconds, spec.max_wait_seconds)
+    return {
+        "table_id": pair[0],
+        "partition_key": pair[1],
+        "partitions": item.key,
+        "status": AWAITING_APPROVAL if approval else SCHEDULED,
+        "attempt": 1,
+        "manual": manual,
+        "rerun_requested": False,
+        "reason": reason,
+        "first_trigger_at": now,
+        "last_trigger_at": now,
+        "fire_at": fire_at,
+        "created_at": now,
+        "updated_at": now,
+    }
+
+
+def _grouped_by_columns(changes: Iterable[dict[str, Any]]) -> list[list[dict[str, Any]]]:
+    """Changes grouped by the columns they set: one executemany per group."""
+    groups: dict[tuple[str, ...], list[dict[str, Any]]] = {}
+    for change in changes:
+        groups.setdefault(tuple(change), []).append(change)
+    return list(groups.values())
 
 
 def _record_triggers(

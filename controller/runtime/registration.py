@@ -17,7 +17,7 @@ from sqlalchemy.orm import Session
 from controller.db.graph_store import RuntimeGraph
 from controller.db.runtime_models import ExecutionRow, RunRow, RunTriggerRow, TaskDispatchRow
 from controller.db.runtime_store import fetch_probed, insert_executions, insert_values, lock_gates, value_rows
-from controller.gates import Execution, openings, probes
+from controller.gates import Execution, GateLock, gate_locks, openings, probes
 from controller.keys import InvalidPartition, Key, key_text, make_key
 from controller.runs import DISPATCHING, RUNNING, SUCCEEDED
 from controller.runtime.context import Effects, Runtime
@@ -74,10 +74,7 @@ def register_in(
     _reject_repeated_keys(prepared)
     _find_replays(session, graph, prepared)
     fresh = [p for p in prepared if p.replay is None]
-    dependents = {
-        graph.ids[d.name] for p in fresh for d, _ in graph.graph.dependents.get(p.item.table_name, [])
-    }
-    lock_gates(session, dependents)
+    _lock_gates(session, graph, fresh)
     reruns = _complete_runs(session, fresh, now, effects)
     ids = insert_executions(session, [_execution_row(p, user, now) for p in fresh])
     for p, execution_id in zip(fresh, ids, strict=True):
@@ -96,6 +93,18 @@ def register_in(
     executions = [p.replay["execution"] if p.replay else _execution_out(p) for p in prepared]
     replayed_runs = [run for p in prepared if p.replay for run in p.replay["runs"]]
     return {"executions": executions, "runs": runs + replayed_runs}
+
+
+def _lock_gates(session: Session, graph: RuntimeGraph, fresh: list[Prepared]) -> None:
+    """Lock the gates these executions may open; a completed run's table wholly (it may open again)."""
+    locks = {GateLock(p.item.table_name) for p in fresh if p.item.run_id is not None} | {
+        lock for p in fresh for lock in gate_locks(graph.graph, Execution(0, p.item.table_name, p.key))
+    }
+    lock_gates(
+        session,
+        [graph.ids[lock.table] for lock in locks if lock.key is None],
+        [(graph.ids[lock.table], lock.key) for lock in locks if lock.key is not None],
+    )
 
 
 def _prepare(graph: RuntimeGraph, index: int, item: ExecutionInput) -> Prepared:
