@@ -4,6 +4,10 @@
 - ``{"flux_action": "fire", "run_id": N}`` (a run's one-time schedule) → fire that run;
 - ``{"flux_action": "sweep"}`` (a rate schedule) → repair unsynced schedules, overdue runs, events;
 - EventBridge ``Glue Job State Change`` / ``Step Functions Execution Status Change`` → settle tasks.
+
+Importing it is the Lambda cold start, so it loads only what routes an event (Powertools, the pydantic
+request bodies); the runtime modules, SQLAlchemy, the database driver and boto3 are imported by the
+first event that needs them (see :mod:`controller.api.app` and :mod:`controller.wiring`).
 """
 
 from __future__ import annotations
@@ -15,7 +19,6 @@ from aws_lambda_powertools import Metrics
 from aws_lambda_powertools.metrics import MetricUnit
 
 from controller.api.app import app, logger, too_large
-from controller.runtime import completion, dispatch, sweep
 from controller.wiring import runtime
 
 metrics = Metrics(namespace="FluxControl", service="flux-control")
@@ -35,6 +38,8 @@ def lambda_handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
         return response
     action = event.get("flux_action")
     if action == "fire":
+        from controller.runtime import dispatch  # lazy: see the module docstring
+
         logger.set_correlation_id(f"run-{event.get('run_id')}")
         outcome = dispatch.fire(runtime(), int(event["run_id"]))
         logger.info("fire", extra={"run_id": event["run_id"], "outcome": outcome})
@@ -48,6 +53,8 @@ def lambda_handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
         _count("RunsFailed" if outcome.startswith("failed") else "")
         return {"status": outcome}
     if action == "sweep":
+        from controller.runtime import sweep  # lazy: see the module docstring
+
         logger.set_correlation_id(f"sweep-{getattr(context, 'aws_request_id', '')}")
         counts = sweep.sweep(runtime())
         return {"status": "swept", **counts}
@@ -60,6 +67,8 @@ def lambda_handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
 
 
 def _state_change(detail_type: str, detail: dict[str, Any]) -> str:
+    from controller.runtime import completion  # lazy: see the module docstring
+
     if detail_type == GLUE_EVENT:
         source, external_id, state = "glue", detail.get("jobRunId"), detail.get("state")
         message = detail.get("message")

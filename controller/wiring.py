@@ -1,17 +1,18 @@
-"""Builds the runtime from the environment once per process (a Lambda container, a serve process)."""
+"""Builds the runtime from the environment once per process (a Lambda container, a serve process).
+
+Importing this module is cheap on purpose: the Lambda handler imports it, and everything the runtime is
+built from (SQLAlchemy and the models, the database driver, the AWS adapters) is imported by
+:func:`runtime` on first use, so a cold start pays for it on the first request that needs it.
+"""
 
 from __future__ import annotations
 
 import os
 import threading
+from typing import TYPE_CHECKING
 
-from controller.aws.events import EventBridgePublisher
-from controller.aws.scheduler import EventBridgeScheduler
-from controller.aws.secrets import runtime_database_url
-from controller.aws.settings import AwsSettings
-from controller.aws.tasks import AwsTaskStarter
-from controller.db.engine import make_engine
-from controller.runtime.context import Runtime
+if TYPE_CHECKING:
+    from controller.runtime.context import Runtime
 
 _lock = threading.Lock()
 _runtime: Runtime | None = None
@@ -26,18 +27,32 @@ def runtime() -> Runtime:
     global _runtime
     with _lock:
         if _runtime is None:
-            settings = AwsSettings.from_env()
-            url = runtime_database_url()  # FLUX_DATABASE_URL, else the FLUX_DATABASE_SECRET_ARN secret
-            _runtime = Runtime(
-                engine=make_engine(url, pool_size=2, max_overflow=4)
-                if not url.startswith("sqlite")
-                else make_engine(url),
-                scheduler=EventBridgeScheduler(settings),
-                tasks=AwsTaskStarter(),
-                events=EventBridgePublisher(settings),
-                trust_body_user=truthy(os.environ.get("FLUX_TRUST_BODY_USER")),
-            )
+            _runtime = _build()
         return _runtime
+
+
+def _build() -> Runtime:
+    # Imported here, not at the top: they load SQLAlchemy's ORM, the models and botocore, which the
+    # handler's import (a Lambda cold start) should not pay for before a request needs them.
+    from controller.aws.events import EventBridgePublisher
+    from controller.aws.scheduler import EventBridgeScheduler
+    from controller.aws.secrets import runtime_database_url
+    from controller.aws.settings import AwsSettings
+    from controller.aws.tasks import AwsTaskStarter
+    from controller.db.engine import make_engine
+    from controller.runtime.context import Runtime
+
+    settings = AwsSettings.from_env()
+    url = runtime_database_url()  # FLUX_DATABASE_URL, else the FLUX_DATABASE_SECRET_ARN secret
+    return Runtime(
+        engine=make_engine(url, pool_size=2, max_overflow=4)
+        if not url.startswith("sqlite")
+        else make_engine(url),
+        scheduler=EventBridgeScheduler(settings),
+        tasks=AwsTaskStarter(),
+        events=EventBridgePublisher(settings),
+        trust_body_user=truthy(os.environ.get("FLUX_TRUST_BODY_USER")),
+    )
 
 
 def use(replacement: Runtime | None) -> None:

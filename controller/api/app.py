@@ -2,6 +2,10 @@
 
 Every error answer is ``{"error": {"code", "message", "details"}}``; an unexpected exception is
 logged with its stack trace and answered with a 500 that carries only a reference id.
+
+Importing this module (part of a Lambda cold start) loads only what routes and validates a request:
+Powertools and the pydantic request bodies. Each route imports the runtime module it calls when it
+runs: those load SQLAlchemy's ORM, the models, and (``POST /tables``) the whole validation pipeline.
 """
 
 from __future__ import annotations
@@ -23,8 +27,6 @@ from controller.api.models import (
     RegisterRequest,
     as_mapping,
 )
-from controller.api.tables_payload import check_payload
-from controller.runtime import approvals, completion, queries, registration, run_actions
 from controller.runtime.errors import BadRequest, RuntimeProblem, TooLarge
 from controller.wiring import runtime
 
@@ -95,6 +97,8 @@ def health() -> dict[str, str]:
 @app.post("/register_execution")
 def register_execution(body: RegisterRequest) -> dict[str, Any]:
     """Register that tables produced partitions (all items or none); opens the gates that opens."""
+    from controller.runtime import registration  # lazy: see the module docstring
+
     items = [
         registration.ExecutionInput(
             item.table_name, as_mapping(item.partitions), item.source, item.run_id, item.idempotency_key
@@ -106,11 +110,15 @@ def register_execution(body: RegisterRequest) -> dict[str, Any]:
 
 @app.post("/approve")
 def approve(body: DecisionRequest) -> dict[str, Any]:
+    from controller.runtime import approvals  # lazy: see the module docstring
+
     return approvals.decide(runtime(), body.approval_status_id, _identity(body.user), True, body.comment)
 
 
 @app.post("/reject")
 def reject(body: DecisionRequest) -> dict[str, Any]:
+    from controller.runtime import approvals  # lazy: see the module docstring
+
     return approvals.decide(runtime(), body.approval_status_id, _identity(body.user), False, body.comment)
 
 
@@ -118,6 +126,8 @@ def reject(body: DecisionRequest) -> dict[str, Any]:
 def list_approvals(
     status: Annotated[str | None, Query()] = "pending", limit: Annotated[int, Query()] = 100
 ) -> dict[str, Any]:
+    from controller.runtime import queries  # lazy: see the module docstring
+
     return queries.list_approvals(runtime(), status, limit)
 
 
@@ -127,17 +137,23 @@ def list_runs(
     status: Annotated[str | None, Query()] = None,
     limit: Annotated[int, Query()] = 100,
 ) -> dict[str, Any]:
+    from controller.runtime import queries  # lazy: see the module docstring
+
     return queries.list_runs(runtime(), table, status, limit)
 
 
 @app.get("/runs/<run_id>")
 def get_run(run_id: int) -> dict[str, Any]:
+    from controller.runtime import queries  # lazy: see the module docstring
+
     return queries.get_run(runtime(), run_id)
 
 
 @app.post("/runs")
 def manual_run(body: ManualRunRequest) -> dict[str, Any]:
     """Open the run of (table, key) now: skips the gate and the debounce, not the approval."""
+    from controller.runtime import run_actions  # lazy: see the module docstring
+
     return {
         "run": run_actions.manual_run(runtime(), body.table_name, as_mapping(body.partitions), body.reason)
     }
@@ -145,17 +161,23 @@ def manual_run(body: ManualRunRequest) -> dict[str, Any]:
 
 @app.post("/runs/<run_id>/cancel")
 def cancel_run(run_id: int, body: ReasonRequest) -> dict[str, Any]:
+    from controller.runtime import run_actions  # lazy: see the module docstring
+
     return {"run": run_actions.cancel_run(runtime(), run_id, body.reason)}
 
 
 @app.post("/runs/<run_id>/retry")
 def retry_run(run_id: int, body: ReasonRequest) -> dict[str, Any]:
+    from controller.runtime import run_actions  # lazy: see the module docstring
+
     return {"run": run_actions.retry_run(runtime(), run_id, body.reason)}
 
 
 @app.post("/runs/<run_id>/fail")
 def fail_run(run_id: int, body: ReasonRequest) -> dict[str, Any]:
     """A task reports failure (the path for SQS and Lambda tasks)."""
+    from controller.runtime import completion  # lazy: see the module docstring
+
     return {"run": completion.fail_run(runtime(), run_id, body.reason)}
 
 
@@ -163,16 +185,22 @@ def fail_run(run_id: int, body: ReasonRequest) -> dict[str, Any]:
 def list_executions(
     table: Annotated[str | None, Query()] = None, limit: Annotated[int, Query()] = 100
 ) -> dict[str, Any]:
+    from controller.runtime import queries  # lazy: see the module docstring
+
     return queries.list_executions(runtime(), table, limit)
 
 
 @app.get("/tables")
 def list_tables() -> dict[str, Any]:
+    from controller.runtime import queries  # lazy: see the module docstring
+
     return queries.list_tables(runtime())
 
 
 @app.get("/tables/<name>")
 def get_table(name: str) -> dict[str, Any]:
+    from controller.runtime import queries  # lazy: see the module docstring
+
     return queries.list_tables(runtime(), name)
 
 
@@ -183,6 +211,9 @@ def post_tables() -> dict[str, Any]:
         payload = json.loads(app.current_event.body or "")
     except ValueError as exc:
         raise BadRequest(f"body is not JSON: {exc}") from None
+    # Lazy (see the module docstring): checking a payload loads YAML, JSON Schema, Jinja and the planner.
+    from controller.api.tables_payload import check_payload
+
     return check_payload(runtime(), payload)
 
 

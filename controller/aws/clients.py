@@ -6,13 +6,14 @@ import os
 from functools import cache
 from typing import Any
 
-import boto3
-from botocore.config import Config
-
 DEFAULT_REGION = "us-east-1"
 
 #: Standard retries back off on throttling; the timeouts keep a Lambda invocation from hanging on AWS.
-CLIENT_CONFIG = Config(retries={"mode": "standard", "max_attempts": 5}, connect_timeout=5, read_timeout=30)
+CLIENT_SETTINGS: dict[str, Any] = {
+    "retries": {"mode": "standard", "max_attempts": 5},
+    "connect_timeout": 5,
+    "read_timeout": 30,
+}
 
 
 def region() -> str:
@@ -27,4 +28,10 @@ def client(service: str) -> Any:
     ``AWS_ENDPOINT_URL`` (local AWS) is honoured by boto3 itself. Tests that change the environment
     call ``client.cache_clear()``.
     """
-    return boto3.session.Session().client(service, region_name=region(), config=CLIENT_CONFIG)
+    # boto3 is imported by the first client built, not with this module: importing it is a large part
+    # of a Lambda cold start, and requests that never call AWS should not pay for it.
+    import boto3
+    from botocore.config import Config
+
+    config = Config(**CLIENT_SETTINGS)
+    return boto3.session.Session().client(service, region_name=region(), config=config)
