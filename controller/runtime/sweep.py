@@ -86,7 +86,12 @@ def _publish_outbox(runtime: Runtime) -> int:
     if not rows:
         return 0
     events = [_event(detail) for _, detail in rows]
-    runtime.events.publish(events)
+    try:
+        runtime.events.publish(events)
+    except Exception:
+        # The rest of the sweep (stuck runs) must still happen; the events wait for the next sweep.
+        logger.exception("could not publish the outbox; the next sweep will retry", extra={"events": len(rows)})
+        return 0
     with Session(runtime.engine) as session, session.begin():
         ids = [i for i, _ in rows]
         session.execute(
