@@ -17,6 +17,7 @@ from collections import defaultdict
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
+from operator import itemgetter
 from typing import Any
 
 from sqlalchemy import (
@@ -127,33 +128,42 @@ def read_state(session: Session) -> DatabaseState:
                 "tasks": [],
             }
     p = _PARTITIONS.c
-    partitions = select(p.table_id, p.name, p.type, p.is_required).order_by(p.table_id, p.position)
-    for table_id, name, type_, required in connection.execute(partitions):
+    partitions = _in_position_order(connection, p.table_id, p.position, p.name, p.type, p.is_required)
+    for table_id, _, name, type_, required in partitions:
         if table_id in live:
             live[table_id]["partitions"].append({"name": name, "type": type_, "is_required": required})
     d = _DEPENDENCIES.c
-    dependencies = connection.execute(
-        select(d.table_id, d.upstream_table_id, d.is_required, _as_text(d.partition_map)).order_by(
-            d.table_id, d.position
-        )
-    ).all()
-    maps = _decode(row[3] for row in dependencies)
-    for (table_id, upstream, required, _), mapping in zip(dependencies, maps, strict=True):
+    dependencies = _in_position_order(
+        connection, d.table_id, d.position, d.upstream_table_id, d.is_required, _as_text(d.partition_map)
+    )
+    maps = _decode(row[4] for row in dependencies)
+    for (table_id, _, upstream, required, _), mapping in zip(dependencies, maps, strict=True):
         if table_id in live:
             live[table_id]["dependencies"].append(
                 {"dependency_name": names[upstream], "is_required": required, "partition_map": mapping or {}}
             )
     k = _TASKS.c
-    tasks = connection.execute(
-        select(k.table_id, k.alias, k.type, k.target, _as_text(k.params)).order_by(k.table_id, k.position)
-    ).all()
-    params = _decode(row[4] for row in tasks)
-    for (table_id, alias, type_, target, _), values in zip(tasks, params, strict=True):
+    tasks = _in_position_order(
+        connection, k.table_id, k.position, k.alias, k.type, k.target, _as_text(k.params)
+    )
+    params = _decode(row[5] for row in tasks)
+    for (table_id, _, alias, type_, target, _), values in zip(tasks, params, strict=True):
         if table_id in live:
             live[table_id]["tasks"].append(
                 {"alias": alias, "type": type_, "target": target, "params": values or {}}
             )
     return state
+
+
+def _in_position_order(connection: Connection, *columns: ColumnElement[Any]) -> list[Any]:
+    """All rows of a child table, sorted by their first two columns (table id, position) here.
+
+    Rows come back in storage order, which is already that order nearly everywhere: Python's sort
+    runs through it in a few milliseconds, where the server would sort tens of thousands of rows.
+    """
+    rows: list[Any] = list(connection.execute(select(*columns)).all())
+    rows.sort(key=itemgetter(0, 1))
+    return rows
 
 
 def _as_text(column: ColumnElement[Any]) -> ColumnElement[str]:
