@@ -132,6 +132,21 @@ def test_events_that_could_not_be_published_stay_in_the_outbox_until_the_sweep(
         assert session.execute(select(RunEventRow).where(RunEventRow.published_at.is_(None))).first() is None
 
 
+def test_a_sweep_whose_publish_fails_still_repairs_the_rest_and_keeps_the_outbox(
+    flux: Lambda, engine: Engine
+) -> None:
+    real_events, real_scheduler = flux.runtime.events, flux.runtime.scheduler
+    flux.runtime.events = BrokenPublisher()
+    flux.runtime.scheduler = FlakyScheduler(real_scheduler, failures=1)
+    run = _register(flux)  # its schedule is not written, its event not published
+    flux.clock.advance(60)
+    counts = flux.invoke({"flux_action": "sweep"})
+    assert counts["schedules_written"] == 1 and counts["events_published"] == 0
+    assert schedule_of(run["id"], "down")["ScheduleExpression"] == "at(2026-11-29T12:10:00)"
+    flux.runtime.events = real_events
+    assert flux.invoke({"flux_action": "sweep"})["events_published"] == 1
+
+
 def test_a_push_moves_the_existing_schedule(flux: Lambda) -> None:
     run = _register(flux)
     assert schedule_of(run["id"], "down")["ScheduleExpression"] == "at(2026-11-29T12:10:00)"
