@@ -21,7 +21,7 @@ from controller.yaml_documents import (
     DEFAULT_MAX_FILE_BYTES,
     SourceDocument,
     SourceFile,
-    iter_definition_files,
+    definition_files,
     read_file,
 )
 
@@ -55,17 +55,14 @@ class ValidationResult:
 
 def validate_directory(root: Path, *, max_file_bytes: int = DEFAULT_MAX_FILE_BYTES) -> ValidationResult:
     """Validate every definition file under ``root`` (paths in problems start with ``root``)."""
-    with gc_paused():
-        files = [
-            read_file(path, _display(root, path), max_bytes=max_file_bytes)
-            for path in iter_definition_files(root)
-        ]
-    if not files:
-        where = Location(root.as_posix())
-        return ValidationResult(
-            problems=[Problem(where, "no *.yaml or *.yml definition files found", "no-definitions")]
-        )
-    return validate_sources(files)
+    with gc_paused():  # one pause for reading and checking: no collection in between either
+        files = [read_file(path, path, max_bytes=max_file_bytes) for path in definition_files(root)]
+        if not files:
+            where = Location(root.as_posix())
+            return ValidationResult(
+                problems=[Problem(where, "no *.yaml or *.yml definition files found", "no-definitions")]
+            )
+        return _validate(files)
 
 
 def validate_sources(files: Iterable[SourceFile]) -> ValidationResult:
@@ -107,9 +104,3 @@ def _table(document: SourceDocument, problems: list[Problem]) -> LocatedTable | 
             problems.append(Problem(document.locate(tuple(error["loc"])), error["msg"], "model"))
         return None
     return LocatedTable(spec, document)
-
-
-def _display(root: Path, path: Path) -> str:
-    if root.is_file():
-        return root.as_posix()
-    return (root / path.relative_to(root)).as_posix()
