@@ -24,6 +24,8 @@ Key = dict[str, Value]
 _INT = re.compile(r"^[+-]?0*[0-9]{1,18}$")  # bounded: fits a 64-bit integer
 _DATE = re.compile(r"^[0-9]{4}-[0-9]{2}-[0-9]{2}$")
 MAX_STRING_VALUE = 256
+#: The longest key text (:func:`key_text`) the ``partition_key`` columns hold; PostgreSQL refuses more.
+MAX_KEY_TEXT = 1024
 
 
 class InvalidPartition(ValueError):
@@ -91,6 +93,11 @@ def make_key(table: TableSpec, values: Mapping[str, Any]) -> Key:
                 )
             continue
         key[partition.name] = canonical_value(partition, raw)
+    if len(text := key_text(key)) > MAX_KEY_TEXT:  # JSON: a control character takes 6 characters
+        raise InvalidPartition(
+            f"the partition values of {table.name!r} are too long together: their key is {len(text)} "
+            f"characters, at most {MAX_KEY_TEXT}"
+        )
     return key
 
 

@@ -122,7 +122,11 @@ def test_a_manual_run_fires_now_and_dispatches_in_the_same_request(flux: Lambda)
     )
     assert run["approval_id"] is None
     [job_run] = glue_runs("job-manual")
-    assert job_run["Arguments"] == {"--ano_mes": "202305", "--flux_run_id": str(run["id"])}
+    assert job_run["Arguments"] == {
+        "--ano_mes": "202305",
+        "--flux_run_id": str(run["id"]),
+        "--flux_token": f"flux-{run['id']}-1-load",
+    }
     detail = run_detail(flux, run["id"])
     assert detail["status"] == "running"
     assert (detail["manual"], detail["reason"]) == (True, "backfill May")

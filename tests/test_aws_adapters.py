@@ -32,7 +32,14 @@ SETTINGS = AwsSettings(
 FIRE_AT = datetime(2026, 11, 29, 12, 5, 30, tzinfo=UTC)
 KEY = {"dt": "2026-11-29", "region": "sa"}
 #: What a task receives besides its params, to report completion.
-FLUX = {"run_id": 42, "attempt": 1, "table": "tb_op_enriquecido", "alias": "enrich", "partitions": KEY}
+FLUX = {
+    "run_id": 42,
+    "attempt": 1,
+    "table": "tb_op_enriquecido",
+    "alias": "enrich",
+    "partitions": KEY,
+    "token": "flux-42-1-enrich",
+}
 
 
 @pytest.fixture(autouse=True)
@@ -156,6 +163,7 @@ def test_glue_job_run_gets_string_arguments_with_params_over_partitions() -> Non
     run_id = AwsTaskStarter().start(request)
     arguments = glue.get_job_run(JobName="job-enrich", RunId=run_id)["JobRun"]["Arguments"]
     expected = {"--dt": "2026-11-29", "--region": "br", "--flux_run_id": "42", "--full": "true", "--n": "3"}
+    expected["--flux_token"] = "flux-42-1-enrich"
     assert arguments == {**expected, "--cfg": '{"a": [1]}'}
 
 

@@ -128,6 +128,7 @@ def test_the_chain_runs_end_to_end(flux: Lambda) -> None:
     assert job_run["Arguments"] == {
         "--ano_mes": "202305",
         "--flux_run_id": str(b_run["id"]),
+        "--flux_token": f"flux-{b_run['id']}-1-build",
         "--mes": "202305",
     }
     status, detail = flux.call("GET", f"/runs/{b_run['id']}")

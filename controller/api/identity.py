@@ -14,18 +14,23 @@ def caller_identity(
     """The caller's identity: Cognito/JWT claims, a Lambda authorizer's principal, or the IAM user ARN.
 
     The body's ``user`` counts only when the deployment trusts it (``FLUX_TRUST_BODY_USER``, local serve).
+    A blank value (empty or only whitespace) identifies nobody and is skipped.
     """
-    if trust_body_user and body_user:
+    if trust_body_user and _named(body_user):
         return body_user
     authorizer = request_context.get("authorizer") or {}
     claims = authorizer.get("claims") or (authorizer.get("jwt") or {}).get("claims") or {}
     for name in _CLAIMS:
-        if claims.get(name):
+        if _named(claims.get(name)):
             return str(claims[name])
-    if authorizer.get("principalId"):
+    if _named(authorizer.get("principalId")):
         return str(authorizer["principalId"])
     identity = request_context.get("identity") or {}
     for name in ("userArn", "cognitoIdentityId", "user"):
-        if identity.get(name):
+        if _named(identity.get(name)):
             return str(identity[name])
     return None
+
+
+def _named(value: Any) -> bool:
+    return bool(value) and bool(str(value).strip())

@@ -12,6 +12,14 @@ _TEXT = 256
 class _Body(BaseModel):
     model_config = ConfigDict(extra="forbid", str_max_length=4096)
 
+    @field_validator("*")
+    @classmethod
+    def _no_nul(cls, value: Any) -> Any:
+        # PostgreSQL text and jsonb cannot hold U+0000: refused here as a 422, not a 500 at the INSERT.
+        if isinstance(value, str) and "\x00" in value:
+            raise ValueError("text must not contain the NUL character (U+0000)")
+        return value
+
 
 class PartitionValue(_Body):
     partition_name: str = Field(max_length=128)

@@ -1,4 +1,17 @@
-"""boto3 clients with the project's retry and timeout settings, created once per service per process."""
+"""boto3 clients with the project's retry and timeout settings, created once per service per process.
+
+botocore retries a failed call (standard mode: throttling, 5xx answers, timeouts and dropped
+connections, with exponential backoff and jitter). That is safe for every call the runtime makes but
+one: a retry repeats the request, and a request that timed out or got a 5xx answer may have been
+carried out by AWS all the same. EventBridge Scheduler (the schedule's name), Step Functions (the
+execution's name) and SQS FIFO (the deduplication id) recognise a repeat; EventBridge ``PutEvents``,
+SQS standard queues and asynchronous Lambda ``Invoke`` deliver at least once by contract, so their
+consumers deduplicate anyway (the payload's ``flux.token``). Glue ``StartJobRun`` has no idempotency
+token: a repeat starts the job twice. For the operations in :data:`RETRY_ONLY_WHEN_NOT_APPLIED`
+botocore retries only the failures where AWS surely did nothing (throttling and other 4xx refusals,
+failures to connect); the others (see :func:`maybe_applied`) reach the caller at once, which finds out
+what happened before trying again (:mod:`controller.aws.tasks`).
+"""
 
 from __future__ import annotations
 
@@ -15,10 +28,47 @@ CLIENT_SETTINGS: dict[str, Any] = {
     "read_timeout": 30,
 }
 
+#: Per service (botocore's hyphenated service id), the operations AWS cannot recognise a repeat of.
+RETRY_ONLY_WHEN_NOT_APPLIED: dict[str, tuple[str, ...]] = {"glue": ("StartJobRun",)}
+
 
 def region() -> str:
     """The AWS region from ``AWS_DEFAULT_REGION`` (``us-east-1`` when unset or empty)."""
     return os.environ.get("AWS_DEFAULT_REGION") or DEFAULT_REGION
+
+
+def maybe_applied(error: BaseException) -> bool:
+    """Whether AWS may have carried out a request that failed with ``error``.
+
+    True for a 5xx answer and for a connection that failed after the request was sent (read timeout,
+    connection closed or reset: botocore's ``HTTPClientError``). False for a 4xx answer (throttling,
+    validation, access), a failure to connect (``ConnectTimeoutError``, ``EndpointConnectionError``:
+    nothing was sent) and errors raised before sending.
+    """
+    from botocore.exceptions import ClientError, HTTPClientError
+
+    if isinstance(error, ClientError):
+        status = error.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
+        return isinstance(status, int) and status >= 500
+    return isinstance(error, HTTPClientError)
+
+
+def _no_retry_when_maybe_applied(
+    response: Any, caught_exception: BaseException | None, operation: Any, **_: Any
+) -> None:
+    """A ``needs-retry`` handler that ends the call instead of retrying when AWS may have acted.
+
+    It runs before botocore's retry handler (it is registered on the more specific event); raising
+    ends the call with that error, returning None lets botocore decide (retry or give up).
+    """
+    from botocore.exceptions import ClientError
+
+    if caught_exception is not None and maybe_applied(caught_exception):
+        raise caught_exception
+    if response is not None:
+        http_response, parsed = response
+        if http_response.status_code >= 500:
+            raise ClientError(parsed, operation.name)
 
 
 @cache
@@ -34,4 +84,12 @@ def client(service: str) -> Any:
     from botocore.config import Config
 
     config = Config(**CLIENT_SETTINGS)
-    return boto3.session.Session().client(service, region_name=region(), config=config)
+    created = boto3.session.Session().client(service, region_name=region(), config=config)
+    service_id = created.meta.service_model.service_id.hyphenize()
+    for operation in RETRY_ONLY_WHEN_NOT_APPLIED.get(service_id, ()):
+        created.meta.events.register(
+            f"needs-retry.{service_id}.{operation}",
+            _no_retry_when_maybe_applied,
+            unique_id=f"flux-no-retry-when-maybe-applied-{service_id}-{operation}",
+        )
+    return created

@@ -1,28 +1,60 @@
-"""Starting a run's tasks on AWS: Glue, Step Functions, SQS and Lambda (DESIGN §4, Dispatch)."""
+"""Starting a run's tasks on AWS: Glue, Step Functions, SQS and Lambda (DESIGN §4, Dispatch).
+
+A task is started once per run attempt, even when AWS fails in a way that leaves open whether it
+acted (a read timeout, a 5xx answer) and the call is repeated. Each start carries the attempt's
+token (:attr:`~controller.runtime.ports.TaskRequest.token`):
+
+- Step Functions: the execution name is derived from it; a repeat answers with the same execution
+  (same name and input) or ``ExecutionAlreadyExists``, which is taken as started.
+- SQS FIFO queues: it is the deduplication id. SQS standard queues deliver at least once anyway.
+- Glue: it is the ``--flux_token`` argument. ``StartJobRun`` has no idempotency token, so botocore does
+  not repeat it after a failure that may have started the job (see :mod:`controller.aws.clients`);
+  instead the job's recent runs are searched for one carrying the token, and only if there is none is
+  the job started again.
+- Lambda (asynchronous ``Invoke``): ``flux.token`` in the payload. Lambda queues an event at least
+  once and may deliver it more than once whatever the caller does, so the function has to recognise a
+  repeat itself (``flux.token`` seen before: do nothing); botocore's retries only add to that. A
+  repeated completion report (``POST /register_execution`` with the run id) is refused with a 409.
+"""
 
 from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import re
+import time
 from collections.abc import Callable
 from typing import Any
 
 from botocore.exceptions import BotoCoreError, ClientError
 
 from controller.aws.clients import client as default_client
+from controller.aws.clients import maybe_applied
 from controller.runtime.ports import TaskRequest, TaskStartError
 
 ClientFactory = Callable[[str], Any]
+logger = logging.getLogger("flux_control.aws")
 
 EXECUTION_NAME_LIMIT = 80
 _NOT_IN_EXECUTION_NAME = re.compile(r"[^A-Za-z0-9_-]")
 
+#: The Glue argument that carries the start's token, to find a run started by a failed call.
+GLUE_TOKEN_ARGUMENT = "--flux_token"
+#: ``StartJobRun`` calls per start: the first, and one more after each failure that started nothing.
+GLUE_START_CALLS = 3
+#: Seconds to wait before looking for the job run a failed call may have started (visibility).
+GLUE_LOOKUP_DELAY = 1.0
+#: Pages of 200 of the job's runs (newest first) searched for the token.
+GLUE_LOOKUP_PAGES = 3
+
 
 def glue_arguments(request: TaskRequest) -> dict[str, str]:
-    """Glue job arguments: ``--<partition>``, ``--flux_run_id``, then the params, which win on a clash."""
+    """Glue job arguments: ``--<partition>``, ``--flux_run_id``, ``--flux_token``, then the params, which
+    win on a clash."""
     arguments = {f"--{name}": str(value) for name, value in request.partitions.items()}
     arguments["--flux_run_id"] = str(request.run_id)
+    arguments[GLUE_TOKEN_ARGUMENT] = request.token
     arguments.update({str(name): argument_value(value) for name, value in request.params.items()})
     return arguments
 
@@ -46,6 +78,7 @@ def payload(request: TaskRequest) -> dict[str, Any]:
             "table": request.table,
             "alias": request.alias,
             "partitions": request.partitions,
+            "token": request.token,
         },
     }
 
@@ -107,10 +140,53 @@ class AwsTaskStarter:
             raise _aws_error(request, error) from error
 
     def _start_glue(self, request: TaskRequest) -> str:
-        response = self._client("glue").start_job_run(
-            JobName=request.target, Arguments=glue_arguments(request)
+        """``StartJobRun``; after a failure that may have started the job, the run carrying this start's
+        token if there is one, else another call (at most :data:`GLUE_START_CALLS` in all)."""
+        glue = self._client("glue")
+        arguments = glue_arguments(request)
+        token = arguments[GLUE_TOKEN_ARGUMENT]
+        for call in range(1, GLUE_START_CALLS + 1):
+            try:
+                response = glue.start_job_run(JobName=request.target, Arguments=arguments)
+                return str(response["JobRunId"])
+            except (ClientError, BotoCoreError) as error:
+                if not maybe_applied(error):
+                    raise
+                logger.warning(
+                    "StartJobRun failed and may have started the job; looking for its run",
+                    extra={"job": request.target, "token": token, "call": call, "error": str(error)},
+                )
+                found = self._glue_run_carrying(glue, request, token, error)
+                if found is not None:
+                    return found
+                if call == GLUE_START_CALLS:
+                    raise TaskStartError(
+                        f"{_aws_error(request, error)} ({call} calls; no run of the job carries "
+                        f"{GLUE_TOKEN_ARGUMENT} {token})"
+                    ) from error
+        raise AssertionError("unreachable")
+
+    def _glue_run_carrying(
+        self, glue: Any, request: TaskRequest, token: str, error: ClientError | BotoCoreError
+    ) -> str | None:
+        """The id of the job's run whose ``--flux_token`` is ``token``, among its newest runs."""
+        time.sleep(GLUE_LOOKUP_DELAY)
+        pages = glue.get_paginator("get_job_runs").paginate(
+            JobName=request.target, PaginationConfig={"MaxItems": 200 * GLUE_LOOKUP_PAGES, "PageSize": 200}
         )
-        return str(response["JobRunId"])
+        try:
+            for page in pages:
+                for run in page.get("JobRuns", []):
+                    if (run.get("Arguments") or {}).get(GLUE_TOKEN_ARGUMENT) == token:
+                        return str(run["Id"])
+        except (ClientError, BotoCoreError) as lookup:
+            # Neither whether it started nor its id is known: the run fails and a person checks.
+            cause = _aws_error(request, error)
+            raise TaskStartError(
+                f"{cause}; whether the job started is unknown: looking for its run "
+                f"(argument {GLUE_TOKEN_ARGUMENT} {token}) failed: {_aws_error(request, lookup)}"
+            ) from lookup
+        return None
 
     def _start_step_function(self, request: TaskRequest) -> str:
         name = execution_name(request.token)

@@ -24,6 +24,7 @@ def _iso(value: Any) -> str | None:
 
 
 def list_runs(runtime: Runtime, table: str | None, status: str | None, limit: int) -> dict[str, Any]:
+    _filter("table", table)
     if status is not None and status not in ALL_STATES:
         raise Unprocessable(f"unknown status {status!r} (one of: {', '.join(ALL_STATES)})")
     with Session(read_only(runtime.engine)) as session:
@@ -108,6 +109,7 @@ def get_run(runtime: Runtime, run_id: int) -> dict[str, Any]:
 
 
 def list_approvals(runtime: Runtime, status: str | None, limit: int) -> dict[str, Any]:
+    _filter("status", status)
     with Session(read_only(runtime.engine)) as session:
         query = (
             select(ApprovalRow, RunRow.partitions, TableRow.name)
@@ -132,6 +134,7 @@ def list_approvals(runtime: Runtime, status: str | None, limit: int) -> dict[str
 
 
 def list_executions(runtime: Runtime, table: str | None, limit: int) -> dict[str, Any]:
+    _filter("table", table)
     with Session(read_only(runtime.engine)) as session:
         query = select(ExecutionRow, TableRow.name).join(TableRow, TableRow.id == ExecutionRow.table_id)
         if table is not None:
@@ -164,6 +167,12 @@ def list_tables(runtime: Runtime, name: str | None = None) -> dict[str, Any]:
     if name not in state.tables:
         raise NotFound(f"unknown table {name!r}")
     return {"table": state.tables[name], "revision": stamp}
+
+
+def _filter(name: str, value: str | None) -> None:
+    # No stored text holds U+0000 and PostgreSQL refuses it in a query: a client error, not a 500.
+    if value is not None and "\x00" in value:
+        raise Unprocessable(f"query parameter {name!r} must not contain the NUL character (U+0000)")
 
 
 def _limit(limit: int) -> int:
