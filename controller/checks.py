@@ -5,8 +5,8 @@ from __future__ import annotations
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 
-from controller.problems import Locator, Problem, did_you_mean
-from controller.specs import TableSpec
+from controller.problems import Locator, PathSegment, Problem, did_you_mean
+from controller.specs import PartitionSpec, TableSpec
 from controller.templates import template_errors, template_strings
 
 
@@ -39,10 +39,15 @@ def check_tables(tables: Sequence[LocatedTable], known_names: Iterable[str] = ()
                 )
             )
     known = set(by_name) | set(known_names)
+    # Each table's partitions by name, as a dependency sees them (the first table of a name).
+    upstream_partitions = {name: {p.name: p for p in t.spec.partitions} for name, t in by_name.items()}
+    # What template_errors says of a template text for a table with these partition names; sets
+    # repeat a few templates ("{{ partitions.dt }}") over tables with a few sets of partitions.
+    template_messages: dict[tuple[str, tuple[str, ...]], list[str]] = {}
     for table in tables:
         problems.extend(_own_names(table))
-        problems.extend(_dependencies(table, by_name, known))
-        problems.extend(_templates(table))
+        problems.extend(_dependencies(table, by_name, known, upstream_partitions))
+        problems.extend(_templates(table, template_messages))
     problems.extend(_cycles(by_name))
     return problems
 
@@ -56,16 +61,16 @@ def _at(
 def _own_names(table: LocatedTable) -> Iterator[Problem]:
     spec = table.spec
     groups = (
-        ("partitions", "name", [p.name for p in spec.partitions], "partition"),
-        ("tasks", "alias", [t.alias for t in spec.tasks], "task alias"),
-        (
-            "dependencies",
-            "dependency_name",
-            [d.dependency_name for d in spec.dependencies],
-            "dependency",
-        ),
+        ("partitions", "name", spec.partitions, "partition"),
+        ("tasks", "alias", spec.tasks, "task alias"),
+        ("dependencies", "dependency_name", spec.dependencies, "dependency"),
     )
-    for field, attr, names, what in groups:
+    for field, attr, items, what in groups:
+        if len(items) < 2:
+            continue
+        names = [getattr(item, attr) for item in items]
+        if len(set(names)) == len(names):
+            continue
         seen: set[str] = set()
         for index, name in enumerate(names):
             if name in seen:
@@ -78,29 +83,38 @@ def _own_names(table: LocatedTable) -> Iterator[Problem]:
             seen.add(name)
 
 
+_Partitions = dict[str, PartitionSpec]
+
+
 def _dependencies(
-    table: LocatedTable, by_name: dict[str, LocatedTable], known: set[str]
+    table: LocatedTable,
+    by_name: dict[str, LocatedTable],
+    known: set[str],
+    upstream_partitions: dict[str, _Partitions],
 ) -> Iterator[Problem]:
     spec = table.spec
+    dependencies = spec.dependencies
+    if not dependencies:
+        return
     own = {p.name: p for p in spec.partitions}
     all_resolved = True
-    for index, dep in enumerate(spec.dependencies):
-        path = ("dependencies", index)
+    for index, dep in enumerate(dependencies):
         name = dep.dependency_name
         if name == spec.name:
             yield _at(
                 table,
-                (*path, "dependency_name"),
+                ("dependencies", index, "dependency_name"),
                 f"table {name!r} depends on itself",
                 "self-dependency",
             )
             all_resolved = False
             continue
-        for downstream in dep.partition_map:
+        mapping = dep.partition_map
+        for downstream in mapping:
             if downstream not in own:
                 yield _at(
                     table,
-                    (*path, "partition_map", downstream),
+                    ("dependencies", index, "partition_map", downstream),
                     f"partition_map names unknown partition {downstream!r} of {spec.name!r} "
                     f"(it has: {_names(own)})",
                     "partition-map",
@@ -113,53 +127,50 @@ def _dependencies(
                 hint = did_you_mean(name, sorted(known))
                 yield _at(
                     table,
-                    (*path, "dependency_name"),
+                    ("dependencies", index, "dependency_name"),
                     f"unknown dependency {name!r}{hint}",
                     "unknown-dependency",
                 )
             continue
-        yield from _shared_partitions(table, index, upstream.spec)
-    if all_resolved and spec.dependencies:
-        yield from _unprovided_partitions(table, by_name)
+        # A mapped partition must exist upstream; a shared one must have the same type.
+        theirs = upstream_partitions[name]
+        for downstream, mapped in mapping.items():
+            if mapped not in theirs:
+                yield _at(
+                    table,
+                    ("dependencies", index, "partition_map", downstream),
+                    f"partition_map maps {downstream!r} to {mapped!r}, which {upstream.spec.name!r} "
+                    f"does not have (it has: {_names(theirs)})",
+                    "partition-map",
+                )
+        for own_name, partition in own.items():  # duplicates are reported apart
+            other = theirs.get(mapping.get(own_name, own_name) if mapping else own_name)
+            if other is not None and other.type != partition.type:
+                yield _at(
+                    table,
+                    ("dependencies", index, "dependency_name"),
+                    f"partition {partition.name!r} is {partition.type} here but {other.name!r} of "
+                    f"{upstream.spec.name!r} is {other.type}: their values can never match",
+                    "partition-type",
+                )
+    if all_resolved:
+        yield from _unprovided_partitions(table, upstream_partitions)
 
 
-def _shared_partitions(table: LocatedTable, index: int, upstream: TableSpec) -> Iterator[Problem]:
-    """A mapped partition must exist upstream; a shared one must have the same type."""
-    spec, dep = table.spec, table.spec.dependencies[index]
-    theirs = {p.name: p for p in upstream.partitions}
-    for downstream, mapped in dep.partition_map.items():
-        if mapped not in theirs:
-            yield _at(
-                table,
-                ("dependencies", index, "partition_map", downstream),
-                f"partition_map maps {downstream!r} to {mapped!r}, which {upstream.name!r} does not have "
-                f"(it has: {_names(theirs)})",
-                "partition-map",
-            )
-    for partition in {p.name: p for p in spec.partitions}.values():  # duplicates are reported apart
-        other = theirs.get(dep.upstream_partition(partition.name))
-        if other is not None and other.type != partition.type:
-            yield _at(
-                table,
-                ("dependencies", index, "dependency_name"),
-                f"partition {partition.name!r} is {partition.type} here but {other.name!r} of "
-                f"{upstream.name!r} is {other.type}: their values can never match",
-                "partition-type",
-            )
-
-
-def _unprovided_partitions(table: LocatedTable, by_name: dict[str, LocatedTable]) -> Iterator[Problem]:
+def _unprovided_partitions(
+    table: LocatedTable, upstream_partitions: dict[str, _Partitions]
+) -> Iterator[Problem]:
     """Each required partition of a dependent table must come from at least one dependency."""
     spec = table.spec
     for index, partition in enumerate(spec.partitions):
         if not partition.is_required:
             continue
-        providers = [
-            dep
-            for dep in spec.dependencies
-            if by_name[dep.dependency_name].spec.partition(dep.upstream_partition(partition.name))
-        ]
-        if not providers:
+        name = partition.name
+        for dep in spec.dependencies:
+            mapping = dep.partition_map
+            if (mapping.get(name, name) if mapping else name) in upstream_partitions[dep.dependency_name]:
+                break
+        else:
             upstreams = ", ".join(repr(d.dependency_name) for d in spec.dependencies)
             yield _at(
                 table,
@@ -170,26 +181,47 @@ def _unprovided_partitions(table: LocatedTable, by_name: dict[str, LocatedTable]
             )
 
 
-def _templates(table: LocatedTable) -> Iterator[Problem]:
-    partitions = {p.name: p for p in table.spec.partitions}
+def _templates(
+    table: LocatedTable, known_messages: dict[tuple[str, tuple[str, ...]], list[str]]
+) -> Iterator[Problem]:
+    partitions: _Partitions | None = None
+    names: tuple[str, ...] = ()
     for index, task in enumerate(table.spec.tasks):
-        for path, source in template_strings(task.params):
-            for message in template_errors(source, partitions):
-                yield _at(table, ("tasks", index, "params", *path), message, "template")
+        for key, value in task.params.items():
+            # Most parameters are flat strings, most of those templates: no walk for them.
+            if isinstance(value, str):
+                if "{" not in value:  # every template marker starts with one
+                    continue
+                strings: Iterable[tuple[tuple[PathSegment, ...], str]] = (((key,), value),)
+            elif isinstance(value, Mapping | list):
+                strings = template_strings(value, (key,))
+            else:
+                continue
+            for path, source in strings:
+                if partitions is None:
+                    partitions = {p.name: p for p in table.spec.partitions}
+                    names = tuple(partitions)
+                # template_errors sees the partitions as a mapping of names to opaque values.
+                messages = known_messages.get((source, names))
+                if messages is None:
+                    messages = known_messages[source, names] = template_errors(source, partitions)
+                for message in messages:
+                    yield _at(table, ("tasks", index, "params", *path), message, "template")
 
 
 def _cycles(by_name: dict[str, LocatedTable]) -> Iterator[Problem]:
     """One problem per dependency cycle, printed from its alphabetically first table."""
-    graph = {
-        name: sorted(
-            {
-                d.dependency_name
-                for d in t.spec.dependencies
-                if d.dependency_name in by_name and d.dependency_name != name
-            }
-        )
+    upstreams = {
+        name: {
+            d.dependency_name
+            for d in t.spec.dependencies
+            if d.dependency_name in by_name and d.dependency_name != name
+        }
         for name, t in by_name.items()
     }
+    if _acyclic(upstreams):  # the usual case, told apart in a fraction of Tarjan's time
+        return
+    graph = {name: sorted(names) for name, names in upstreams.items()}
     for component in _strongly_connected(graph):
         if len(component) < 2:
             continue
@@ -202,6 +234,24 @@ def _cycles(by_name: dict[str, LocatedTable]) -> Iterator[Problem]:
             "dependency cycle: " + " -> ".join(cycle),
             "cycle",
         )
+
+
+def _acyclic(upstreams: dict[str, set[str]]) -> bool:
+    """Whether the graph has no cycle (Kahn's algorithm: every table can be put after its upstreams)."""
+    waiting = {name: len(names) for name, names in upstreams.items()}
+    downstreams: dict[str, list[str]] = {}
+    for name, names in upstreams.items():
+        for upstream in names:
+            downstreams.setdefault(upstream, []).append(name)
+    ready = [name for name, count in waiting.items() if not count]
+    placed = 0
+    while ready:
+        placed += 1
+        for downstream in downstreams.get(ready.pop(), ()):
+            waiting[downstream] -= 1
+            if not waiting[downstream]:
+                ready.append(downstream)
+    return placed == len(upstreams)
 
 
 def _strongly_connected(graph: dict[str, list[str]]) -> list[set[str]]:
