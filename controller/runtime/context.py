@@ -18,6 +18,7 @@ from sqlalchemy.orm import Session
 from controller.db.base import utcnow
 from controller.db.graph_store import GraphCache
 from controller.db.runtime_store import record_events
+from controller.runtime.errors import Unavailable
 from controller.runtime.ports import EventPublisher, RunEvent, Scheduler, ScheduleRequest, TaskStarter
 
 T = TypeVar("T")
@@ -26,6 +27,9 @@ logger = logging.getLogger("flux_control.runtime")
 #: PostgreSQL serialization failure and deadlock: the transaction is safe to run again.
 _RETRYABLE = {"40001", "40P01"}
 MAX_ATTEMPTS = 8
+#: Runs of a transaction whose database connection was lost before COMMIT (then nothing was written
+#: and running it again is safe), after the first one.
+MAX_RECONNECTS = 2
 
 
 @dataclass
@@ -52,24 +56,56 @@ class Runtime:
     graphs: GraphCache = field(default_factory=GraphCache)
 
     def transact(self, work: Callable[[Session, Effects], T]) -> tuple[T, Effects]:
-        """Run ``work`` in one transaction; retry it from scratch on serialization conflicts."""
+        """Run ``work`` in one transaction; run it again from scratch after a serialization conflict
+        or a database connection lost before COMMIT (nothing was written).
+
+        A connection lost while committing is not retried: whether the COMMIT was applied is unknown.
+        That, and a connection lost on every run, raise :class:`~controller.runtime.errors.Unavailable`
+        (a 503 for API callers, who may repeat the request).
+        """
+        reconnects = 0
         for attempt in range(1, MAX_ATTEMPTS + 1):
             effects = Effects()
+            committing = False
             try:
                 with Session(self.engine, expire_on_commit=False) as session, session.begin():
                     result = work(session, effects)
                     # The outbox row commits with the change it describes (published after commit).
                     record_events(session, effects.events, effects.batch)
+                    session.flush()  # every statement but COMMIT is sent before `committing`
+                    committing = True
                 return result, effects
             except DBAPIError as exc:
                 code = getattr(exc.orig, "sqlstate", None)
                 # A concurrent registration with the same idempotency key won the insert: running
                 # again finds it and answers with its result.
                 replay = isinstance(exc, IntegrityError) and "idempotency" in str(exc.orig)
-                if (code not in _RETRYABLE and not replay) or attempt == MAX_ATTEMPTS:
+                lost = bool(exc.connection_invalidated)
+                if lost:
+                    reconnects += 1
+                    if committing or reconnects > MAX_RECONNECTS:
+                        raise _unavailable(committing) from exc
+                elif code not in _RETRYABLE and not replay:
+                    raise
+                if attempt == MAX_ATTEMPTS:
                     raise
                 logger.info(
-                    "retrying after a serialization conflict", extra={"attempt": attempt, "sqlstate": code}
+                    "retrying the transaction",
+                    extra={
+                        "attempt": attempt,
+                        "sqlstate": code,
+                        "reason": "connection lost" if lost else "serialization conflict",
+                    },
                 )
                 time.sleep(min(0.5, 0.01 * 2**attempt) * random.random())  # jitter, not crypto
         raise AssertionError("unreachable")
+
+
+def _unavailable(committing: bool) -> Unavailable:
+    if committing:
+        return Unavailable(
+            "the database connection was lost while committing: the change may or may not have been "
+            "written. Repeating the request is safe for registrations that carry an idempotency_key; "
+            "otherwise check first (GET /executions, GET /runs)."
+        )
+    return Unavailable("the database connection was lost; nothing was written. Repeat the request.")

@@ -39,7 +39,15 @@ def carry_out(runtime: Runtime, effects: Effects) -> None:
             # The run is already final in the database, so a late fire is a no-op; log for operators.
             logger.exception("could not delete schedule", extra={"schedule": name})
     published = bool(effects.events) and _publish(runtime, effects)
-    _record_done(runtime, synced, effects.batch if published else None)
+    try:
+        _record_done(runtime, synced, effects.batch if published else None)
+    except Exception:
+        # The change itself is committed, so the request succeeded: failing it now would have the
+        # caller repeat it. Unrecorded, the schedules are written again (idempotent) and the events
+        # published again (at least once) by the sweep.
+        logger.exception(
+            "could not record written schedules and published events; the sweep will repeat them"
+        )
     if effects.fire_now:
         from controller.runtime.dispatch import fire  # dispatch depends on this module
 

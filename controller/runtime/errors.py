@@ -39,3 +39,9 @@ class TooLarge(RuntimeProblem):
 
 class Unprocessable(RuntimeProblem):
     status, code = 422, "invalid"
+
+
+class Unavailable(RuntimeProblem):
+    """The database could not be reached or the connection broke; the request may be repeated."""
+
+    status, code = 503, "unavailable"
