@@ -90,7 +90,9 @@ def _publish_outbox(runtime: Runtime) -> int:
         runtime.events.publish(events)
     except Exception:
         # The rest of the sweep (stuck runs) must still happen; the events wait for the next sweep.
-        logger.exception("could not publish the outbox; the next sweep will retry", extra={"events": len(rows)})
+        logger.exception(
+            "could not publish the outbox; the next sweep will retry", extra={"events": len(rows)}
+        )
         return 0
     with Session(runtime.engine) as session, session.begin():
         ids = [i for i, _ in rows]
