@@ -2,6 +2,11 @@
 
 The state change commits before any task starts, so a duplicate or late fire finds the run no
 longer ``scheduled`` and does nothing: a task is never started twice by two fires.
+
+Each started task's external id commits as soon as AWS returns it: while the next tasks start (AWS may
+be slow, calls are retried), the ones already started may finish, and their completion events must find
+them. Such an event settles the task while the run is still ``dispatching`` (a failure fails the run);
+when the dispatch ends, a run whose tasks all succeeded meanwhile succeeds at once.
 """
 
 from __future__ import annotations
@@ -36,18 +41,20 @@ def fire(runtime: Runtime, run_id: int) -> str:
     )
     if not requests:
         return outcome
-    started: dict[str, str] = {}
     errors: dict[str, str] = {}
     for request in requests:
         try:
-            started[request.alias] = runtime.tasks.start(request)
+            external_id = runtime.tasks.start(request)
         except TaskStartError as exc:
             errors[request.alias] = str(exc)
             logger.error(
                 "task failed to start", extra={"run_id": run_id, "task": request.alias, "error": str(exc)}
             )
+            continue
+        _record_start(runtime, request, external_id)
     return perform(
-        runtime, lambda s, e: _record_starts(s, run_id, requests[0], started, errors, runtime.clock(), e)
+        runtime,
+        lambda s, e: _finish_dispatch(s, runtime.graphs.get(s), requests, errors, runtime.clock(), e),
     )
 
 
@@ -167,29 +174,61 @@ def _succeed_without_tasks(
     return "succeeded: no tasks"
 
 
-def _record_starts(
+def _record_start(runtime: Runtime, request: TaskRequest, external_id: str) -> None:
+    """Commit a started task's external id, for its completion event to find."""
+    task = _dispatch_row(request.run_id, request.attempt, request.alias).where(
+        TaskDispatchRow.status == "pending"
+    )
+    values = {"status": "started", "external_id": external_id, "started_at": runtime.clock()}
+    runtime.transact(lambda session, _: session.execute(task.values(**values)))
+
+
+def _finish_dispatch(
     session: Session,
-    run_id: int,
-    first: TaskRequest,
-    started: dict[str, str],
+    graph: RuntimeGraph,
+    requests: list[TaskRequest],
     errors: dict[str, str],
     now: datetime,
     effects: Effects,
 ) -> str:
-    for alias, external_id in started.items():
-        task = _dispatch_row(run_id, first.attempt, alias)
-        session.execute(task.values(status="started", external_id=external_id, started_at=now))
+    first = requests[0]
     for alias, error in errors.items():
-        task = _dispatch_row(run_id, first.attempt, alias)
-        session.execute(task.values(status="failed", error=error, finished_at=now))
-    run = session.get(RunRow, run_id, with_for_update=True)
+        task = _dispatch_row(first.run_id, first.attempt, alias)
+        session.execute(
+            task.where(TaskDispatchRow.status == "pending").values(
+                status="failed", error=error, finished_at=now
+            )
+        )
+    run = session.get(RunRow, first.run_id, with_for_update=True)
     assert run is not None
     if errors:
         reason = "; ".join(f"task {alias} did not start: {error}" for alias, error in sorted(errors.items()))
         set_status(session, run, FAILED, now, effects, first.table, reason=reason, old=DISPATCHING)
         return "failed: " + reason
-    set_status(session, run, RUNNING, now, effects, first.table, old=DISPATCHING)
-    return "running"
+    if not set_status(session, run, RUNNING, now, effects, first.table, old=DISPATCHING):
+        # A task's completion (a failure event, a report by the task) settled the run meanwhile.
+        session.refresh(run)
+        return f"dispatched; the run is already {run.status}"
+    tasks = session.execute(
+        select(TaskDispatchRow.status, TaskDispatchRow.type)
+        .where(TaskDispatchRow.run_id == run.id, TaskDispatchRow.attempt == first.attempt)
+        .order_by(TaskDispatchRow.finished_at, TaskDispatchRow.id)
+    ).all()
+    if any(status != "succeeded" for status, _ in tasks):
+        return "running"
+    # Every task succeeded while the others were starting: the run succeeds now, as completion would
+    # have made it (the source is the kind of the task that finished last).
+    source = "step_function" if tasks[-1].type == "step_function" else "glue"
+    session.expire(run)  # its status changed by statement: let completion read it again
+    register_in(
+        session,
+        graph,
+        [ExecutionInput(first.table, dict(run.partitions), source, run_id=run.id)],
+        None,
+        now,
+        effects,
+    )
+    return "succeeded: its tasks finished while it was dispatching"
 
 
 def _dispatch_row(run_id: int, attempt: int, alias: str) -> Update:
