@@ -30,6 +30,7 @@ from controller.runtime.context import Runtime
 from controller.runtime.errors import RuntimeProblem
 from controller.runtime.ports import RunEvent, ScheduleRequest, TaskRequest, TaskStartError
 from controller.runtime.registration import ExecutionInput, register_executions
+from tests.conftest import postgres_schema
 from tests.factories import states, table_doc
 
 pytestmark = [pytest.mark.postgresql, pytest.mark.slow]
@@ -246,20 +247,9 @@ class Soak:
 
 @pytest.fixture
 def chaos_url(postgres_admin: Engine) -> Iterator[str]:
-    import uuid
-    from urllib.parse import quote
-
-    from sqlalchemy import text
-
-    from tests.conftest import POSTGRES_URL
-
-    schema = f"flux_chaos_{uuid.uuid4().hex[:10]}"
-    with postgres_admin.connect() as connection:
-        connection.execute(text(f'CREATE SCHEMA "{schema}"'))
-    separator = "&" if "?" in POSTGRES_URL else "?"
-    yield f"{POSTGRES_URL}{separator}options={quote(f'-csearch_path={schema}')}"
-    with postgres_admin.connect() as connection:
-        connection.execute(text(f'DROP SCHEMA "{schema}" CASCADE'))
+    """PostgreSQL only: the soak is about concurrent writers, which SQLite serialises."""
+    with postgres_schema(postgres_admin, "flux_chaos") as url:
+        yield url
 
 
 def test_chaos_soak_keeps_every_invariant(chaos_url: str) -> None:
