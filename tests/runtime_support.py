@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import io
 import json
+import zipfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -13,6 +15,7 @@ from urllib.parse import urlencode
 import boto3
 import pytest
 from moto import mock_aws
+from moto.core.config import default_user_config
 from sqlalchemy import Engine
 
 from controller import wiring
@@ -183,3 +186,27 @@ def sfn_event(execution_arn: str, status: str) -> dict[str, Any]:
 
 def partitions(**values: Any) -> list[dict[str, Any]]:
     return [{"partition_name": k, "value": v} for k, v in values.items()]
+
+
+def create_lambda_function(monkeypatch: pytest.MonkeyPatch, name: str) -> None:
+    """A Lambda function in moto that echoes its event (run in-process, without Docker)."""
+    monkeypatch.setitem(default_user_config, "lambda", {"use_docker": False})
+    trust = {
+        "Version": "2012-10-17",
+        "Statement": [
+            {"Effect": "Allow", "Principal": {"Service": "lambda.amazonaws.com"}, "Action": "sts:AssumeRole"}
+        ],
+    }
+    role = boto3.client("iam", region_name=REGION).create_role(
+        RoleName="consumer", AssumeRolePolicyDocument=json.dumps(trust)
+    )["Role"]["Arn"]
+    code = io.BytesIO()
+    with zipfile.ZipFile(code, "w") as archive:
+        archive.writestr("index.py", "def handler(event, context):\n    return event\n")
+    boto3.client("lambda", region_name=REGION).create_function(
+        FunctionName=name,
+        Runtime="python3.11",
+        Role=role,
+        Handler="index.handler",
+        Code={"ZipFile": code.getvalue()},
+    )

@@ -3,14 +3,11 @@ SQS/Lambda completion, tables deleted by a reconcile."""
 
 from __future__ import annotations
 
-import io
 import json
-import zipfile
 from collections.abc import Iterator
 
 import boto3
 import pytest
-from moto.core.config import default_user_config
 from sqlalchemy import Engine
 
 from controller.reconciler import apply
@@ -32,6 +29,7 @@ from tests.runtime_support import (
     REGION,
     START,
     Lambda,
+    create_lambda_function,
     partitions,
     running_lambda,
     schedule_of,
@@ -232,26 +230,7 @@ def test_an_sqs_task_is_completed_by_register_execution_with_its_run_id(flux: La
 def test_a_lambda_task_reports_failure_through_the_fail_route(
     flux: Lambda, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setitem(default_user_config, "lambda", {"use_docker": False})
-    trust = {
-        "Version": "2012-10-17",
-        "Statement": [
-            {"Effect": "Allow", "Principal": {"Service": "lambda.amazonaws.com"}, "Action": "sts:AssumeRole"}
-        ],
-    }
-    role = boto3.client("iam", region_name=REGION).create_role(
-        RoleName="consumer", AssumeRolePolicyDocument=json.dumps(trust)
-    )["Role"]["Arn"]
-    code = io.BytesIO()
-    with zipfile.ZipFile(code, "w") as archive:
-        archive.writestr("index.py", "def handler(event, context):\n    return event\n")
-    boto3.client("lambda", region_name=REGION).create_function(
-        FunctionName=FUNCTION,
-        Runtime="python3.11",
-        Role=role,
-        Handler="index.handler",
-        Code={"ZipFile": code.getvalue()},
-    )
+    create_lambda_function(monkeypatch, FUNCTION)
     run = manual(flux, "tb_fn", 202305)
     detail = run_detail(flux, run["id"])
     assert detail["status"] == "running"

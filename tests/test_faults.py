@@ -14,10 +14,8 @@ rest on the database (compare-and-set, locks, transactions) run on SQLite and Po
 
 from __future__ import annotations
 
-import io
 import json
 import sqlite3
-import zipfile
 from collections import Counter
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -30,7 +28,6 @@ from botocore.exceptions import ConnectTimeoutError, EndpointConnectionError, Re
 from botocore.loaders import JSONFileLoader
 from botocore.retries.standard import ExponentialBackoff
 from moto.core.botocore_stubber import MockRawResponse
-from moto.core.config import default_user_config
 from moto.core.models import botocore_stubber
 from sqlalchemy import Engine, event, func, select, text
 from sqlalchemy.exc import OperationalError
@@ -48,6 +45,7 @@ from tests.runtime_support import (
     REGION,
     START,
     Lambda,
+    create_lambda_function,
     glue_event,
     partitions,
     running_lambda,
@@ -326,29 +324,6 @@ def counts(engine: Engine) -> tuple[int, int]:
     return int(executions or 0), int(runs or 0)
 
 
-def create_function(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setitem(default_user_config, "lambda", {"use_docker": False})
-    trust = {
-        "Version": "2012-10-17",
-        "Statement": [
-            {"Effect": "Allow", "Principal": {"Service": "lambda.amazonaws.com"}, "Action": "sts:AssumeRole"}
-        ],
-    }
-    role = boto3.client("iam", region_name=REGION).create_role(
-        RoleName="consumer", AssumeRolePolicyDocument=json.dumps(trust)
-    )["Role"]["Arn"]
-    code = io.BytesIO()
-    with zipfile.ZipFile(code, "w") as archive:
-        archive.writestr("index.py", "def handler(event, context):\n    return event\n")
-    boto3.client("lambda", region_name=REGION).create_function(
-        FunctionName=FUNCTION,
-        Runtime="python3.11",
-        Role=role,
-        Handler="index.handler",
-        Code={"ZipFile": code.getvalue()},
-    )
-
-
 def invoked_flux(body: bytes) -> dict[str, Any]:
     """The ``flux`` block of the payload a Lambda ``Invoke`` request carried (its raw body)."""
     return dict(json.loads(body)["flux"])
@@ -492,7 +467,7 @@ def test_sqs_send_message(aws: Lambda, faults: Faults, backoff: list[float]) -> 
 def test_lambda_invoke(
     aws: Lambda, faults: Faults, backoff: list[float], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    create_function(monkeypatch)
+    create_lambda_function(monkeypatch, FUNCTION)
     faults.plan("Invoke", *MIXED, service="lambda")
     run = manual(aws, "invoked")
     assert faults.attempts["Invoke"] == len(MIXED) + 1
@@ -622,7 +597,7 @@ def test_lambda_invoke_repeated_after_a_timeout_carries_the_same_token_and_repor
 ) -> None:
     """Async Invoke has no idempotency token and Lambda delivers events at least once anyway: botocore
     repeats it, the function sees the token twice, and only the first completion report counts."""
-    create_function(monkeypatch)
+    create_lambda_function(monkeypatch, FUNCTION)
     faults.plan("Invoke", "applied_read_timeout", service="lambda")
     run = manual(aws, "invoked")
     assert faults.attempts["Invoke"] == 2
