@@ -18,7 +18,7 @@ from typing import Any
 from aws_lambda_powertools import Metrics
 from aws_lambda_powertools.metrics import MetricUnit
 
-from controller.api.app import app, logger, too_large
+from controller.api.app import app, logger, refused
 from controller.wiring import runtime
 
 metrics = Metrics(namespace="FluxControl", service="flux-control")
@@ -33,7 +33,7 @@ def lambda_handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
     _count("Invocations")
     if "httpMethod" in event and "requestContext" in event:
         logger.set_correlation_id(event["requestContext"].get("requestId"))
-        response: dict[str, Any] = too_large(event) or app.resolve(event, context)
+        response: dict[str, Any] = refused(event) or app.resolve(event, context)
         _count_api(event, response)
         return response
     action = event.get("flux_action")

@@ -23,6 +23,10 @@ def payload_tables(payload: Any) -> list[dict[str, Any]]:
     tables = payload if isinstance(payload, list) else [payload]
     if not tables or not all(isinstance(t, dict) for t in tables):
         raise PayloadError('the payload must be a table object, a list of them, or {"tables": [...]}')
+    try:  # JSON may escape a lone surrogate (\ud800), which no UTF-8 text, hence no definition, holds
+        json.dumps(tables, ensure_ascii=False).encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise PayloadError(f"the payload is not valid Unicode: {exc.reason}") from None
     return [{"version": 1, **table} for table in tables]
 
 

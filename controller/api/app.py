@@ -16,11 +16,12 @@ from typing import Annotated, Any
 from aws_lambda_powertools import Logger
 from aws_lambda_powertools.event_handler import APIGatewayRestResolver, Response
 from aws_lambda_powertools.event_handler.openapi.exceptions import RequestValidationError
-from aws_lambda_powertools.event_handler.openapi.params import Query
+from aws_lambda_powertools.event_handler.openapi.params import Path, Query
 
 from controller import __version__
 from controller.api.identity import caller_identity
 from controller.api.models import (
+    MAX_ID,
     DecisionRequest,
     ManualRunRequest,
     ReasonRequest,
@@ -31,8 +32,39 @@ from controller.runtime.errors import BadRequest, RuntimeProblem, TooLarge
 from controller.wiring import runtime
 
 MAX_BODY_BYTES = 256 * 1024
+#: A run id in a path: a positive BIGINT (a larger integer names no run and cannot be bound in a query).
+RunId = Annotated[int, Path(ge=1, le=MAX_ID)]
+
+
+def json_body(text: str) -> Any:
+    """``json.loads`` whose every failure is a ``JSONDecodeError``, which Powertools answers with a 400.
+
+    A body nested too deeply raises ``RecursionError`` and an integer of more than 4,300 digits a
+    plain ``ValueError``: both were 500s.
+    """
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError:
+        raise
+    except (ValueError, RecursionError) as exc:
+        raise json.JSONDecodeError(str(exc), text, 0) from None
+
+
+def _validated_body(text: str) -> Any:
+    """The JSON body Powertools validates against a route's model, which is always an object.
+
+    Powertools validates the first item of an array in place of the array (it unwraps lists, meant for
+    form fields): ``[{"reason": "x"}, 1]`` cancelled a run. An array is refused instead.
+    """
+    value = json_body(text)
+    if isinstance(value, list):
+        message = "Input should be a JSON object, not an array"
+        raise RequestValidationError([{"type": "model_attributes_type", "loc": ("body",), "msg": message}])
+    return value
+
+
 logger = Logger(service="flux-control")
-app = APIGatewayRestResolver(enable_validation=True)
+app = APIGatewayRestResolver(enable_validation=True, json_body_deserializer=_validated_body)
 
 
 def error_response(
@@ -74,14 +106,38 @@ def _unexpected(exc: Exception) -> Response[str]:
     return error_response(500, "internal", f"internal error (reference {reference}); it was logged", {})
 
 
+def refused(event: dict[str, Any]) -> dict[str, Any] | None:
+    """The answer to a request refused before anything parses its body (every route), if it is."""
+    return too_large(event) or unsupported_media_type(event)
+
+
 def too_large(event: dict[str, Any]) -> dict[str, Any] | None:
-    """The 413 answer for a body over the limit, checked before anything parses it (every route)."""
+    """The 413 answer for a body over the limit."""
     body = event.get("body") or ""
     if len(body.encode("utf-8") if isinstance(body, str) else body) <= MAX_BODY_BYTES:
         return None
     problem = TooLarge(f"request body is larger than {MAX_BODY_BYTES:,} bytes")
-    answer = {"error": {"code": problem.code, "message": problem.message, "details": {}}}
-    return {"statusCode": 413, "headers": {"Content-Type": "application/json"}, "body": json.dumps(answer)}
+    return _refusal(413, problem.code, problem.message)
+
+
+def unsupported_media_type(event: dict[str, Any]) -> dict[str, Any] | None:
+    """The 415 answer for a request that may carry a body and says it is not JSON.
+
+    Bodies are JSON (DESIGN §5). Powertools would answer another media type with an unhandled
+    exception, and raises on a multipart body without a boundary: both were 500s.
+    """
+    if event.get("httpMethod") in ("GET", "HEAD", "OPTIONS"):
+        return None
+    headers = event.get("headers") or {}
+    media = next((str(v) for k, v in headers.items() if k.lower() == "content-type"), "").strip()
+    if not media or media.lower().startswith("application/json"):
+        return None
+    return _refusal(415, "unsupported_media_type", f"request body must be application/json, not {media!r}")
+
+
+def _refusal(status: int, code: str, message: str) -> dict[str, Any]:
+    answer = {"error": {"code": code, "message": message, "details": {}}}
+    return {"statusCode": status, "headers": {"Content-Type": "application/json"}, "body": json.dumps(answer)}
 
 
 def _identity(body_user: str | None) -> str | None:
@@ -143,7 +199,7 @@ def list_runs(
 
 
 @app.get("/runs/<run_id>")
-def get_run(run_id: int) -> dict[str, Any]:
+def get_run(run_id: RunId) -> dict[str, Any]:
     from controller.runtime import queries  # lazy: see the module docstring
 
     return queries.get_run(runtime(), run_id)
@@ -160,21 +216,21 @@ def manual_run(body: ManualRunRequest) -> dict[str, Any]:
 
 
 @app.post("/runs/<run_id>/cancel")
-def cancel_run(run_id: int, body: ReasonRequest) -> dict[str, Any]:
+def cancel_run(run_id: RunId, body: ReasonRequest) -> dict[str, Any]:
     from controller.runtime import run_actions  # lazy: see the module docstring
 
     return {"run": run_actions.cancel_run(runtime(), run_id, body.reason)}
 
 
 @app.post("/runs/<run_id>/retry")
-def retry_run(run_id: int, body: ReasonRequest) -> dict[str, Any]:
+def retry_run(run_id: RunId, body: ReasonRequest) -> dict[str, Any]:
     from controller.runtime import run_actions  # lazy: see the module docstring
 
     return {"run": run_actions.retry_run(runtime(), run_id, body.reason)}
 
 
 @app.post("/runs/<run_id>/fail")
-def fail_run(run_id: int, body: ReasonRequest) -> dict[str, Any]:
+def fail_run(run_id: RunId, body: ReasonRequest) -> dict[str, Any]:
     """A task reports failure (the path for SQS and Lambda tasks)."""
     from controller.runtime import completion  # lazy: see the module docstring
 
@@ -208,7 +264,7 @@ def get_table(name: str) -> dict[str, Any]:
 def post_tables() -> dict[str, Any]:
     """Validate an original ``POST /tables`` payload and show the plan it would make; never writes."""
     try:
-        payload = json.loads(app.current_event.body or "")
+        payload = json_body(app.current_event.body or "")
     except ValueError as exc:
         raise BadRequest(f"body is not JSON: {exc}") from None
     # Lazy (see the module docstring): checking a payload loads YAML, JSON Schema, Jinja and the planner.
@@ -218,8 +274,10 @@ def post_tables() -> dict[str, Any]:
 
 
 @app.get("/openapi.json")
-def openapi() -> Response[str]:
-    return Response(status_code=200, content_type="application/json", body=openapi_document())
+def openapi() -> dict[str, Any]:
+    # A dict, not the JSON text: the document then says this route answers an object, not a string.
+    document: dict[str, Any] = json.loads(openapi_document())
+    return document
 
 
 def openapi_document() -> str:

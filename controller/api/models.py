@@ -7,6 +7,9 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 _TEXT = 256
+#: The largest id a row can have (ids are BIGINT identities, from 1). A larger integer names no row and
+#: the database drivers refuse to bind it, so it is refused as a 422 instead of failing the query.
+MAX_ID = 2**63 - 1
 
 
 class _Body(BaseModel):
@@ -46,7 +49,9 @@ class _WithPartitions(_Body):
 class ExecutionItem(_WithPartitions):
     table_name: str = Field(max_length=128)
     source: str = Field(default="api", max_length=64)
-    run_id: int | None = Field(default=None, description="completes this run (SQS and Lambda tasks)")
+    run_id: int | None = Field(
+        default=None, ge=1, le=MAX_ID, description="completes this run (SQS and Lambda tasks)"
+    )
     idempotency_key: str | None = Field(
         default=None, max_length=_TEXT, description="a repeat returns the first result"
     )
@@ -58,7 +63,7 @@ class RegisterRequest(_Body):
 
 
 class DecisionRequest(_Body):
-    approval_status_id: int
+    approval_status_id: int = Field(ge=1, le=MAX_ID)
     user: str | None = Field(
         default=None, max_length=_TEXT, description="used only in trusted mode (local serve)"
     )
