@@ -249,7 +249,8 @@ def parse_bytes(data: bytes, display: str) -> SourceFile:
         for index, node in enumerate(_compose_all(data)):
             if node.__class__ is ScalarNode and node.tag == _NULL and not node.value:
                 continue  # an empty document, such as a trailing `---`
-            builder = _Builder(display)
+            # Without an anchor (no "&" anywhere) no value can be shared: no identities to track.
+            builder = _SharingBuilder(display) if b"&" in data else _Builder(display)
             value = builder.build(node)
             if builder.problems:
                 source.problems.extend(builder.problems)
@@ -325,18 +326,15 @@ class _Builder:
 
     Every value counts 1 towards MAX_EXPANDED_VALUES (a collection: 1 plus its items' counts; a
     skipped key's value: nothing). Scalars, most of a document, are handled inline by the collection
-    that holds them, and plain strings (most scalars) need nothing but their text.
+    that holds them, and plain strings (most scalars) need nothing but their text. This one is for
+    documents without anchors, where every node is reached once; see :class:`_SharingBuilder`.
     """
 
-    __slots__ = ("_building", "_built", "display", "problems")
+    __slots__ = ("display", "problems")
 
     def __init__(self, display: str) -> None:
         self.display = display
         self.problems: list[Problem] = []
-        # Collections already built, by node identity: an alias reuses the value (no copy) and
-        # its expanded size, so a bomb is measured without being expanded.
-        self._built: dict[int, tuple[Any, int]] = {}
-        self._building: set[int] = set()
 
     def build(self, node: yaml.Node) -> Any:
         if node.__class__ is ScalarNode:
@@ -360,16 +358,9 @@ class _Builder:
 
     def _collection(self, node: yaml.Node, depth: int) -> tuple[Any, int]:
         """A sequence or mapping node's value and expanded size (anything else is refused)."""
-        known = self._built.get(id(node))
-        if known is not None:
-            return known
-        if id(node) in self._building:
-            self._problem(node, "an alias refers to a value that contains it (recursive alias)", "yaml-limit")
-            return None, 1
         if depth > MAX_DEPTH:
             self._problem(node, f"values nest deeper than {MAX_DEPTH} levels", "yaml-limit")
             return None, 1
-        self._building.add(id(node))
         built: tuple[Any, int]
         if node.__class__ is MappingNode and node.tag == _MAP:
             built = self._mapping(node, depth)
@@ -378,10 +369,8 @@ class _Builder:
         else:
             self._problem(node, f"tag {node.tag!r} is not allowed: definitions are plain data", "tag")
             built = (None, 1)
-        self._building.discard(id(node))
         if built[1] > MAX_EXPANDED_VALUES:
             raise _AliasLimit
-        self._built[id(node)] = built
         return built
 
     def _sequence(self, node: yaml.Node, depth: int) -> tuple[list[Any], int]:
@@ -455,6 +444,34 @@ class _Builder:
             self._problem(node, f"tag {tag!r} is not allowed: definitions are plain data", "tag")
             return None
         return construct(cast(yaml.ScalarNode, node))
+
+
+class _SharingBuilder(_Builder):
+    """A builder for documents with anchors, where an alias makes one node a value of several places."""
+
+    __slots__ = ("_building", "_built")
+
+    def __init__(self, display: str) -> None:
+        super().__init__(display)
+        # Collections already built, by node identity: an alias reuses the value (no copy) and
+        # its expanded size, so a bomb is measured without being expanded.
+        self._built: dict[int, tuple[Any, int]] = {}
+        self._building: set[int] = set()
+
+    def _collection(self, node: yaml.Node, depth: int) -> tuple[Any, int]:
+        known = self._built.get(id(node))
+        if known is not None:
+            return known
+        if id(node) in self._building:
+            self._problem(node, "an alias refers to a value that contains it (recursive alias)", "yaml-limit")
+            return None, 1
+        if depth > MAX_DEPTH:  # reported, not remembered: another path to it is checked again
+            return super()._collection(node, depth)
+        self._building.add(id(node))
+        built = super()._collection(node, depth)
+        self._building.discard(id(node))
+        self._built[id(node)] = built
+        return built
 
 
 def _kind(node: yaml.Node) -> str:
