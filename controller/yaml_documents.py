@@ -443,7 +443,12 @@ class _Builder:
         if construct is None:
             self._problem(node, f"tag {tag!r} is not allowed: definitions are plain data", "tag")
             return None
-        return construct(cast(yaml.ScalarNode, node))
+        try:
+            return construct(cast(yaml.ScalarNode, node))
+        except (ValueError, KeyError, IndexError):  # explicitly tagged: `!!int abc`, `!!bool maybe`
+            kind = tag.removeprefix(_TAG)
+            self._problem(node, f"{node.value!r} is not a valid {kind} (tag {tag!r})", "tag")
+            return None
 
 
 class _SharingBuilder(_Builder):

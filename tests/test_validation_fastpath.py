@@ -113,6 +113,27 @@ def test_plain_scalars_build_the_values_pyyaml_constructs() -> None:
     assert {k: (type(v), repr(v)) for k, v in source.documents[0].data.items()} == expected
 
 
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        (b"a: !!int abc\n", "'abc' is not a valid int (tag 'tag:yaml.org,2002:int')"),
+        (b"a: !!int ''\n", "'' is not a valid int (tag 'tag:yaml.org,2002:int')"),
+        (b"a: !!float x\n", "'x' is not a valid float (tag 'tag:yaml.org,2002:float')"),
+        (b"a: !!bool maybe\n", "'maybe' is not a valid bool (tag 'tag:yaml.org,2002:bool')"),
+    ],
+)
+def test_explicit_scalar_tags_on_wrong_text_are_reported_not_raised(text: bytes, message: str) -> None:
+    source = parse_bytes(text, "x.yaml")
+    assert [(str(p.location), p.message) for p in source.problems] == [("x.yaml:1:4", message)]
+    assert not source.documents[0].usable
+
+
+def test_explicit_scalar_tags_on_right_text_are_values() -> None:
+    source = parse_bytes(b"a: !!int '6'\nb: !!bool 'yes'\nc: !!float '1.5'\nd: !!str 5\n", "x.yaml")
+    assert source.problems == []
+    assert source.documents[0].data == {"a": 6, "b": True, "c": 1.5, "d": "5"}
+
+
 def test_duplicate_keys_name_the_line_of_the_kept_one() -> None:
     source = parse_bytes(b"a: 1\n1: x\nb: 2\na: 3\nb: 4\n'a': 5\n", "x.yaml")
     assert [str(p) for p in source.problems] == [
