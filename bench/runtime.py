@@ -762,10 +762,11 @@ def profile_one_worker(per_worker: int, history: int, workdir: str) -> list[str]
         f"shares the {os.cpu_count()} CPUs) over {trips:g} round trips: {watch.statements / n:g} "
         f"statements, {watch.begins / n:g} transactions (BEGIN and COMMIT each) and "
         f"{watch.checkouts / n:g} pool checkouts, each pinged first (`pool_pre_ping`).",
-        f"The gate lock (`lock_gates`: a transaction-scoped advisory lock per dependent table) is held "
-        f"{held * 1000:.2f} ms per registration, from the lock statement to COMMIT: registrations of "
-        f"upstreams of one table are serialised by it, so together they cannot exceed about "
-        f"{1 / held if held else 0:,.0f}/s whatever the number of workers.",
+        f"The gate locks (`lock_gates`: transaction-scoped advisory locks, one per dependent and key of "
+        f"the lock partitions, the dependent's own in shared mode) are held {held * 1000:.2f} ms per "
+        f"registration, from the lock statement to COMMIT: registrations that could open one gate "
+        f"together wait for each other (at most about {1 / held if held else 0:,.0f}/s for one key); "
+        "those for other keys, like the workers' streams of distinct days here, do not.",
     ]
     return notes + profile_notes(profiler, n)
 
