@@ -194,7 +194,7 @@ def _local_aws() -> Iterator[Any]:
 
 def _template_database(workdir: str) -> Path:
     """A migrated SQLite database with :data:`TABLES` applied, copied afresh for each process."""
-    from bench.runtime import apply_definitions, table_doc
+    from bench.runtime_setup import apply_definitions, table_doc
     from controller.db.engine import make_engine
 
     path = Path(workdir) / "coldstart-template.db"

@@ -1,0 +1,396 @@
+"""Runtime benchmark: PostgreSQL throughput with concurrent workers, its floor, one worker profiled."""
+
+from __future__ import annotations
+
+import contextlib
+import cProfile
+import io
+import multiprocessing
+import os
+import pstats
+import statistics
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import date
+from pathlib import Path
+from typing import Any
+
+from bench.common import Table, database
+from bench.runtime_floor import floor_throughput
+from bench.runtime_setup import (
+    apply_definitions,
+    fan_out_definitions,
+    in_memory_runtime,
+    load_average,
+    load_history,
+    measured_days,
+    percentile,
+    register_event,
+)
+
+WORKERS = (1, 2, 4, 8)
+PER_WORKER = 200
+QUICK_PER_WORKER = 30
+REPEATS = 3
+QUICK_REPEATS = 1
+GOAL_PER_SECOND = 500
+FLOOR = "floor: raw psycopg"
+GOAL_WORKERS = 4
+PROFILE_TOP = 15
+
+
+# --- PostgreSQL concurrency --------------------------------------------------------------------------
+
+
+@dataclass
+class Throughput:
+    workers: int
+    registrations: int
+    seconds: float
+    latencies: list[float]
+
+    @property
+    def per_second(self) -> float:
+        return self.registrations / self.seconds if self.seconds else 0.0
+
+
+def concurrency(quick: bool, history: int, workdir: str) -> Table:
+    """Registrations per second on PostgreSQL with 1, 2, 4, 8 workers (threads, then processes)."""
+    per_worker = QUICK_PER_WORKER if quick else PER_WORKER
+    repeats = QUICK_REPEATS if quick else REPEATS
+    table = Table(
+        "Runtime: PostgreSQL throughput with concurrent workers (fan-out 1, no AWS latency)",
+        [
+            "workers",
+            "kind",
+            "registrations",
+            "reg/s (median)",
+            "reg/s (runs)",
+            "p50 ms",
+            "p99 ms",
+            "vs 1 worker",
+        ],
+    )
+    medians: dict[str, dict[int, float]] = {"threads": {}, "processes": {}, FLOOR: {}}
+    for mode, by_workers in medians.items():
+        for workers in WORKERS:
+            with database("postgresql", workdir) as url:
+                results = throughput(url, workers, per_worker, history, mode, repeats)
+            rates = [r.per_second for r in results]
+            by_workers[workers] = statistics.median(rates)
+            latencies = [x for r in results for x in r.latencies]
+            base = by_workers[WORKERS[0]]
+            table.rows.append(
+                [
+                    workers,
+                    mode,
+                    sum(r.registrations for r in results),
+                    by_workers[workers],
+                    " / ".join(f"{rate:,.0f}" for rate in rates),
+                    percentile(latencies, 50) * 1000,
+                    percentile(latencies, 99) * 1000,
+                    f"{by_workers[workers] / base:.2f}×" if base else "",
+                ]
+            )
+    goal = medians["processes"][GOAL_WORKERS]
+    met = goal >= GOAL_PER_SECOND
+    threads = medians["threads"][GOAL_WORKERS]
+    floor = medians[FLOOR][GOAL_WORKERS]
+    load = load_average()
+    table.notes += [
+        f"Goal ≥ {GOAL_PER_SECOND} registrations/s with {GOAL_WORKERS} workers (processes, like Lambda "
+        f"containers): {'met' if met else 'NOT met'} ({goal:,.0f}/s; "
+        f"{GOAL_WORKERS} threads: {threads:,.0f}/s). "
+        f"The floor, the same SQL from raw psycopg in {GOAL_WORKERS} processes: {floor:,.0f}/s, so Flux "
+        f"Control reaches {goal / floor:.0%} of what this machine's PostgreSQL allows for these statements. "
+        f"{os.cpu_count()} CPUs shared with PostgreSQL; load average at the end {load}.",
+        f"{FLOOR}: `bench/runtime_floor.py` sends, per registration, the statements the runtime sends (same "
+        "two transactions, same schema and data) with psycopg alone: no SQLAlchemy, no runtime, no handler.",
+        f"Each worker registers its own stream of {per_worker} distinct days of `source` per run ({repeats} "
+        f"runs, median shown), one dependent so one run each, {history:,} past executions of both upstreams "
+        "(ANALYZEd as autovacuum would), in-memory AWS ports, a pool of workers + 2 connections. reg/s = "
+        "registrations / wall time from the start barrier to the last worker's end.",
+        "threads call `register_executions` (the handler's runtime entry) directly: Powertools' resolver "
+        "keeps the current event on the class (`BaseRouter.current_event`), so `lambda_handler` cannot be "
+        "shared by threads, and they share one GIL (their ceiling is one CPU of Python). processes (forked, "
+        "one engine each, like Lambda containers) go through `lambda_handler`.",
+    ]
+    if not met:
+        table.notes += profile_one_worker(per_worker, history, workdir)
+    return table
+
+
+def throughput(
+    url: str, workers: int, per_worker: int, history: int, mode: str, repeats: int
+) -> list[Throughput]:
+    """``repeats`` runs of ``workers`` concurrent streams on one database (fresh days each run)."""
+    from controller.db.engine import make_engine
+
+    stream = per_worker + 1  # the first registration of each stream is a warm-up
+    days = measured_days(0, repeats * workers * stream)
+    engine = make_engine(url, pool_size=workers + 2, max_overflow=4)
+    try:
+        apply_definitions(engine, fan_out_definitions(1))
+        load_history(engine, history, days)
+    finally:
+        engine.dispose()
+    results = []
+    for repeat in range(repeats):
+        mine = days[repeat * workers * stream : (repeat + 1) * workers * stream]
+        streams = [mine[w * stream : (w + 1) * stream] for w in range(workers)]
+        if mode == FLOOR:
+            seconds, latencies = floor_throughput(url, streams, fan_out_definitions(1)[-1]["name"])
+            results.append(Throughput(len(streams), len(latencies), seconds, latencies))
+        elif mode == "threads":
+            engine = make_engine(url, pool_size=workers + 2, max_overflow=4)
+            try:
+                results.append(_threads(engine, streams))
+            finally:
+                engine.dispose()
+        else:
+            results.append(_processes(url, streams))
+    return results
+
+
+def _register_directly(runtime: Any, day: date) -> None:
+    from controller.runtime.registration import ExecutionInput, register_executions
+
+    result = register_executions(runtime, [ExecutionInput("source", {"dt": day.isoformat()}, "bench")], None)
+    if len(result["runs"]) != 1:
+        raise RuntimeError(f"expected one run, got {result['runs']}")
+
+
+def _threads(engine: Any, streams: list[list[date]]) -> Throughput:
+    runtime = in_memory_runtime(engine)
+    _register_directly(runtime, streams[0][0])  # warm-up: graph cache, pool
+    barrier = threading.Barrier(len(streams) + 1)
+    latencies: list[list[float]] = [[] for _ in streams]
+    errors: list[BaseException] = []
+
+    def worker(index: int) -> None:
+        try:
+            barrier.wait()
+            for day in streams[index][1:]:
+                started = time.perf_counter()
+                _register_directly(runtime, day)
+                latencies[index].append(time.perf_counter() - started)
+        except BaseException as exc:  # reported after join
+            errors.append(exc)
+
+    threads = [threading.Thread(target=worker, args=(i,)) for i in range(len(streams))]
+    for thread in threads:
+        thread.start()
+    barrier.wait()
+    started = time.perf_counter()
+    for thread in threads:
+        thread.join()
+    seconds = time.perf_counter() - started
+    if errors:
+        raise errors[0]
+    flat = [x for worker_latencies in latencies for x in worker_latencies]
+    return Throughput(len(streams), len(flat), seconds, flat)
+
+
+def _process_worker(url: str, days: list[date], barrier: Any, out: Any) -> None:
+    """One worker process: its own engine and runtime, registrations through ``lambda_handler``."""
+    from controller import wiring
+    from controller.db.engine import make_engine
+    from controller.lambda_function import lambda_handler
+
+    engine = make_engine(url, pool_size=1, max_overflow=1)
+    wiring.use(in_memory_runtime(engine))
+    latencies = []
+    with Path(os.devnull).open("w") as sink, contextlib.redirect_stdout(sink):
+        lambda_handler(register_event("source", days[0], 0), None)  # warm-up
+        barrier.wait()
+        first = time.perf_counter()
+        for index, day in enumerate(days[1:], 1):
+            started = time.perf_counter()
+            response = lambda_handler(register_event("source", day, index), None)
+            latencies.append(time.perf_counter() - started)
+            if response["statusCode"] != 200:
+                out.put(("error", response["body"]))
+                return
+        last = time.perf_counter()
+    engine.dispose()
+    out.put(("ok", (first, last, latencies)))
+
+
+def _processes(url: str, streams: list[list[date]]) -> Throughput:
+    context = multiprocessing.get_context("fork")
+    barrier = context.Barrier(len(streams))
+    out = context.Queue()
+    processes = [context.Process(target=_process_worker, args=(url, s, barrier, out)) for s in streams]
+    for process in processes:
+        process.start()
+    results = [out.get(timeout=600) for _ in processes]
+    for process in processes:
+        process.join()
+    errors = [detail for status, detail in results if status != "ok"]
+    if errors:
+        raise RuntimeError(f"worker process failed: {errors[0]}")
+    spans = [detail for _, detail in results]
+    seconds = max(s[1] for s in spans) - min(s[0] for s in spans)
+    flat = [x for s in spans for x in s[2]]
+    return Throughput(len(streams), len(flat), seconds, flat)
+
+
+def profile_one_worker(per_worker: int, history: int, workdir: str) -> list[str]:
+    """One worker thread alone: CPU, round trips and gate-lock time per registration, then cProfile."""
+    from controller.db.engine import make_engine
+
+    with database("postgresql", workdir) as url:
+        engine = make_engine(url, pool_size=2, max_overflow=2)
+        try:
+            apply_definitions(engine, fan_out_definitions(1))
+            days = measured_days(0, 2 * per_worker + 1)
+            load_history(engine, history, days)
+            runtime = in_memory_runtime(engine)
+            _register_directly(runtime, days[0])
+            with Watch(engine) as watch:
+                wall, cpu = time.perf_counter(), time.process_time()
+                for day in days[1 : per_worker + 1]:
+                    _register_directly(runtime, day)
+                wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
+            profiler = cProfile.Profile()
+            profiler.enable()
+            for day in days[per_worker + 1 :]:
+                _register_directly(runtime, day)
+            profiler.disable()
+        finally:
+            engine.dispose()
+    n = per_worker
+    held = watch.held / n
+    trips = (watch.statements + watch.checkouts + watch.begins + watch.commits) / n
+    notes = [
+        f"One worker alone (no profiler): {wall / n * 1000:.2f} ms per registration, of which "
+        f"{cpu / n * 1000:.2f} ms of this process's CPU; the rest is waiting for PostgreSQL (which "
+        f"shares the {os.cpu_count()} CPUs) over {trips:g} round trips: {watch.statements / n:g} "
+        f"statements, {watch.begins / n:g} transactions (BEGIN and COMMIT each) and "
+        f"{watch.checkouts / n:g} pool checkouts, each pinged first (`pool_pre_ping`).",
+        f"The gate locks (`lock_gates`: transaction-scoped advisory locks, one per dependent and key of "
+        f"the lock partitions, the dependent's own in shared mode) are held {held * 1000:.2f} ms per "
+        f"registration, from the lock statement to COMMIT: registrations that could open one gate "
+        f"together wait for each other (at most about {1 / held if held else 0:,.0f}/s for one key); "
+        "those for other keys, like the workers' streams of distinct days here, do not.",
+    ]
+    return notes + profile_notes(profiler, n)
+
+
+class Watch:
+    """Statements, transactions, pool checkouts, and time from each gate lock to its COMMIT."""
+
+    def __init__(self, engine: Any) -> None:
+        self.engine = engine
+        self.held = 0.0
+        self.statements = self.begins = self.commits = self.checkouts = 0
+
+    def _listeners(self) -> list[tuple[Any, str, Callable[..., None]]]:
+        return [
+            (self.engine, "after_cursor_execute", self._executed),
+            (self.engine, "begin", self._begin),
+            (self.engine, "commit", self._commit),
+            (self.engine.pool, "checkout", self._checkout),
+        ]
+
+    def __enter__(self) -> Watch:
+        from sqlalchemy import event
+
+        for target, name, function in self._listeners():
+            event.listen(target, name, function)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        from sqlalchemy import event
+
+        for target, name, function in self._listeners():
+            event.remove(target, name, function)
+
+    def _executed(self, connection: Any, _cursor: Any, statement: str, *_args: Any) -> None:
+        self.statements += 1
+        if "pg_advisory_xact_lock" in statement:
+            connection.info["bench_locked_at"] = time.perf_counter()
+
+    def _begin(self, _connection: Any) -> None:
+        self.begins += 1
+
+    def _checkout(self, *_args: Any) -> None:
+        self.checkouts += 1
+
+    def _commit(self, connection: Any) -> None:
+        self.commits += 1
+        locked = connection.info.pop("bench_locked_at", None)
+        if locked is not None:
+            self.held += time.perf_counter() - locked
+
+
+def profile_notes(profiler: cProfile.Profile, registrations: int) -> list[str]:
+    stats = pstats.Stats(profiler, stream=io.StringIO())
+    entries = stats.stats  # type: ignore[attr-defined]
+    total = sum(tt for _cc, _nc, tt, _ct, _callers in entries.values())
+    ranked = sorted(entries.items(), key=lambda item: item[1][3], reverse=True)
+    per = 1000 / registrations
+    notes = [
+        f"Profile of one worker (cProfile, {registrations} more registrations, "
+        f"{total / registrations * 1000:.2f} ms each under the profiler), top {PROFILE_TOP} functions by "
+        "cumulative time, in ms per registration:"
+    ]
+    shown = 0
+    for (filename, line, name), (_cc, calls, _tt, cumulative, _callers) in ranked:
+        if name in ("<module>", "run") and filename.endswith("cProfile.py"):
+            continue
+        location = _short(filename)
+        notes.append(
+            f"{cumulative * per:7.3f} ms cumulative, {calls / registrations:g} calls — "
+            f"`{location}:{line} {name}`"
+        )
+        shown += 1
+        if shown == PROFILE_TOP:
+            break
+    mine = [
+        (f"`{_short(f)}:{ln} {n}`", ct * per)
+        for (f, ln, n), (_c, _n, _tt, ct, _cl) in ranked
+        if "/controller/" in f and ct * per >= 0.2
+    ]
+    notes.append(
+        "Flux Control's own functions (cumulative ms per registration): "
+        + "; ".join(f"{label} {ms:.2f}" for label, ms in mine)
+    )
+    own = sorted(entries.items(), key=lambda item: item[1][2], reverse=True)[:8]
+    notes.append(
+        "Largest own times (ms per registration): "
+        + "; ".join(f"`{_short(f)}:{ln} {n}` {tt * per:.3f}" for (f, ln, n), (_c, _n, tt, _ct, _cl) in own)
+    )
+    by_package: dict[str, float] = {}
+    for (filename, _line, _name), (_c, _n, own_time, _ct, _cl) in entries.items():
+        package = _package(filename)
+        by_package[package] = by_package.get(package, 0.0) + own_time
+    notes.append(
+        "Own time by package (ms per registration; waiting for PostgreSQL is psycopg's): "
+        + "; ".join(
+            f"{package} {seconds * per:.2f}"
+            for package, seconds in sorted(by_package.items(), key=lambda item: -item[1])
+            if seconds * per >= 0.05
+        )
+    )
+    return notes
+
+
+def _package(filename: str) -> str:
+    if "site-packages/" in filename:
+        return filename.split("site-packages/", 1)[1].split("/", 1)[0]
+    if "/controller/" in filename:
+        return "controller"
+    if filename.startswith("~") or filename.startswith("<"):
+        return "built-ins"
+    return "standard library" if "/lib/python3" in filename else "other"
+
+
+def _short(filename: str) -> str:
+    for marker in ("site-packages/", "/controller/", "/bench/"):
+        if marker in filename:
+            tail = filename.split(marker, 1)[1]
+            return (marker.strip("/") + "/" + tail) if marker != "site-packages/" else tail
+    return filename
