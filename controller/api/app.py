@@ -281,9 +281,12 @@ def openapi() -> dict[str, Any]:
 
 
 def openapi_document() -> str:
-    """The API's OpenAPI 3.1 document (also printed by ``flux-control openapi``)."""
-    return app.get_openapi_json_schema(
+    """The API's OpenAPI 3.1 document (also printed by ``flux-control openapi``), with its errors."""
+    from controller.api.openapi_errors import with_error_responses
+
+    generated = app.get_openapi_json_schema(
         title="Flux Control",
         version=__version__,
         description="Decides when data tables may be rebuilt: executions, gates, runs, approvals.",
     )
+    return json.dumps(with_error_responses(json.loads(generated)), indent=2)
