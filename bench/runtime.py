@@ -152,8 +152,9 @@ def run(quick: bool, kinds: list[str], workdir: str) -> list[Table]:
         "events of the registration are published in one port call after commit.",
         "AWS API requests: what boto3 sent (CreateSchedule per run, PutEvents per 10 events), so "
         "F + ceil(F/10) for F runs.",
-        "SQL statements include the graph-cache version check, the transaction, and the two updates "
-        "after commit (schedule synced, events published); they depend on neither fan-out nor history.",
+        "SQL statements include the graph-cache version check, the transaction, and the updates after "
+        "commit that mark the schedules synced and the events published (one statement on PostgreSQL, "
+        "two on SQLite); they depend on neither fan-out nor history.",
     ]
     same = {kind: {statements[k] for k in statements if k[0] == kind} for kind in {k[0] for k in statements}}
     for kind, texts in sorted(same.items()):

@@ -106,8 +106,9 @@ def concurrency(quick: bool, history: int, workdir: str) -> Table:
         f"The floor, the same SQL from raw psycopg in {GOAL_WORKERS} processes: {floor:,.0f}/s, so Flux "
         f"Control reaches {goal / floor:.0%} of what this machine's PostgreSQL allows for these statements. "
         f"{os.cpu_count()} CPUs shared with PostgreSQL; load average at the end {load}.",
-        f"{FLOOR}: `bench/runtime_floor.py` sends, per registration, the statements the runtime sends (same "
-        "two transactions, same schema and data) with psycopg alone: no SQLAlchemy, no runtime, no handler.",
+        f"{FLOOR}: `bench/runtime_floor.py` sends, per registration, the statements the runtime sends (the "
+        "same transaction and after-commit statement, schema and data) with psycopg alone: no "
+        "SQLAlchemy, no runtime, no handler.",
         f"Each worker registers its own stream of {per_worker} distinct days of `source` per run ({repeats} "
         f"runs, median shown), one dependent so one run each, {history:,} past executions of both upstreams "
         "(ANALYZEd as autovacuum would), in-memory AWS ports, a pool of workers + 2 connections. reg/s = "

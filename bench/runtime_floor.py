@@ -2,8 +2,9 @@
 
 Each worker process sends, per registration, the statements Flux Control's runtime sends on PostgreSQL
 for a fan-out-1 registration (the graph version check, the gate locks, the execution and its gate
-index row, the probe, the open-run lookup, the run, its trigger, its outbox event; then after commit
-the schedule-synced and published marks), in the same two transactions, on the same schema and data.
+index row, the probe, the open-run lookup, the run, its trigger, its outbox event in one transaction;
+then, after commit, the schedule-synced and published marks in one autocommit statement), on the same
+schema and data.
 What it cannot go faster than is the database server's work plus psycopg's: the difference to the
 real path is what SQLAlchemy, the runtime and the handler add.
 """
@@ -60,11 +61,11 @@ STATEMENTS = {
         "INSERT INTO run_events (run_id, created_at, batch, detail) "
         "VALUES (%(run)s, %(now)s, %(batch)s, %(detail)s)"
     ),
-    "synced": (
-        "UPDATE runs SET scheduled_fire_at = %(fire_at)s, schedule_name = %(name)s "
-        "WHERE id = %(run)s AND fire_at = %(fire_at)s"
+    "done": (
+        "WITH synced AS (UPDATE runs SET scheduled_fire_at = %(fire_at)s, schedule_name = %(name)s "
+        "WHERE id = %(run)s AND fire_at = %(fire_at)s RETURNING runs.id) "
+        "UPDATE run_events SET published_at = %(now)s WHERE batch = %(batch)s"
     ),
-    "published": "UPDATE run_events SET published_at = %(now)s WHERE batch = %(batch)s",
 }
 
 
@@ -99,9 +100,11 @@ def _register(connection: Any, ids: dict[str, int], day: date, worker: int) -> N
         params["run"] = connection.execute(STATEMENTS["run"], params).fetchone()[0]
         connection.execute(STATEMENTS["trigger"], params)
         connection.execute(STATEMENTS["event"], params)
-    with connection.transaction():
-        connection.execute(STATEMENTS["synced"], params)
-        connection.execute(STATEMENTS["published"], params)
+    connection.autocommit = True  # after commit, one statement records the AWS side, as the runtime does
+    try:
+        connection.execute(STATEMENTS["done"], params)
+    finally:
+        connection.autocommit = False
 
 
 def _worker(url: str, ids: dict[str, int], days: list[date], index: int, barrier: Any, out: Any) -> None:

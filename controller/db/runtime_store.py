@@ -9,6 +9,7 @@ from typing import Any, cast
 from sqlalchemy import (
     Connection,
     CursorResult,
+    Engine,
     Executable,
     Table,
     and_,
@@ -220,8 +221,54 @@ def record_events(session: Session, events: Sequence[RunEvent], batch: str) -> N
         connection(session).execute(insert(_events), rows)
 
 
-def mark_published(session: Session, batch: str, now: datetime) -> None:
-    connection(session).execute(update(_events).where(_events.c.batch == batch).values(published_at=now))
+#: PostgreSQL: what the AWS side did after a commit, recorded in one statement (so it needs no
+#: transaction of its own): the runs whose schedule was written at their fire time, and the outbox
+#: batch that was published (NULL: none).
+_DONE = """
+WITH synced AS (
+    UPDATE runs SET scheduled_fire_at = u.fire_at, schedule_name = u.name
+    FROM unnest(CAST(:ids AS bigint[]), CAST(:fire_ats AS timestamptz[]), CAST(:names AS text[]))
+        AS u(id, fire_at, name)
+    WHERE runs.id = u.id AND runs.fire_at = u.fire_at
+    RETURNING runs.id
+)
+UPDATE run_events SET published_at = :now WHERE batch = :batch
+"""
+
+
+def record_done(
+    engine: Engine, synced: Sequence[tuple[int, datetime, str]], batch: str | None, now: datetime
+) -> None:
+    """Mark runs whose schedule was written ((run id, fire time, schedule name): only where the run's
+    fire time is still the one written) and the outbox ``batch`` published, all or nothing.
+
+    On PostgreSQL one statement in autocommit (one round trip instead of BEGIN, two UPDATEs and
+    COMMIT); on SQLite two statements in one transaction.
+    """
+    if not synced and batch is None:
+        return
+    if engine.dialect.name == "postgresql":
+        with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as autocommit:
+            parameters = {
+                "ids": [run_id for run_id, _, _ in synced],
+                "fire_ats": [fire_at for _, fire_at, _ in synced],
+                "names": [name for _, _, name in synced],
+                "now": now,
+                "batch": batch,
+            }
+            autocommit.execute(text(_DONE), parameters)
+        return
+    with engine.begin() as transaction:
+        if synced:
+            statement = (
+                update(_runs)
+                .where(_runs.c.id == bindparam("b_id"), _runs.c.fire_at == bindparam("b_fire_at"))
+                .values(scheduled_fire_at=bindparam("b_fire_at"), schedule_name=bindparam("b_name"))
+            )
+            rows = [{"b_id": i, "b_fire_at": f, "b_name": n} for i, f, n in synced]
+            transaction.execute(statement, rows)
+        if batch is not None:
+            transaction.execute(update(_events).where(_events.c.batch == batch).values(published_at=now))
 
 
 def key_pair(table_id: int, key: Key) -> tuple[int, str]:

@@ -10,11 +10,9 @@ import logging
 from collections.abc import Callable
 from typing import TypeVar
 
-from sqlalchemy import bindparam, update
 from sqlalchemy.orm import Session
 
-from controller.db.runtime_models import RunRow
-from controller.db.runtime_store import mark_published
+from controller.db.runtime_store import record_done
 from controller.runtime.context import Effects, Runtime
 from controller.runtime.ports import ScheduleRequest
 
@@ -88,18 +86,6 @@ def _publish(runtime: Runtime, effects: Effects) -> bool:
 
 
 def _record_done(runtime: Runtime, synced: list[ScheduleRequest], published: str | None) -> None:
-    """In one transaction: schedules written (where the run's fire time is still the one written),
-    and the outbox batch ``published``."""
-    if not synced and published is None:
-        return
-    with Session(runtime.engine) as session, session.begin():
-        if synced:
-            statement = (
-                update(RunRow)
-                .where(RunRow.id == bindparam("b_id"), RunRow.fire_at == bindparam("b_fire_at"))
-                .values(scheduled_fire_at=bindparam("b_fire_at"), schedule_name=bindparam("b_name"))
-            )
-            rows = [{"b_id": r.run_id, "b_fire_at": r.fire_at, "b_name": r.name} for r in synced]
-            session.connection().execute(statement, rows)
-        if published is not None:
-            mark_published(session, published, runtime.clock())
+    """Record the schedules written and the outbox batch ``published``, all or nothing."""
+    done = [(r.run_id, r.fire_at, r.name) for r in synced]
+    record_done(runtime.engine, done, published, runtime.clock())
