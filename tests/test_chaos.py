@@ -11,6 +11,7 @@ from __future__ import annotations
 import random
 import threading
 import time
+import traceback
 from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -267,7 +268,7 @@ def test_chaos_soak_keeps_every_invariant(chaos_url: str) -> None:
             thread.start()
         for thread in threads:
             thread.join(timeout=DURATION + 120)
-        assert soak.errors == [], "".join(__import__("traceback").format_exception(soak.errors[0]))
+        assert soak.errors == [], "".join(traceback.format_exception(soak.errors[0]))
         assert soak.actions["register"] > 50 and soak.actions["complete"] > 10, soak.actions
 
         faults.on = False  # the final repair: AWS is back

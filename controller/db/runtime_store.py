@@ -26,7 +26,7 @@ from sqlalchemy.orm import Session
 
 from controller.db.runtime_models import ExecutionRow, ExecutionValueRow, RunEventRow, RunRow
 from controller.gates import Execution, Probe
-from controller.keys import Key, key_from_text, key_text
+from controller.keys import Key, key_from_text
 from controller.runs import OPEN_STATES
 from controller.runtime.ports import RunEvent
 from controller.specs import TableSpec
@@ -269,10 +269,6 @@ def record_done(
             transaction.execute(statement, rows)
         if batch is not None:
             transaction.execute(update(_events).where(_events.c.batch == batch).values(published_at=now))
-
-
-def key_pair(table_id: int, key: Key) -> tuple[int, str]:
-    return table_id, key_text(key)
 
 
 def changed(session: Session, statement: Executable) -> int:
