@@ -1,10 +1,10 @@
 """The floor of a registration on this machine: the runtime's SQL, sent by raw psycopg, no Python layers.
 
 Each worker process sends, per registration, the statements Flux Control's runtime sends on PostgreSQL
-for a fan-out-1 registration (the graph version check, the gate locks, the execution and its gate
-index row, the probe, the open-run lookup, the run, its trigger, its outbox event in one transaction;
-then, after commit, the schedule-synced and published marks in one autocommit statement), on the same
-schema and data.
+for a fan-out-1 registration, with the very texts of :mod:`controller.db.runtime_sql` (the gate locks
+with the revision check, the execution with its partition values, the probe, the open-run lookup,
+the run with its triggers, its outbox event, in one transaction; then, after commit, the
+schedule-synced and published marks in one autocommit statement), on the same schema and data.
 What it cannot go faster than is the database server's work plus psycopg's: the difference to the
 real path is what SQLAlchemy, the runtime and the handler add.
 """
@@ -18,55 +18,7 @@ from collections.abc import Sequence
 from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
-_OPEN = "('awaiting_approval', 'scheduled', 'dispatching', 'running')"
-_NAMESPACE = "hashtext(current_schema() || '/flux-control/gate')"
-
-STATEMENTS = {
-    "version": "SELECT max(id) FROM reconcile_revisions",
-    "locks": (
-        f"SELECT pg_advisory_xact_lock_shared({_NAMESPACE}, %(dependent)s), "
-        "pg_advisory_xact_lock(hashtextextended(current_schema() || '/flux-control/gate/' "
-        "|| %(dependent)s || '/' || %(lock_key)s, 0))"
-    ),
-    "execution": (
-        "INSERT INTO executions (table_id, partition_key, partitions, source, registered_at) "
-        "VALUES (%(source)s, %(key)s, %(partitions)s, 'floor', %(now)s) RETURNING id"
-    ),
-    "value": (
-        "INSERT INTO execution_values (execution_id, name, table_id, value) "
-        "VALUES (%(execution)s, 'dt', %(source)s, %(day)s)"
-    ),
-    "probe": (
-        "SELECT id, table_id, partition_key FROM executions WHERE id IN (SELECT execution_id "
-        "FROM execution_values WHERE table_id = %(reference)s AND name = 'dt' "
-        "AND (value = %(day)s OR value IS NULL))"
-    ),
-    "open runs": (
-        "SELECT id, table_id, partition_key, partitions, status, attempt, first_trigger_at, "
-        "last_trigger_at, fire_at, scheduled_fire_at, schedule_name FROM runs "
-        f"WHERE table_id IN (%(dependent)s) AND partition_key IN (%(key)s) AND status IN {_OPEN} FOR UPDATE"
-    ),
-    "run": (
-        "INSERT INTO runs (table_id, partition_key, partitions, status, attempt, manual, rerun_requested, "
-        "first_trigger_at, last_trigger_at, fire_at, created_at, updated_at) VALUES (%(dependent)s, "
-        "%(key)s, %(partitions)s, 'scheduled', 1, false, false, %(now)s, %(now)s, %(fire_at)s, %(now)s, "
-        "%(now)s) RETURNING id, table_id, partition_key, partitions, status, attempt, first_trigger_at, "
-        "last_trigger_at, fire_at, scheduled_fire_at, schedule_name"
-    ),
-    "trigger": (
-        "INSERT INTO run_triggers (run_id, execution_id) VALUES (%(run)s, %(execution)s) "
-        "ON CONFLICT DO NOTHING"
-    ),
-    "event": (
-        "INSERT INTO run_events (run_id, created_at, batch, detail) "
-        "VALUES (%(run)s, %(now)s, %(batch)s, %(detail)s)"
-    ),
-    "done": (
-        "WITH synced AS (UPDATE runs SET scheduled_fire_at = %(fire_at)s, schedule_name = %(name)s "
-        "WHERE id = %(run)s AND fire_at = %(fire_at)s RETURNING runs.id) "
-        "UPDATE run_events SET published_at = %(now)s WHERE batch = %(batch)s"
-    ),
-}
+from controller.db import runtime_sql as sql
 
 
 def dbapi_url(url: str) -> str:
@@ -78,31 +30,26 @@ def _register(connection: Any, ids: dict[str, int], day: date, worker: int) -> N
     now = datetime.now(UTC)
     text = day.isoformat()
     key = json.dumps([["dt", text]], separators=(",", ":"))
-    params: dict[str, Any] = {
-        **ids,
-        "day": text,
-        "key": key,
-        "lock_key": key,
-        "partitions": json.dumps({"dt": text}),
-        "now": now,
-        "fire_at": now + timedelta(minutes=5),
-        "batch": f"floor-{worker}-{text}",
-        "detail": json.dumps({"status": "scheduled"}),
-        "name": f"flux-floor-{worker}-{text}",
-    }
+    partitions = json.dumps({"dt": text})
+    source, reference, dependent = ids["source"], ids["reference"], ids["dependent"]
+    fire_at = now + timedelta(minutes=5)
+    batch = f"floor-{worker}-{text}"
     with connection.transaction():
-        connection.execute(STATEMENTS["version"])
-        connection.execute(STATEMENTS["locks"], params)
-        params["execution"] = connection.execute(STATEMENTS["execution"], params).fetchone()[0]
-        connection.execute(STATEMENTS["value"], params)
-        connection.execute(STATEMENTS["probe"], params).fetchall()
-        connection.execute(STATEMENTS["open runs"], params).fetchall()
-        params["run"] = connection.execute(STATEMENTS["run"], params).fetchone()[0]
-        connection.execute(STATEMENTS["trigger"], params)
-        connection.execute(STATEMENTS["event"], params)
+        lock = sql.lock_statement((sql.SHARED, sql.KEY))
+        connection.execute(lock, (dependent, dependent, key)).fetchone()
+        parameters = (source, key, partitions, "floor", None, None, now, "floor", "dt", text)
+        execution = connection.execute(sql.insert_executions((1,)), parameters).fetchone()[0]
+        probed = connection.execute(sql.probe_statement(1, 0), (reference, "dt", text)).fetchall()
+        connection.execute(sql.open_runs_for_update(1, 1), (dependent, key)).fetchall()
+        run_row = (dependent, key, partitions, "scheduled", False, None, now, fire_at)
+        triggers = (None, dependent, key, execution, None, dependent, key, probed[0][0])
+        statement = sql.insert_runs_and_triggers(1, 2)
+        run = connection.execute(statement, run_row + triggers).fetchone()[0]
+        detail = json.dumps({"run_id": run, "new_state": "scheduled"})
+        connection.execute(sql.insert_events(1), (run, now, batch, detail))
     connection.autocommit = True  # after commit, one statement records the AWS side, as the runtime does
     try:
-        connection.execute(STATEMENTS["done"], params)
+        connection.execute(sql.record_done(1, True), (run, fire_at, f"flux-{run}", now, batch))
     finally:
         connection.autocommit = False
 

@@ -38,6 +38,11 @@ class GraphCache:
         self._lock = threading.Lock()
         self._graph: RuntimeGraph | None = None
 
+    def cached(self) -> RuntimeGraph | None:
+        """The definitions last loaded, unchecked (None before the first load)."""
+        with self._lock:
+            return self._graph
+
     def get(self, session: Session) -> RuntimeGraph:
         revision = session.execute(select(func.max(ReconcileRevision.id))).scalar()
         with self._lock:

@@ -1,9 +1,16 @@
-"""Runtime queries, each a single statement whatever the fan-out or the history size."""
+"""Runtime queries, each a single statement whatever the fan-out or the history size.
+
+On PostgreSQL the registration path sends the driver-level statements of
+:mod:`controller.db.runtime_sql` (fewer and cheaper: see there); elsewhere, and for SQLite, SQLAlchemy
+Core statements.
+"""
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterable, Sequence
-from datetime import datetime
+from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any, cast
 
 from sqlalchemy import (
@@ -24,7 +31,14 @@ from sqlalchemy.dialects.postgresql import insert as postgresql_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session
 
-from controller.db.runtime_models import ExecutionRow, ExecutionValueRow, RunEventRow, RunRow
+from controller.db import runtime_sql
+from controller.db.runtime_models import (
+    ExecutionRow,
+    ExecutionValueRow,
+    RunEventRow,
+    RunRow,
+    RunTriggerRow,
+)
 from controller.gates import Execution, Probe
 from controller.keys import Key, key_from_text
 from controller.runs import OPEN_STATES
@@ -34,39 +48,14 @@ from controller.specs import TableSpec
 _executions = cast(Table, ExecutionRow.__table__)
 _values = cast(Table, ExecutionValueRow.__table__)
 _runs = cast(Table, RunRow.__table__)
+_triggers = cast(Table, RunTriggerRow.__table__)
 _events = cast(Table, RunEventRow.__table__)
 #: What the runtime reads of a run to open, push and schedule it.
-RUN_COLUMNS = tuple(
-    _runs.c[name]
-    for name in (
-        "id",
-        "table_id",
-        "partition_key",
-        "partitions",
-        "status",
-        "attempt",
-        "first_trigger_at",
-        "last_trigger_at",
-        "fire_at",
-        "scheduled_fire_at",
-        "schedule_name",
-    )
-)
+RUN_COLUMNS = tuple(_runs.c[name] for name in runtime_sql.RUN_COLUMNS)
+_RUN_TIMES = ("first_trigger_at", "last_trigger_at", "fire_at", "scheduled_fire_at")
 #: A run as the runtime handles it: column name → value.
 Run = dict[str, Any]
-_GATE_NAMESPACE = "hashtext(current_schema() || '/flux-control/gate')"
-#: One statement takes every lock, in the order given (table locks by id, then key locks): a set
-#: function's rows are produced in array order. Mode 0: shared table lock, 1: exclusive table lock,
-#: 2: the lock of one key of the table (one 64-bit hash of schema, table and key).
-_LOCKS = f"""
-SELECT count(CASE m
-    WHEN 0 THEN pg_advisory_xact_lock_shared({_GATE_NAMESPACE}, t)
-    WHEN 1 THEN pg_advisory_xact_lock({_GATE_NAMESPACE}, t)
-    ELSE pg_advisory_xact_lock(
-        hashtextextended(current_schema() || '/flux-control/gate/' || t || '/' || k, 0))
-END)
-FROM unnest(CAST(:modes AS int[]), CAST(:tables AS int[]), CAST(:keys AS text[])) AS u(m, t, k)
-"""
+_REVISION = text("SELECT max(id) FROM reconcile_revisions")
 
 
 def connection(session: Session) -> Connection:
@@ -74,54 +63,99 @@ def connection(session: Session) -> Connection:
     return session.connection()
 
 
-def lock_gates(session: Session, tables: Iterable[int], keys: Iterable[tuple[int, str]] = ()) -> None:
+def _on_postgresql(session: Session) -> bool:
+    return session.get_bind().dialect.name == "postgresql"
+
+
+def _driver(session: Session, statement: str, parameters: Any) -> CursorResult[Any]:
+    """A statement of :mod:`controller.db.runtime_sql`, sent as is (no compilation)."""
+    return connection(session).exec_driver_sql(statement, parameters)
+
+
+def lock_gates(session: Session, tables: Iterable[int], keys: Iterable[tuple[int, str]] = ()) -> int | None:
     """Serialise gate decisions: of whole dependent tables, or of single keys of them (PostgreSQL).
+    Returns the newest reconcile revision (read in the same statement on PostgreSQL).
 
     Two registrations of different upstreams of one table must not both miss each other's execution
     (write skew): each takes the lock of what it decides before inserting and reading. A key lock
     also takes its table's lock in shared mode, so a whole-table lock waits for every key lock of
     that table and the reverse. SQLite needs nothing: its writers are serialised by BEGIN IMMEDIATE.
     """
+    if not _on_postgresql(session):
+        return cast("int | None", connection(session).execute(_REVISION).scalar())
     whole = set(tables)
     keyed = sorted({(t, k) for t, k in keys if t not in whole})
-    if (not whole and not keyed) or session.get_bind().dialect.name != "postgresql":
-        return
-    table_modes = dict.fromkeys(whole, 1) | {t: 0 for t, _ in keyed if t not in whole}
-    ordered = [(mode, t, None) for t, mode in sorted(table_modes.items())] + [(2, t, k) for t, k in keyed]
-    connection(session).execute(
-        text(_LOCKS),
-        {
-            "modes": [m for m, _, _ in ordered],
-            "tables": [t for _, t, _ in ordered],
-            "keys": [k for _, _, k in ordered],
-        },
-    )
+    table_modes = dict.fromkeys(whole, runtime_sql.EXCLUSIVE) | {
+        t: runtime_sql.SHARED for t, _ in keyed if t not in whole
+    }
+    modes: list[int] = []
+    parameters: list[Any] = []
+    for table_id, mode in sorted(table_modes.items()):
+        modes.append(mode)
+        parameters.append(table_id)
+    for table_id, key in keyed:
+        modes.append(runtime_sql.KEY)
+        parameters += [table_id, key]
+    row = _driver(session, runtime_sql.lock_statement(tuple(modes)), tuple(parameters)).first()
+    return None if row is None else cast("int | None", row[0])
 
 
-def value_rows(execution_id: int, table: TableSpec, table_id: int, key: Key) -> list[dict[str, Any]]:
-    """One row per partition of the table: its value as text, or NULL when omitted."""
-    return [
-        {
-            "execution_id": execution_id,
-            "name": p.name,
-            "table_id": table_id,
-            "value": None if key.get(p.name) is None else str(key[p.name]),
-        }
-        for p in table.partitions
-    ]
+@dataclass(frozen=True, slots=True)
+class NewExecution:
+    """An execution to insert, with its partition values (name, value as text or None when omitted)."""
+
+    table_id: int
+    partition_key: str
+    partitions: Key
+    source: str
+    run_id: int | None
+    idempotency_key: str | None
+    values: list[tuple[str, str | None]]
 
 
-def insert_executions(session: Session, rows: Sequence[dict[str, Any]]) -> list[int]:
-    """Insert executions and return their ids in the order given."""
-    if not rows:
+def partition_values(table: TableSpec, key: Key) -> list[tuple[str, str | None]]:
+    """One value per partition of the table: as text, or None when omitted (agrees with any value)."""
+    return [(p.name, None if key.get(p.name) is None else str(key[p.name])) for p in table.partitions]
+
+
+def insert_executions(
+    session: Session, executions: Sequence[NewExecution], at: datetime, by: str | None
+) -> list[int]:
+    """Insert executions and their partition values; returns their ids in the order given."""
+    if not executions:
         return []
+    if _on_postgresql(session):
+        parameters: list[Any] = []
+        for e in executions:
+            parameters += [e.table_id, e.partition_key, json.dumps(e.partitions), e.source]
+            parameters += [e.run_id, e.idempotency_key]
+        parameters += [at, by]
+        parameters += [x for e in executions for pair in e.values for x in pair]
+        shape = tuple(len(e.values) for e in executions)
+        return [row[0] for row in _driver(session, runtime_sql.insert_executions(shape), tuple(parameters))]
+    rows = [
+        {
+            "table_id": e.table_id,
+            "partition_key": e.partition_key,
+            "partitions": e.partitions,
+            "source": e.source,
+            "run_id": e.run_id,
+            "idempotency_key": e.idempotency_key,
+            "registered_at": at,
+            "registered_by": by,
+        }
+        for e in executions
+    ]
     statement = insert(_executions).returning(_executions.c.id, sort_by_parameter_order=True)
-    return [row[0] for row in connection(session).execute(statement, rows)]
-
-
-def insert_values(session: Session, rows: Sequence[dict[str, Any]]) -> None:
-    if rows:
-        connection(session).execute(insert(_values), rows)
+    ids = [row[0] for row in connection(session).execute(statement, rows)]
+    value_rows = [
+        {"execution_id": i, "name": name, "table_id": e.table_id, "value": value}
+        for i, e in zip(ids, executions, strict=True)
+        for name, value in e.values
+    ]
+    if value_rows:
+        connection(session).execute(insert(_values), value_rows)
+    return ids
 
 
 def fetch_probed(
@@ -131,6 +165,11 @@ def fetch_probed(
     if not probes:
         return {}
     whole = [ids[p.table] for p in probes if p.partition is None]
+    if _on_postgresql(session):
+        valued = [p for p in probes if p.partition is not None]
+        parameters: list[Any] = [x for p in valued for x in (ids[p.table], p.partition, str(p.value))]
+        rows = _driver(session, runtime_sql.probe_statement(len(valued), len(whole)), (*parameters, *whole))
+        return _found(rows, names)
     values = _values.c
     matches = [
         and_(
@@ -148,8 +187,12 @@ def fetch_probed(
         conditions.append(_executions.c.table_id.in_(whole))
     columns = _executions.c
     query = select(columns.id, columns.table_id, columns.partition_key).where(or_(*conditions))
+    return _found(connection(session).execute(query), names)
+
+
+def _found(rows: Iterable[Any], names: dict[int, str]) -> dict[str, list[Execution]]:
     found: dict[str, list[Execution]] = {}
-    for execution_id, table_id, key in connection(session).execute(query):
+    for execution_id, table_id, key in rows:
         name = names.get(table_id)
         if name is not None:
             found.setdefault(name, []).append(Execution(execution_id, name, key_from_text(key)))
@@ -161,6 +204,16 @@ def open_runs_for_update(session: Session, pairs: Iterable[tuple[int, str]]) -> 
     wanted = set(pairs)
     if not wanted:
         return {}
+    if _on_postgresql(session):
+        tables, keys = list({t for t, _ in wanted}), list({k for _, k in wanted})
+        statement = runtime_sql.open_runs_for_update(len(tables), len(keys))
+        result = _driver(session, statement, (*tables, *keys))
+        rows = [_in_utc(dict(zip(runtime_sql.RUN_COLUMNS, row, strict=True))) for row in result]
+        return {
+            (r["table_id"], r["partition_key"]): r
+            for r in rows
+            if (r["table_id"], r["partition_key"]) in wanted
+        }
     query = (
         select(*RUN_COLUMNS)
         .where(
@@ -186,16 +239,96 @@ def insert_ignoring_duplicates(session: Session, model: Any, rows: Sequence[dict
     connection(session).execute(builder(model.__table__).on_conflict_do_nothing(), rows)
 
 
-def insert_runs(session: Session, rows: Sequence[dict[str, Any]]) -> dict[tuple[int, str], Run]:
-    """Insert runs in one statement; returns them by (table id, key text) as :data:`RUN_COLUMNS`.
+@dataclass(frozen=True, slots=True)
+class NewRun:
+    """A run to create (attempt 1, first and last triggered now)."""
 
-    RETURNING without parameter order (which would make SQLite insert row by row): rows are matched
-    by their (table id, key text), unique among open runs.
+    table_id: int
+    partition_key: str
+    partitions: Key
+    status: str
+    fire_at: datetime | None
+
+
+@dataclass(frozen=True, slots=True)
+class Trigger:
+    """An execution that opened or pushed a run: an existing run by id, a new one by table and key."""
+
+    run_id: int | None
+    table_id: int
+    partition_key: str
+    execution_id: int
+
+
+def insert_runs(
+    session: Session,
+    runs: Sequence[NewRun],
+    triggers: Sequence[Trigger],
+    now: datetime,
+    *,
+    manual: bool,
+    reason: str | None,
+) -> dict[tuple[int, str], Run]:
+    """Insert runs and record their triggers (one statement on PostgreSQL); returns the new runs by
+    (table id, key text) as :data:`RUN_COLUMNS`.
+
+    Rows are matched by (table id, key text), unique among open runs: RETURNING with parameter order
+    would make SQLite insert row by row.
     """
-    if not rows:
+    if not runs and not triggers:
         return {}
-    result = connection(session).execute(insert(_runs).returning(*RUN_COLUMNS), rows)
-    return {(row["table_id"], row["partition_key"]): dict(row) for row in result.mappings()}
+    if _on_postgresql(session):
+        parameters: list[Any] = []
+        for r in runs:
+            parameters += [r.table_id, r.partition_key, json.dumps(r.partitions), r.status]
+            parameters += [manual, reason, now, r.fire_at]
+        parameters += [x for t in triggers for x in (t.run_id, t.table_id, t.partition_key, t.execution_id)]
+        statement = runtime_sql.insert_runs_and_triggers(len(runs), len(triggers))
+        result = _driver(session, statement, tuple(parameters))
+        if not runs:
+            return {}
+        created = [_in_utc(dict(zip(runtime_sql.RUN_COLUMNS, row, strict=True))) for row in result]
+        return {(r["table_id"], r["partition_key"]): r for r in created}
+    inserted: dict[tuple[int, str], Run] = {}
+    if runs:
+        rows = [
+            {
+                "table_id": r.table_id,
+                "partition_key": r.partition_key,
+                "partitions": r.partitions,
+                "status": r.status,
+                "attempt": 1,
+                "manual": manual,
+                "rerun_requested": False,
+                "reason": reason,
+                "first_trigger_at": now,
+                "last_trigger_at": now,
+                "fire_at": r.fire_at,
+                "created_at": now,
+                "updated_at": now,
+            }
+            for r in runs
+        ]
+        result = connection(session).execute(insert(_runs).returning(*RUN_COLUMNS), rows)
+        inserted = {(row["table_id"], row["partition_key"]): dict(row) for row in result.mappings()}
+    trigger_rows = [
+        {
+            "run_id": t.run_id if t.run_id is not None else inserted[(t.table_id, t.partition_key)]["id"],
+            "execution_id": t.execution_id,
+        }
+        for t in triggers
+    ]
+    insert_ignoring_duplicates(session, RunTriggerRow, trigger_rows)
+    return inserted
+
+
+def _in_utc(run: Run) -> Run:
+    """Timestamps as the UTC datetimes SQLAlchemy's column type gives (the driver gives the session's
+    time zone)."""
+    for column in _RUN_TIMES:
+        if run[column] is not None:
+            run[column] = run[column].astimezone(UTC)
+    return run
 
 
 def update_runs(session: Session, changes: Sequence[dict[str, Any]]) -> None:
@@ -214,26 +347,14 @@ def update_runs(session: Session, changes: Sequence[dict[str, Any]]) -> None:
 
 def record_events(session: Session, events: Sequence[RunEvent], batch: str) -> None:
     """Write run state changes to the outbox under ``batch`` (published after commit)."""
-    if events:
+    if events and _on_postgresql(session):
+        parameters = [x for e in events for x in (e.run_id, e.at, batch, json.dumps(e.detail()))]
+        _driver(session, runtime_sql.insert_events(len(events)), tuple(parameters))
+    elif events:
         rows = [
             {"run_id": e.run_id, "detail": e.detail(), "created_at": e.at, "batch": batch} for e in events
         ]
         connection(session).execute(insert(_events), rows)
-
-
-#: PostgreSQL: what the AWS side did after a commit, recorded in one statement (so it needs no
-#: transaction of its own): the runs whose schedule was written at their fire time, and the outbox
-#: batch that was published (NULL: none).
-_DONE = """
-WITH synced AS (
-    UPDATE runs SET scheduled_fire_at = u.fire_at, schedule_name = u.name
-    FROM unnest(CAST(:ids AS bigint[]), CAST(:fire_ats AS timestamptz[]), CAST(:names AS text[]))
-        AS u(id, fire_at, name)
-    WHERE runs.id = u.id AND runs.fire_at = u.fire_at
-    RETURNING runs.id
-)
-UPDATE run_events SET published_at = :now WHERE batch = :batch
-"""
 
 
 def record_done(
@@ -249,14 +370,12 @@ def record_done(
         return
     if engine.dialect.name == "postgresql":
         with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as autocommit:
-            parameters = {
-                "ids": [run_id for run_id, _, _ in synced],
-                "fire_ats": [fire_at for _, fire_at, _ in synced],
-                "names": [name for _, _, name in synced],
-                "now": now,
-                "batch": batch,
-            }
-            autocommit.execute(text(_DONE), parameters)
+            parameters = [x for row in synced for x in row]
+            if batch is not None:
+                parameters += [now, batch]
+            autocommit.exec_driver_sql(
+                runtime_sql.record_done(len(synced), batch is not None), tuple(parameters)
+            )
         return
     with engine.begin() as transaction:
         if synced:

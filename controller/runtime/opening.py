@@ -14,8 +14,10 @@ from sqlalchemy import Engine, select
 from sqlalchemy.orm import Session
 
 from controller.db.graph_store import RuntimeGraph
-from controller.db.runtime_models import ApprovalRow, RunRow, RunTriggerRow
+from controller.db.runtime_models import ApprovalRow, RunRow
 from controller.db.runtime_store import (
+    NewRun,
+    Trigger,
     insert_ignoring_duplicates,
     insert_runs,
     open_runs_for_update,
@@ -56,13 +58,13 @@ def open_or_push(
         else:
             merged[pair] = Wanted(item.table, item.key, list(item.triggers))
     existing = open_runs_for_update(session, merged)
-    new_rows: list[dict[str, Any]] = []
+    new_runs: list[NewRun] = []
     changes: dict[tuple[int, str], dict[str, Any]] = {}
     for pair, item in merged.items():
         spec = graph.graph.tables[item.table]
         run = existing.get(pair)
         if run is None:
-            new_rows.append(_new_run(pair, item, spec, now, manual, reason))
+            new_runs.append(_new_run(pair, item, spec, now, manual))
         elif run["status"] in PUSHABLE_STATES:
             fire_at = run["fire_at"]
             if run["status"] == SCHEDULED:
@@ -74,7 +76,12 @@ def open_or_push(
             changes[pair] = {"id": run["id"], "last_trigger_at": now, "fire_at": fire_at, "updated_at": now}
         else:  # dispatching or running: run again once it is over
             changes[pair] = {"id": run["id"], "rerun_requested": True, "updated_at": now}
-    inserted = insert_runs(session, new_rows)
+    triggers = [
+        Trigger(existing[pair]["id"] if pair in existing else None, pair[0], pair[1], execution_id)
+        for pair, item in merged.items()
+        for execution_id in item.triggers
+    ]
+    inserted = insert_runs(session, new_runs, triggers, now, manual=manual, reason=reason)
     for same_columns in _grouped_by_columns(changes.values()):
         update_runs(session, same_columns)
     # Rows read FOR UPDATE are locked: they are now what was read, with these changes.
@@ -84,7 +91,6 @@ def open_or_push(
         if pair in inserted or pair in existing
     }
     created = {pair for pair in merged if pair not in existing}
-    _record_triggers(session, runs, merged)
     approvals = _request_approvals(
         session, [runs[p]["id"] for p in created if runs[p]["status"] == AWAITING_APPROVAL], now
     )
@@ -115,28 +121,12 @@ def open_or_push(
     return result
 
 
-def _new_run(
-    pair: tuple[int, str], item: Wanted, spec: TableSpec, now: datetime, manual: bool, reason: str | None
-) -> dict[str, Any]:
+def _new_run(pair: tuple[int, str], item: Wanted, spec: TableSpec, now: datetime, manual: bool) -> NewRun:
     approval = spec.requires_approval
     fire_at = None
     if not approval:
         fire_at = now if manual else fire_time(now, now, spec.debounce_seconds, spec.max_wait_seconds)
-    return {
-        "table_id": pair[0],
-        "partition_key": pair[1],
-        "partitions": item.key,
-        "status": AWAITING_APPROVAL if approval else SCHEDULED,
-        "attempt": 1,
-        "manual": manual,
-        "rerun_requested": False,
-        "reason": reason,
-        "first_trigger_at": now,
-        "last_trigger_at": now,
-        "fire_at": fire_at,
-        "created_at": now,
-        "updated_at": now,
-    }
+    return NewRun(pair[0], pair[1], item.key, AWAITING_APPROVAL if approval else SCHEDULED, fire_at)
 
 
 def _grouped_by_columns(changes: Iterable[dict[str, Any]]) -> list[list[dict[str, Any]]]:
@@ -145,18 +135,6 @@ def _grouped_by_columns(changes: Iterable[dict[str, Any]]) -> list[list[dict[str
     for change in changes:
         groups.setdefault(tuple(change), []).append(change)
     return list(groups.values())
-
-
-def _record_triggers(
-    session: Session, runs: dict[tuple[int, str], Any], merged: dict[tuple[int, str], Wanted]
-) -> None:
-    rows = [
-        {"run_id": runs[pair]["id"], "execution_id": execution_id}
-        for pair, item in merged.items()
-        if pair in runs
-        for execution_id in item.triggers
-    ]
-    insert_ignoring_duplicates(session, RunTriggerRow, rows)
 
 
 def _request_approvals(session: Session, run_ids: list[int], now: datetime) -> dict[int, int]:

@@ -14,9 +14,15 @@ from typing import Any
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
-from controller.db.graph_store import RuntimeGraph
+from controller.db.graph_store import GraphCache, RuntimeGraph
 from controller.db.runtime_models import ExecutionRow, RunRow, RunTriggerRow, TaskDispatchRow
-from controller.db.runtime_store import fetch_probed, insert_executions, insert_values, lock_gates, value_rows
+from controller.db.runtime_store import (
+    NewExecution,
+    fetch_probed,
+    insert_executions,
+    lock_gates,
+    partition_values,
+)
 from controller.gates import Execution, GateLock, gate_locks, openings, probes
 from controller.keys import InvalidPartition, Key, key_text, make_key
 from controller.runs import DISPATCHING, RUNNING, SUCCEEDED
@@ -56,9 +62,36 @@ def register_executions(runtime: Runtime, items: list[ExecutionInput], user: str
         raise Unprocessable(f"at most {MAX_ITEMS} executions per request, got {len(items)}")
 
     def work(session: Session, effects: Effects) -> dict[str, Any]:
-        return register_in(session, runtime.graphs.get(session), items, user, runtime.clock(), effects)
+        return _register_current(session, runtime.graphs, items, user, runtime.clock(), effects)
 
     return perform(runtime, work)
+
+
+class _StaleGraph(Exception):
+    """The cached definitions are older than the database's: decide again with the current ones."""
+
+
+def _register_current(
+    session: Session,
+    graphs: GraphCache,
+    items: list[ExecutionInput],
+    user: str | None,
+    now: datetime,
+    effects: Effects,
+) -> dict[str, Any]:
+    """:func:`register_in` with the current definitions, checked without a round trip of its own.
+
+    The cached definitions are used first: the gate-lock statement also reads the newest reconcile
+    revision, and a newer one (or an item the cached definitions refuse) means deciding again with
+    the definitions reloaded, in the same transaction and before anything was written.
+    """
+    cached = graphs.cached()
+    if cached is not None:
+        try:
+            return register_in(session, cached, items, user, now, effects, verified=False)
+        except _StaleGraph:
+            pass
+    return register_in(session, graphs.get(session), items, user, now, effects)
 
 
 def register_in(
@@ -68,26 +101,30 @@ def register_in(
     user: str | None,
     now: datetime,
     effects: Effects,
+    *,
+    verified: bool = True,
 ) -> dict[str, Any]:
-    """The registration inside a caller's transaction (also used when a run completes)."""
-    prepared = [_prepare(graph, index, item) for index, item in enumerate(items)]
+    """The registration inside a caller's transaction (also used when a run completes).
+
+    ``verified=False``: ``graph`` may be stale; :class:`_StaleGraph` is raised, before anything is
+    written, when it is (the gate-lock statement reads the newest revision) or when it refuses an item.
+    """
+    try:
+        prepared = [_prepare(graph, index, item) for index, item in enumerate(items)]
+    except RuntimeProblem:
+        if not verified:
+            raise _StaleGraph from None  # the table may be newer than the cached definitions
+        raise
     _reject_repeated_keys(prepared)
     _find_replays(session, graph, prepared)
     fresh = [p for p in prepared if p.replay is None]
-    _lock_gates(session, graph, fresh)
+    revision = _lock_gates(session, graph, fresh)
+    if not verified and revision != graph.revision:
+        raise _StaleGraph
     reruns = _complete_runs(session, fresh, now, effects)
-    ids = insert_executions(session, [_execution_row(p, user, now) for p in fresh])
+    ids = insert_executions(session, [_new_execution(graph, p) for p in fresh], now, user)
     for p, execution_id in zip(fresh, ids, strict=True):
         p.execution_id = execution_id
-    insert_values(
-        session,
-        [
-            row
-            for p in fresh
-            if p.execution_id is not None
-            for row in value_rows(p.execution_id, graph.graph.tables[p.item.table_name], p.table_id, p.key)
-        ],
-    )
     wanted = _gate_openings(session, graph, fresh) + reruns
     runs = open_or_push(session, graph, wanted, now, effects) if wanted else []
     executions = [p.replay["execution"] if p.replay else _execution_out(p) for p in prepared]
@@ -95,12 +132,13 @@ def register_in(
     return {"executions": executions, "runs": runs + replayed_runs}
 
 
-def _lock_gates(session: Session, graph: RuntimeGraph, fresh: list[Prepared]) -> None:
-    """Lock the gates these executions may open; a completed run's table wholly (it may open again)."""
+def _lock_gates(session: Session, graph: RuntimeGraph, fresh: list[Prepared]) -> int | None:
+    """Lock the gates these executions may open; a completed run's table wholly (it may open again).
+    Returns the newest reconcile revision."""
     locks = {GateLock(p.item.table_name) for p in fresh if p.item.run_id is not None} | {
         lock for p in fresh for lock in gate_locks(graph.graph, Execution(0, p.item.table_name, p.key))
     }
-    lock_gates(
+    return lock_gates(
         session,
         [graph.ids[lock.table] for lock in locks if lock.key is None],
         [(graph.ids[lock.table], lock.key) for lock in locks if lock.key is not None],
@@ -132,17 +170,16 @@ def _reject_repeated_keys(prepared: list[Prepared]) -> None:
             )
 
 
-def _execution_row(p: Prepared, user: str | None, now: datetime) -> dict[str, Any]:
-    return {
-        "table_id": p.table_id,
-        "partition_key": key_text(p.key),
-        "partitions": p.key,
-        "source": p.item.source,
-        "run_id": p.item.run_id,
-        "idempotency_key": p.item.idempotency_key,
-        "registered_at": now,
-        "registered_by": user,
-    }
+def _new_execution(graph: RuntimeGraph, p: Prepared) -> NewExecution:
+    return NewExecution(
+        p.table_id,
+        key_text(p.key),
+        p.key,
+        p.item.source,
+        p.item.run_id,
+        p.item.idempotency_key,
+        partition_values(graph.graph.tables[p.item.table_name], p.key),
+    )
 
 
 def _execution_out(p: Prepared) -> dict[str, Any]:
