@@ -55,8 +55,8 @@ def opened(engine: Engine, days: list[str]) -> list[tuple[int, object]]:
 def test_written_schedules_are_marked_only_at_the_fire_time_written(engine: Engine) -> None:
     (first, fire_at), (second, _) = opened(engine, ["2026-01-01", "2026-01-02"])
     stale = START + timedelta(seconds=1)  # the run was pushed after this schedule was written
-    with StatementLog(engine) as log:
-        record_done(engine, [(first, fire_at, "s-1"), (second, stale, "s-2")], None, START)
+    with engine.connect() as connection, StatementLog(engine) as log:
+        record_done(connection, [(first, fire_at, "s-1"), (second, stale, "s-2")], None, START)
     assert len(sent(log)) == 1  # one UPDATE (an executemany on SQLite)
     with Session(engine) as session:
         rows = dict(session.execute(select(RunRow.id, RunRow.scheduled_fire_at).order_by(RunRow.id)).all())
@@ -67,8 +67,8 @@ def test_the_published_batch_is_marked_with_the_schedules_in_one_go(engine: Engi
     ((run_id, fire_at),) = opened(engine, ["2026-01-01"])
     with Session(engine) as session:
         batch = session.execute(select(RunEventRow.batch)).scalar_one()
-    with StatementLog(engine) as log:
-        record_done(engine, [(run_id, fire_at, "s-1")], batch, START)
+    with engine.connect() as connection, StatementLog(engine) as log:
+        record_done(connection, [(run_id, fire_at, "s-1")], batch, START)
     assert len(sent(log)) == (1 if engine.dialect.name == "postgresql" else 2)
     with Session(engine) as session:
         assert session.execute(select(RunEventRow.published_at)).scalar_one() == START
@@ -77,6 +77,6 @@ def test_the_published_batch_is_marked_with_the_schedules_in_one_go(engine: Engi
 
 def test_nothing_to_record_sends_nothing(engine: Engine) -> None:
     opened(engine, [])
-    with StatementLog(engine) as log:
-        record_done(engine, [], None, START)
+    with engine.connect() as connection, StatementLog(engine) as log:
+        record_done(connection, [], None, START)
     assert len(sent(log)) == 0

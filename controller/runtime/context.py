@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import TypeVar
 
-from sqlalchemy import Engine
+from sqlalchemy import Connection, Engine
 from sqlalchemy.exc import DBAPIError, IntegrityError
 from sqlalchemy.orm import Session
 
@@ -55,9 +55,12 @@ class Runtime:
     trust_body_user: bool = False
     graphs: GraphCache = field(default_factory=GraphCache)
 
-    def transact(self, work: Callable[[Session, Effects], T]) -> tuple[T, Effects]:
-        """Run ``work`` in one transaction; run it again from scratch after a serialization conflict
-        or a database connection lost before COMMIT (nothing was written).
+    def transact(
+        self, work: Callable[[Session, Effects], T], connection: Connection | None = None
+    ) -> tuple[T, Effects]:
+        """Run ``work`` in one transaction (on ``connection`` when given, else on one from the pool);
+        run it again from scratch after a serialization conflict or a database connection lost before
+        COMMIT (nothing was written; a given connection then reconnects).
 
         A connection lost while committing is not retried: whether the COMMIT was applied is unknown.
         That, and a connection lost on every run, raise :class:`~controller.runtime.errors.Unavailable`
@@ -68,7 +71,8 @@ class Runtime:
             effects = Effects()
             committing = False
             try:
-                with Session(self.engine, expire_on_commit=False) as session, session.begin():
+                bind = self.engine if connection is None else connection
+                with Session(bind, expire_on_commit=False) as session, session.begin():
                     result = work(session, effects)
                     # The outbox row commits with the change it describes (published after commit).
                     record_events(session, effects.events, effects.batch)

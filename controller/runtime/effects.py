@@ -10,6 +10,7 @@ import logging
 from collections.abc import Callable
 from typing import TypeVar
 
+from sqlalchemy import Connection
 from sqlalchemy.orm import Session
 
 from controller.db.runtime_store import record_done
@@ -21,14 +22,20 @@ logger = logging.getLogger("flux_control.runtime")
 
 
 def perform(runtime: Runtime, work: Callable[[Session, Effects], T]) -> T:
-    """Run ``work`` in one transaction, then carry out its effects; returns what ``work`` returned."""
-    result, effects = runtime.transact(work)
-    carry_out(runtime, effects)
+    """Run ``work`` in one transaction, then carry out its effects; returns what ``work`` returned.
+
+    One connection serves both the transaction and the record of what AWS did after it: a second
+    checkout cost a ping and, with a pool, another server process whose caches were cold.
+    """
+    with runtime.engine.connect() as connection:
+        result, effects = runtime.transact(work, connection)
+        carry_out(runtime, effects, connection)
     return result
 
 
-def carry_out(runtime: Runtime, effects: Effects) -> None:
-    """Carry out ``effects`` of a committed transaction, then record what was done in one transaction."""
+def carry_out(runtime: Runtime, effects: Effects, connection: Connection | None = None) -> None:
+    """Carry out ``effects`` of a committed transaction, then record what was done (in one statement on
+    PostgreSQL, one transaction on SQLite; on ``connection`` when given)."""
     synced = _put_schedules(runtime, effects.schedule)
     for name in effects.unschedule:
         try:
@@ -38,7 +45,7 @@ def carry_out(runtime: Runtime, effects: Effects) -> None:
             logger.exception("could not delete schedule", extra={"schedule": name})
     published = bool(effects.events) and _publish(runtime, effects)
     try:
-        _record_done(runtime, synced, effects.batch if published else None)
+        _record_done(runtime, synced, effects.batch if published else None, connection)
     except Exception:
         # The change itself is committed, so the request succeeded: failing it now would have the
         # caller repeat it. Unrecorded, the schedules are written again (idempotent) and the events
@@ -85,7 +92,18 @@ def _publish(runtime: Runtime, effects: Effects) -> bool:
     return True
 
 
-def _record_done(runtime: Runtime, synced: list[ScheduleRequest], published: str | None) -> None:
+def _record_done(
+    runtime: Runtime,
+    synced: list[ScheduleRequest],
+    published: str | None,
+    connection: Connection | None = None,
+) -> None:
     """Record the schedules written and the outbox batch ``published``, all or nothing."""
     done = [(r.run_id, r.fire_at, r.name) for r in synced]
-    record_done(runtime.engine, done, published, runtime.clock())
+    if not done and published is None:
+        return
+    if connection is not None:
+        record_done(connection, done, published, runtime.clock())
+        return
+    with runtime.engine.connect() as own:
+        record_done(own, done, published, runtime.clock())
