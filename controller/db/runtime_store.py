@@ -395,7 +395,15 @@ def record_done(
         if batch is not None:
             parameters += [now, batch]
         done = runtime_sql.record_done(len(synced), batch is not None)
-        _driver(connection.execution_options(isolation_level="AUTOCOMMIT"), done, parameters, rows=False)
+        # Autocommit for this one statement, set on the driver connection and put back at once:
+        # SQLAlchemy's isolation-level option costs more than the statement and is only undone at
+        # checkin (each later transaction then began with "BEGIN ISOLATION LEVEL …").
+        driver: Any = connection.connection.driver_connection
+        driver.autocommit = True
+        try:
+            _driver(connection, done, parameters, rows=False)
+        finally:
+            driver.autocommit = False
         return
     with connection.begin():
         if synced:
