@@ -8,8 +8,8 @@ distinct days, twice: with the real AWS adapters on moto, and with in-memory por
 latency"). Every AWS port is wrapped with a counter, and boto3's own requests are counted too.
 
 Also, on PostgreSQL, throughput with concurrent workers against its floor
-(:mod:`bench.runtime_concurrency`). The definitions, past executions and counting ports are in
-:mod:`bench.runtime_setup`.
+(:mod:`bench.runtime_concurrency`) and where a registration's CPU goes (:mod:`bench.runtime_cpu`).
+The definitions, past executions and counting ports are in :mod:`bench.runtime_setup`.
 """
 
 from __future__ import annotations
@@ -26,6 +26,7 @@ from typing import Any
 
 from bench.common import StatementCounter, Table, database
 from bench.runtime_concurrency import concurrency
+from bench.runtime_cpu import cpu_split
 from bench.runtime_setup import (
     CountingEvents,
     CountingScheduler,
@@ -152,9 +153,12 @@ def run(quick: bool, kinds: list[str], workdir: str) -> list[Table]:
         "events of the registration are published in one port call after commit.",
         "AWS API requests: what boto3 sent (CreateSchedule per run, PutEvents per 10 events), so "
         "F + ceil(F/10) for F runs.",
-        "SQL statements include the graph-cache version check, the transaction, and the updates after "
-        "commit that mark the schedules synced and the events published (one statement on PostgreSQL, "
-        "two on SQLite); they depend on neither fan-out nor history.",
+        "SQL statements include the check of the cached definitions (on PostgreSQL read by the gate-lock "
+        "statement), the transaction, and the updates after commit that mark the schedules synced and "
+        "the events published (one statement on PostgreSQL, two on SQLite); they depend on neither "
+        "fan-out nor history. On PostgreSQL the registration's statements are those of "
+        "`controller/db/runtime_sql.py`: an execution and its partition values in one, a run and its "
+        "triggers in one.",
     ]
     same = {kind: {statements[k] for k in statements if k[0] == kind} for kind in {k[0] for k in statements}}
     for kind, texts in sorted(same.items()):
@@ -165,6 +169,7 @@ def run(quick: bool, kinds: list[str], workdir: str) -> list[Table]:
     tables = [latency, counts]
     if "postgresql" in kinds:
         tables.append(concurrency(quick, history, workdir))
+        tables.append(cpu_split(quick, history, workdir))
     return tables
 
 

@@ -1,4 +1,4 @@
-"""Smoke tests of the runtime and peer benchmarks (quick mode, SQLite only)."""
+"""Smoke tests of the runtime and peer benchmarks (quick mode)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from bench import peer_dagster, runtime
+from bench import peer_dagster, runtime, runtime_cpu
 
 
 def _numeric(value: object) -> bool:
@@ -44,3 +44,21 @@ def test_peer_bench_without_dagster(tmp_path: Path, monkeypatch: pytest.MonkeyPa
     assert table.rows == []
     assert table.notes == ["not run: install the bench extra (pip install -e '.[bench]')"]
     assert "not run" in table.markdown()
+
+
+@pytest.mark.postgresql
+def test_cpu_split_quick_on_postgresql(tmp_path: Path, postgres_admin: object) -> None:
+    """Every path is measured; the server's share is read (PostgreSQL runs on this machine in CI)."""
+    table = runtime_cpu.cpu_split(quick=True, history=200, workdir=str(tmp_path))
+    assert [row[0].split(" ")[0] for row in table.rows] == [
+        "floor:",
+        "register_executions",
+        "lambda_handler",
+        "lambda_handler,",
+    ]
+    client, server = table.headers.index("client CPU ms"), table.headers.index("server CPU ms")
+    stub = table.rows[-1]
+    assert _numeric(stub[client]) and stub[client] > 0 and stub[server] == 0  # no database at all
+    for row in table.rows[:3]:
+        assert _numeric(row[client]) and row[client] > 0, row
+        assert _numeric(row[server]), row  # a number, not "n/a": the backends were found in /proc
