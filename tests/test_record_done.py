@@ -8,8 +8,8 @@ from datetime import timedelta
 from sqlalchemy import Engine, select
 from sqlalchemy.orm import Session
 
+from controller.db.run_store import record_done
 from controller.db.runtime_models import RunEventRow, RunRow
-from controller.db.runtime_store import record_done
 from controller.reconciler import apply
 from controller.runtime.context import Runtime
 from controller.runtime.registration import ExecutionInput, register_executions

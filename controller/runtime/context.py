@@ -17,7 +17,7 @@ from sqlalchemy.orm import Session
 
 from controller.db.base import utcnow
 from controller.db.graph_store import GraphCache
-from controller.db.runtime_store import record_events
+from controller.db.run_store import record_events
 from controller.runtime.errors import Unavailable
 from controller.runtime.ports import EventPublisher, RunEvent, Scheduler, ScheduleRequest, TaskStarter
 

@@ -13,7 +13,7 @@ from typing import TypeVar
 from sqlalchemy import Connection
 from sqlalchemy.orm import Session
 
-from controller.db.runtime_store import record_done
+from controller.db.run_store import record_done
 from controller.runtime.context import Effects, Runtime
 from controller.runtime.ports import ScheduleRequest
 

@@ -14,15 +14,9 @@ from sqlalchemy import Engine, select
 from sqlalchemy.orm import Session
 
 from controller.db.graph_store import RuntimeGraph
+from controller.db.run_store import NewRun, Trigger, insert_runs, open_runs_for_update, update_runs
 from controller.db.runtime_models import ApprovalRow, RunRow
-from controller.db.runtime_store import (
-    NewRun,
-    Trigger,
-    insert_ignoring_duplicates,
-    insert_runs,
-    open_runs_for_update,
-    update_runs,
-)
+from controller.db.runtime_store import insert_ignoring_duplicates
 from controller.keys import Key, key_text
 from controller.runs import AWAITING_APPROVAL, PUSHABLE_STATES, SCHEDULED, fire_time
 from controller.runtime.context import Effects

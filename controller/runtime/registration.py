@@ -83,7 +83,9 @@ def _register_current(
 
     The cached definitions are used first: the gate-lock statement also reads the newest reconcile
     revision, and a newer one (or an item the cached definitions refuse) means deciding again with
-    the definitions reloaded, in the same transaction and before anything was written.
+    the definitions reloaded, in the same transaction and before anything was written. The locks the
+    first decision took stay held to commit (harmless: a deadlock they could cause with another
+    order is detected by PostgreSQL and the transaction runs again).
     """
     cached = graphs.cached()
     if cached is not None:
