@@ -67,10 +67,12 @@ def send(
     cursor = connection.connection.cursor()
     try:
         dispatch = connection.dispatch
-        dispatch.before_cursor_execute(connection, cursor, statement, parameters, None, False)
+        if dispatch.before_cursor_execute:  # listeners only (an empty collection is false)
+            dispatch.before_cursor_execute(connection, cursor, statement, parameters, None, False)
         cursor.execute(statement, parameters)
         found = list(cursor.fetchall()) if rows else []
-        dispatch.after_cursor_execute(connection, cursor, statement, parameters, None, False)
+        if dispatch.after_cursor_execute:
+            dispatch.after_cursor_execute(connection, cursor, statement, parameters, None, False)
     except BaseException as exc:
         connection._handle_dbapi_exception(exc, statement, parameters, cursor, None)
     finally:
