@@ -92,7 +92,8 @@ def git_commit() -> str:
     commit = _command("git", "rev-parse", "--short", "HEAD")
     if commit is None:
         return "unknown (not a Git checkout)"
-    dirty = _command("git", "status", "--porcelain", "--untracked-files=no")
+    # The results file itself does not count: a run over a previous run's file measures the same code.
+    dirty = _command("git", "status", "--porcelain", "--untracked-files=no", "--", ".", ":!BENCHMARKS.md")
     return f"{commit} (with uncommitted changes)" if dirty else commit
 
 

@@ -118,6 +118,11 @@ def concurrency(quick: bool, history: int, workdir: str) -> Table:
         "shared by threads, and they share one GIL (their ceiling is one CPU of Python). processes (forked, "
         "one engine each, like Lambda containers) go through `lambda_handler`.",
     ]
+    if floor < GOAL_PER_SECOND:
+        table.notes.append(
+            f"The floor itself ({floor:,.0f}/s) is below the goal on this machine: no client sending these "
+            "statements reaches it here (the CPU table below shows the server's share of each registration)."
+        )
     if not met:
         table.notes += profile_one_worker(per_worker, history, workdir)
     return table
