@@ -2,16 +2,18 @@
 
 A registration is the runtime's hot path: every statement costs a round trip, parsing and planning
 on the server, and SQLAlchemy's compilation and parameter processing on the client. On PostgreSQL
-its statements are written here, sent with ``exec_driver_sql`` (still through SQLAlchemy's
-connection: its transaction, error wrapping, disconnect detection and events), and merged where one
-statement can do the work of two (an execution and its partition values; a run and what triggered
-it). Each builder returns the text for one shape (how many rows), cached, so that psycopg prepares
-each shape on the server after a few executions. Rows are spelled out as ``VALUES`` of scalar
-parameters: arrays (``unnest``) were measured slower on both sides, and ``= ANY(array)`` made the
-server plan the open-run lookup again on every execution.
+its statements are written here and sent on the driver cursor by
+:func:`controller.db.runtime_store.send` (still within SQLAlchemy's connection: its transaction,
+error wrapping, disconnect detection and events). One statement does the work of two where it can
+(an execution and its partition values; a run and what triggered it). Each builder returns the
+text for one shape (how many rows), cached, so that psycopg prepares each shape on the server after
+a few executions. Rows are spelled out as ``VALUES`` of scalar parameters: arrays (``unnest``) were
+measured slower on both sides, and ``= ANY(array)`` made the server plan the open-run lookup again
+on every execution.
 
-SQLite keeps SQLAlchemy Core statements (see :mod:`controller.db.runtime_store`); both are tested
-alike. ``bench/runtime_floor.py`` sends these same texts with psycopg alone to measure the floor.
+SQLite keeps SQLAlchemy Core statements (see :mod:`controller.db.runtime_store` and
+:mod:`controller.db.run_store`); both are tested alike. ``bench/runtime_floor.py`` sends these same
+texts with psycopg alone to measure the floor.
 """
 
 from __future__ import annotations
