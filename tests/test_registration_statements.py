@@ -11,6 +11,7 @@ import pytest
 from sqlalchemy import Engine, select
 from sqlalchemy.orm import Session
 
+from controller.db import runtime_sql
 from controller.db.runtime_models import ExecutionRow, ExecutionValueRow, RunEventRow, RunRow, RunTriggerRow
 from controller.reconciler import apply
 from controller.runtime.context import Runtime
@@ -178,3 +179,54 @@ def test_a_pushed_run_records_its_trigger_and_its_new_fire_time(engine: Engine) 
         )
         assert sorted(triggers.scalars()) == [first["executions"][0]["id"], second["executions"][0]["id"]]
     assert runs_of(engine) == [('[["dt","2026-01-01"]]', "scheduled")]
+
+
+def test_a_request_past_the_parameter_limit_is_sent_in_batches_with_the_same_outcome(
+    engine: Engine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A backfill into a wide fan-out can exceed PostgreSQL's 65,535 parameters per statement: each
+    statement is cut into batches (here at 20 parameters) and the outcome is that of one."""
+    needs = [{"dependency_name": "a"}, {"dependency_name": "r"}]
+    dependents = [
+        table_doc(f"d{i}", partitions=DAILY, debounce_seconds=600, dependencies=needs) for i in range(3)
+    ]
+    applied(engine, [table_doc("a", partitions=DAILY), table_doc("r", partitions=DAILY), *dependents], "one")
+    runtime = runtime_for(engine)
+    days = [f"2026-01-0{day}" for day in range(1, 9)]
+    register(runtime, *(("r", {"dt": day}) for day in days))
+    register(runtime, ("a", {"dt": days[0]}))  # opens d0..d2 for the first day: pushed below
+    monkeypatch.setattr(runtime_sql, "MAX_PARAMETERS", 20)
+    with StatementLog(engine) as log:
+        answer = register(runtime, *(("a", {"dt": day}) for day in days))
+    ids = [e["id"] for e in answer["executions"]]
+    assert len(set(ids)) == len(days) and ids == sorted(ids)
+    assert sorted((r["table_name"], r["partitions"]["dt"]) for r in answer["runs"]) == sorted(
+        (f"d{i}", day) for i in range(3) for day in days
+    )
+    with Session(engine) as session:
+        values = dict(session.execute(select(ExecutionValueRow.execution_id, ExecutionValueRow.value)).all())
+        runs = {r.id: r for r in session.execute(select(RunRow)).scalars()}
+        executions = dict(session.execute(select(ExecutionRow.id, ExecutionRow.partition_key)).all())
+        triggers = session.execute(select(RunTriggerRow.run_id, RunTriggerRow.execution_id)).all()
+        events = session.execute(select(RunEventRow.run_id, RunEventRow.published_at)).all()
+    assert [values[i] for i in ids] == days
+    assert len(runs) == 3 * len(days)  # the first day's three runs were pushed, not opened again
+    by_run: dict[int, list[str]] = {}
+    for run_id, execution_id in triggers:
+        by_run.setdefault(run_id, []).append(executions[execution_id])
+    for run in runs.values():
+        key = f'[["dt","{run.partitions["dt"]}"]]'
+        # r's execution and a's (twice for the first day: registered before, and again now)
+        assert sorted(by_run[run.id]) == [key] * (3 if key.endswith('01"]]') else 2), run.partitions
+        assert run.scheduled_fire_at == run.fire_at  # every schedule marked written after commit
+    assert len(events) == 3 * len(days) and all(published is not None for _, published in events)
+    if engine.dialect.name == "postgresql":
+        statements = " ".join(log.statements)
+        assert statements.count("pg_advisory_xact_lock(hashtextextended") == 3 * len(days)
+        for marker in (
+            "INSERT INTO executions",
+            "FROM executions WHERE",
+            "FROM runs WHERE",
+            "INSERT INTO runs",
+        ):
+            assert sum(marker in s for s in log.statements) > 1, marker  # sent in several batches

@@ -37,13 +37,15 @@ def open_runs_for_update(session: Session, pairs: Iterable[tuple[int, str]]) -> 
     if not wanted:
         return {}
     if on_postgresql(session):
-        tables, keys = list({t for t, _ in wanted}), list({k for _, k in wanted})
-        statement = runtime_sql.open_runs_for_update(len(tables), len(keys))
-        result = send(connection(session), statement, [*tables, *keys])
-        rows = [_in_utc(dict(zip(runtime_sql.RUN_COLUMNS, row, strict=True))) for row in result]
+        rows: list[Any] = []
+        for batch in runtime_sql.batched(sorted(wanted), lambda _: 2):
+            tables, keys = list(dict.fromkeys(t for t, _ in batch)), list(dict.fromkeys(k for _, k in batch))
+            statement = runtime_sql.open_runs_for_update(len(tables), len(keys))
+            rows += send(connection(session), statement, [*tables, *keys])
+        runs = [_in_utc(dict(zip(runtime_sql.RUN_COLUMNS, row, strict=True))) for row in rows]
         return {
             (r["table_id"], r["partition_key"]): r
-            for r in rows
+            for r in runs
             if (r["table_id"], r["partition_key"]) in wanted
         }
     query = (
@@ -101,15 +103,7 @@ def insert_runs(
     if not runs and not triggers:
         return {}
     if on_postgresql(session):
-        parameters: list[Any] = []
-        for r in runs:
-            parameters += [r.table_id, r.partition_key, json.dumps(r.partitions), r.status]
-            parameters += [manual, reason, now, r.fire_at]
-        parameters += [x for t in triggers for x in (t.run_id, t.table_id, t.partition_key, t.execution_id)]
-        statement = runtime_sql.insert_runs_and_triggers(len(runs), len(triggers))
-        returned = send(connection(session), statement, parameters, rows=bool(runs))
-        created = [_in_utc(dict(zip(runtime_sql.RUN_COLUMNS, row, strict=True))) for row in returned]
-        return {(r["table_id"], r["partition_key"]): r for r in created}
+        return _insert_runs_postgresql(session, runs, triggers, now, manual, reason)
     inserted: dict[tuple[int, str], Run] = {}
     if runs:
         rows = [
@@ -143,6 +137,43 @@ def insert_runs(
     return inserted
 
 
+def _insert_runs_postgresql(
+    session: Session,
+    runs: Sequence[NewRun],
+    triggers: Sequence[Trigger],
+    now: datetime,
+    manual: bool,
+    reason: str | None,
+) -> dict[tuple[int, str], Run]:
+    """New runs with the triggers naming them, then the triggers of existing runs: one statement for a
+    usual request (several only past :data:`runtime_sql.MAX_PARAMETERS`)."""
+    of_new: dict[tuple[int, str], list[Trigger]] = {}
+    for t in triggers:
+        if t.run_id is None:
+            of_new.setdefault((t.table_id, t.partition_key), []).append(t)
+    # A new run travels with the triggers that name it; triggers of existing runs go anywhere.
+    items: list[tuple[NewRun | None, list[Trigger]]] = [
+        (r, of_new.get((r.table_id, r.partition_key), [])) for r in runs
+    ] + [(None, [t]) for t in triggers if t.run_id is not None]
+    batches = [
+        ([r for r, _ in batch if r is not None], [t for _, named in batch for t in named])
+        for batch in runtime_sql.batched(items, lambda item: (8 if item[0] else 0) + 4 * len(item[1]))
+    ]
+    created: dict[tuple[int, str], Run] = {}
+    for new, named in batches:
+        parameters: list[Any] = []
+        for r in new:
+            parameters += [r.table_id, r.partition_key, json.dumps(r.partitions), r.status]
+            parameters += [manual, reason, now, r.fire_at]
+        parameters += [x for t in named for x in (t.run_id, t.table_id, t.partition_key, t.execution_id)]
+        statement = runtime_sql.insert_runs_and_triggers(len(new), len(named))
+        returned = send(connection(session), statement, parameters, rows=bool(new))
+        for row in returned:
+            run = _in_utc(dict(zip(runtime_sql.RUN_COLUMNS, row, strict=True)))
+            created[(run["table_id"], run["partition_key"])] = run
+    return created
+
+
 def _in_utc(run: Run) -> Run:
     """Timestamps as the UTC datetimes SQLAlchemy's column type gives (the driver gives the session's
     time zone)."""
@@ -169,8 +200,9 @@ def update_runs(session: Session, changes: Sequence[dict[str, Any]]) -> None:
 def record_events(session: Session, events: Sequence[RunEvent], batch: str) -> None:
     """Write run state changes to the outbox under ``batch`` (published after commit)."""
     if events and on_postgresql(session):
-        parameters = [x for e in events for x in (e.run_id, e.at, batch, json.dumps(e.detail()))]
-        send(connection(session), runtime_sql.insert_events(len(events)), parameters, rows=False)
+        for part in runtime_sql.batched(events, lambda _: 4):
+            parameters = [x for e in part for x in (e.run_id, e.at, batch, json.dumps(e.detail()))]
+            send(connection(session), runtime_sql.insert_events(len(part)), parameters, rows=False)
     elif events:
         rows = [
             {"run_id": e.run_id, "detail": e.detail(), "created_at": e.at, "batch": batch} for e in events
@@ -191,19 +223,7 @@ def record_done(
     if not synced and batch is None:
         return
     if connection.dialect.name == "postgresql":
-        parameters = [x for row in synced for x in row]
-        if batch is not None:
-            parameters += [now, batch]
-        done = runtime_sql.record_done(len(synced), batch is not None)
-        # Autocommit for this one statement, set on the driver connection and put back at once:
-        # SQLAlchemy's isolation-level option costs more than the statement and is only undone at
-        # checkin (each later transaction then began with "BEGIN ISOLATION LEVEL …").
-        driver: Any = connection.connection.driver_connection
-        driver.autocommit = True
-        try:
-            send(connection, done, parameters, rows=False)
-        finally:
-            driver.autocommit = False
+        _record_done_postgresql(connection, synced, batch, now)
         return
     with connection.begin():
         if synced:
@@ -216,3 +236,28 @@ def record_done(
             connection.execute(statement, rows)
         if batch is not None:
             connection.execute(update(_events).where(_events.c.batch == batch).values(published_at=now))
+
+
+def _record_done_postgresql(
+    connection: Connection, synced: Sequence[tuple[int, datetime, str]], batch: str | None, now: datetime
+) -> None:
+    parts = runtime_sql.batched(synced, lambda _: 3, reserved=2) or [[]]
+    statements = []
+    for number, part in enumerate(parts, 1):
+        published = batch is not None and number == len(parts)
+        parameters: list[Any] = [x for row in part for x in row] + ([now, batch] if published else [])
+        statements.append((runtime_sql.record_done(len(part), published), parameters))
+    if len(statements) > 1:  # past MAX_PARAMETERS: several statements, one transaction
+        with connection.begin():
+            for statement, parameters in statements:
+                send(connection, statement, parameters, rows=False)
+        return
+    # Autocommit for this one statement, set on the driver connection and put back at once:
+    # SQLAlchemy's isolation-level option costs more than the statement and is only undone at
+    # checkin (each later transaction then began with "BEGIN ISOLATION LEVEL …").
+    driver: Any = connection.connection.driver_connection
+    driver.autocommit = True
+    try:
+        send(connection, *statements[0], rows=False)
+    finally:
+        driver.autocommit = False

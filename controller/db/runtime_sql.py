@@ -18,7 +18,15 @@ texts with psycopg alone to measure the floor.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from functools import lru_cache
+from typing import TypeVar
+
+T = TypeVar("T")
+#: Parameters one statement carries at most. PostgreSQL's protocol allows 65,535; a larger request
+#: (a backfill of hundreds of partitions into a wide fan-out) is sent in several statements, as
+#: SQLAlchemy's insertmanyvalues pages are. Module-level so that tests can make it small.
+MAX_PARAMETERS = 30_000
 
 #: Run states a new trigger may still join (the partial unique index ``uq_runs_open_key``).
 _OPEN = "('awaiting_approval', 'scheduled', 'dispatching', 'running')"
@@ -57,6 +65,24 @@ _RUN_CASTS = ("bigint", "text", "jsonb", "text", "boolean", "text", "timestamptz
 #: Parameters of one trigger row: an existing run's id (or NULL), the table and key of a new one.
 TRIGGER_FIELDS = ("run_id", "table_id", "partition_key", "execution_id")
 _TRIGGER_CASTS = ("bigint", "bigint", "text", "bigint")
+
+
+def batched(items: Sequence[T], cost: Callable[[T], int], reserved: int = 0) -> list[list[T]]:
+    """``items`` in order, cut into batches whose parameters (``cost`` of each, plus ``reserved`` per
+    statement) stay within :data:`MAX_PARAMETERS`; one batch for a usual request, none for no items."""
+    batches: list[list[T]] = []
+    current: list[T] = []
+    used = reserved
+    for item in items:
+        needed = cost(item)
+        if current and used + needed > MAX_PARAMETERS:
+            batches.append(current)
+            current, used = [], reserved
+        current.append(item)
+        used += needed
+    if current:
+        batches.append(current)
+    return batches
 
 
 def _rows(count: int, casts: tuple[str, ...], numbered: bool = False) -> str:

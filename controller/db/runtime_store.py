@@ -96,16 +96,15 @@ def lock_gates(session: Session, tables: Iterable[int], keys: Iterable[tuple[int
     table_modes = dict.fromkeys(whole, runtime_sql.EXCLUSIVE) | {
         t: runtime_sql.SHARED for t, _ in keyed if t not in whole
     }
-    modes: list[int] = []
-    parameters: list[Any] = []
-    for table_id, mode in sorted(table_modes.items()):
-        modes.append(mode)
-        parameters.append(table_id)
-    for table_id, key in keyed:
-        modes.append(runtime_sql.KEY)
-        parameters += [table_id, key]
-    (row,) = send(connection(session), runtime_sql.lock_statement(tuple(modes)), parameters)
-    return cast("int | None", row[0])
+    locks: list[tuple[int, list[Any]]] = [(mode, [t]) for t, mode in sorted(table_modes.items())]
+    locks += [(runtime_sql.KEY, [t, k]) for t, k in keyed]
+    revision: int | None = None
+    for number, batch in enumerate(runtime_sql.batched(locks, lambda lock: len(lock[1])) or [[]]):
+        statement = runtime_sql.lock_statement(tuple(mode for mode, _ in batch))
+        (row,) = send(connection(session), statement, [x for _, values in batch for x in values])
+        if number == 0:  # read before any lock of a later batch; batches keep the lock order
+            revision = cast("int | None", row[0])
+    return revision
 
 
 @dataclass(frozen=True, slots=True)
@@ -133,14 +132,7 @@ def insert_executions(
     if not executions:
         return []
     if on_postgresql(session):
-        parameters: list[Any] = []
-        for e in executions:
-            parameters += [e.table_id, e.partition_key, json.dumps(e.partitions), e.source]
-            parameters += [e.run_id, e.idempotency_key]
-        parameters += [at, by]
-        parameters += [x for e in executions for pair in e.values for x in pair]
-        shape = tuple(len(e.values) for e in executions)
-        return [row[0] for row in send(connection(session), runtime_sql.insert_executions(shape), parameters)]
+        return _insert_executions_postgresql(session, executions, at, by)
     rows = [
         {
             "table_id": e.table_id,
@@ -155,15 +147,15 @@ def insert_executions(
         for e in executions
     ]
     statement = insert(_executions).returning(_executions.c.id, sort_by_parameter_order=True)
-    ids = [row[0] for row in connection(session).execute(statement, rows)]
+    inserted = [row[0] for row in connection(session).execute(statement, rows)]
     value_rows = [
         {"execution_id": i, "name": name, "table_id": e.table_id, "value": value}
-        for i, e in zip(ids, executions, strict=True)
+        for i, e in zip(inserted, executions, strict=True)
         for name, value in e.values
     ]
     if value_rows:
         connection(session).execute(insert(_values), value_rows)
-    return ids
+    return inserted
 
 
 def fetch_probed(
@@ -174,11 +166,7 @@ def fetch_probed(
         return {}
     whole = [ids[p.table] for p in probes if p.partition is None]
     if on_postgresql(session):
-        valued = [p for p in probes if p.partition is not None]
-        parameters: list[Any] = [x for p in valued for x in (ids[p.table], p.partition, str(p.value))]
-        statement = runtime_sql.probe_statement(len(valued), len(whole))
-        rows = send(connection(session), statement, [*parameters, *whole])
-        return _found(rows, names)
+        return _found(_probed_postgresql(session, probes, ids), names)
     values = _values.c
     matches = [
         and_(
@@ -197,6 +185,36 @@ def fetch_probed(
     columns = _executions.c
     query = select(columns.id, columns.table_id, columns.partition_key).where(or_(*conditions))
     return _found(connection(session).execute(query), names)
+
+
+def _insert_executions_postgresql(
+    session: Session, executions: Sequence[NewExecution], at: datetime, by: str | None
+) -> list[int]:
+    ids: list[int] = []
+    for batch in runtime_sql.batched(executions, lambda e: 6 + 2 * len(e.values), reserved=2):
+        parameters: list[Any] = []
+        for e in batch:
+            parameters += [e.table_id, e.partition_key, json.dumps(e.partitions), e.source]
+            parameters += [e.run_id, e.idempotency_key]
+        parameters += [at, by]
+        parameters += [x for e in batch for pair in e.values for x in pair]
+        statement = runtime_sql.insert_executions(tuple(len(e.values) for e in batch))
+        ids += [row[0] for row in send(connection(session), statement, parameters)]
+    return ids
+
+
+def _probed_postgresql(session: Session, probes: Sequence[Probe], ids: dict[str, int]) -> list[Any]:
+    """(id, table id, key text) of the executions answering the probes, each once."""
+    found: dict[tuple[Any, ...], None] = {}
+    for batch in runtime_sql.batched(probes, lambda p: 1 if p.partition is None else 3):
+        tables = [ids[p.table] for p in batch if p.partition is None]
+        valued = [p for p in batch if p.partition is not None]
+        parameters: list[Any] = [x for p in valued for x in (ids[p.table], p.partition, str(p.value))]
+        statement = runtime_sql.probe_statement(len(valued), len(tables))
+        found.update(
+            dict.fromkeys(tuple(row) for row in send(connection(session), statement, [*parameters, *tables]))
+        )
+    return list(found)
 
 
 def _found(rows: Iterable[Any], names: dict[int, str]) -> dict[str, list[Execution]]:
