@@ -22,8 +22,8 @@ from pathlib import Path
 from typing import Any
 
 from bench.common import Table, database
-from bench.runtime_floor import _register as floor_register
 from bench.runtime_floor import dbapi_url, table_ids
+from bench.runtime_floor import register as floor_register
 from bench.runtime_setup import (
     apply_definitions,
     fan_out_definitions,

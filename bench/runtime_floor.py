@@ -26,7 +26,8 @@ def dbapi_url(url: str) -> str:
     return url.replace("postgresql+psycopg://", "postgresql://", 1)
 
 
-def _register(connection: Any, ids: dict[str, int], day: date, worker: int) -> None:
+def register(connection: Any, ids: dict[str, int], day: date, worker: int) -> None:
+    """One registration of ``source`` for ``day``: the runtime's statements, from psycopg alone."""
     now = datetime.now(UTC)
     text = day.isoformat()
     key = json.dumps([["dt", text]], separators=(",", ":"))
@@ -58,13 +59,13 @@ def _worker(url: str, ids: dict[str, int], days: list[date], index: int, barrier
     import psycopg
 
     with psycopg.connect(dbapi_url(url)) as connection:
-        _register(connection, ids, days[0], index)  # warm-up: prepared statements, caches
+        register(connection, ids, days[0], index)  # warm-up: prepared statements, caches
         barrier.wait()
         first = time.perf_counter()
         latencies = []
         for day in days[1:]:
             started = time.perf_counter()
-            _register(connection, ids, day, index)
+            register(connection, ids, day, index)
             latencies.append(time.perf_counter() - started)
         out.put((first, time.perf_counter(), latencies))
 

@@ -44,7 +44,7 @@ class GraphCache:
             return self._graph
 
     def get(self, session: Session) -> RuntimeGraph:
-        revision = session.execute(select(func.max(ReconcileRevision.id))).scalar()
+        revision = newest_revision(session)
         with self._lock:
             if self._graph is not None and self._graph.revision == revision:
                 return self._graph
@@ -52,6 +52,11 @@ class GraphCache:
         with self._lock:
             self._graph = loaded
         return loaded
+
+
+def newest_revision(session: Session) -> int | None:
+    """The id of the newest reconcile revision: the version stamp of the definitions (None: none yet)."""
+    return session.execute(select(func.max(ReconcileRevision.id))).scalar()
 
 
 def load_graph(session: Session, revision: int | None) -> RuntimeGraph:

@@ -23,24 +23,20 @@ from sqlalchemy import (
     insert,
     or_,
     select,
-    text,
 )
 from sqlalchemy.dialects.postgresql import insert as postgresql_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session
 
 from controller.db import runtime_sql
-from controller.db.runtime_models import (
-    ExecutionRow,
-    ExecutionValueRow,
-)
+from controller.db.graph_store import newest_revision
+from controller.db.runtime_models import ExecutionRow, ExecutionValueRow
 from controller.gates import Execution, Probe
 from controller.keys import Key, key_from_text
 from controller.specs import TableSpec
 
 _executions = cast(Table, ExecutionRow.__table__)
 _values = cast(Table, ExecutionValueRow.__table__)
-_REVISION = text("SELECT max(id) FROM reconcile_revisions")
 
 
 def connection(session: Session) -> Connection:
@@ -90,7 +86,7 @@ def lock_gates(session: Session, tables: Iterable[int], keys: Iterable[tuple[int
     that table and the reverse. SQLite needs nothing: its writers are serialised by BEGIN IMMEDIATE.
     """
     if not on_postgresql(session):
-        return cast("int | None", connection(session).execute(_REVISION).scalar())
+        return newest_revision(session)
     whole = set(tables)
     keyed = sorted({(t, k) for t, k in keys if t not in whole})
     table_modes = dict.fromkeys(whole, runtime_sql.EXCLUSIVE) | {
@@ -164,9 +160,9 @@ def fetch_probed(
     """Executions answering the probes, grouped by table name (one statement)."""
     if not probes:
         return {}
-    whole = [ids[p.table] for p in probes if p.partition is None]
     if on_postgresql(session):
         return _found(_probed_postgresql(session, probes, ids), names)
+    whole = [ids[p.table] for p in probes if p.partition is None]
     values = _values.c
     matches = [
         and_(
@@ -230,8 +226,7 @@ def insert_ignoring_duplicates(session: Session, model: Any, rows: Sequence[dict
     """INSERT … ON CONFLICT DO NOTHING, on PostgreSQL and SQLite alike."""
     if not rows:
         return
-    dialect = session.get_bind().dialect.name
-    builder = postgresql_insert if dialect == "postgresql" else sqlite_insert
+    builder = postgresql_insert if on_postgresql(session) else sqlite_insert
     connection(session).execute(builder(model.__table__).on_conflict_do_nothing(), rows)
 
 
