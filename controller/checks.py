@@ -12,10 +12,18 @@ from controller.templates import template_errors, template_strings
 
 @dataclass(frozen=True, slots=True)
 class LocatedTable:
-    """A table definition together with where it was written."""
+    """A table definition together with where it was written.
+
+    ``incomplete`` names the lists (``partitions``, ``dependencies``, ``tasks``) that lost items to
+    schema errors (:mod:`controller.partial_definitions`): checks that need the whole list skip them.
+    """
 
     spec: TableSpec
     source: Locator
+    incomplete: frozenset[str] = frozenset()
+
+    def complete(self, field: str) -> bool:
+        return field not in self.incomplete
 
 
 def check_tables(tables: Sequence[LocatedTable], known_names: Iterable[str] = ()) -> list[Problem]:
@@ -39,11 +47,15 @@ def check_tables(tables: Sequence[LocatedTable], known_names: Iterable[str] = ()
                 )
             )
     known = set(by_name) | set(known_names)
-    # Each table's partitions by name, as a dependency sees them (the first table of a name).
-    upstream_partitions = {name: {p.name: p for p in t.spec.partitions} for name, t in by_name.items()}
+    # Each table's partitions by name, as a dependency sees them (the first table of a name); None
+    # where some of them were dropped for schema errors (what they provide is not known).
+    upstream_partitions = {
+        name: {p.name: p for p in t.spec.partitions} if t.complete("partitions") else None
+        for name, t in by_name.items()
+    }
     # What template_errors says of a template text for a table with these partition names; sets
     # repeat a few templates ("{{ partitions.dt }}") over tables with a few sets of partitions.
-    template_messages: dict[tuple[str, tuple[str, ...]], list[str]] = {}
+    template_messages: dict[tuple[str, tuple[str, ...] | None], list[str]] = {}
     for table in tables:
         problems.extend(_own_names(table))
         problems.extend(_dependencies(table, by_name, known, upstream_partitions))
@@ -90,14 +102,14 @@ def _dependencies(
     table: LocatedTable,
     by_name: dict[str, LocatedTable],
     known: set[str],
-    upstream_partitions: dict[str, _Partitions],
+    upstream_partitions: dict[str, _Partitions | None],
 ) -> Iterator[Problem]:
     spec = table.spec
     dependencies = spec.dependencies
     if not dependencies:
         return
     own = {p.name: p for p in spec.partitions}
-    all_resolved = True
+    all_resolved = table.complete("dependencies")
     for index, dep in enumerate(dependencies):
         name = dep.dependency_name
         if name == spec.name:
@@ -110,7 +122,7 @@ def _dependencies(
             all_resolved = False
             continue
         mapping = dep.partition_map
-        for downstream in mapping:
+        for downstream in mapping if table.complete("partitions") else ():
             if downstream not in own:
                 yield _at(
                     table,
@@ -134,6 +146,9 @@ def _dependencies(
             continue
         # A mapped partition must exist upstream; a shared one must have the same type.
         theirs = upstream_partitions[name]
+        if theirs is None:  # the upstream lost partitions to schema errors: nothing more to judge
+            all_resolved = False
+            continue
         for downstream, mapped in mapping.items():
             if mapped not in theirs:
                 yield _at(
@@ -158,9 +173,10 @@ def _dependencies(
 
 
 def _unprovided_partitions(
-    table: LocatedTable, upstream_partitions: dict[str, _Partitions]
+    table: LocatedTable, upstream_partitions: dict[str, _Partitions | None]
 ) -> Iterator[Problem]:
-    """Each required partition of a dependent table must come from at least one dependency."""
+    """Each required partition of a dependent table must come from at least one dependency (whose
+    partitions are all known: the caller checks)."""
     spec = table.spec
     for index, partition in enumerate(spec.partitions):
         if not partition.is_required:
@@ -168,7 +184,9 @@ def _unprovided_partitions(
         name = partition.name
         for dep in spec.dependencies:
             mapping = dep.partition_map
-            if (mapping.get(name, name) if mapping else name) in upstream_partitions[dep.dependency_name]:
+            if (mapping.get(name, name) if mapping else name) in (
+                upstream_partitions[dep.dependency_name] or {}
+            ):
                 break
         else:
             upstreams = ", ".join(repr(d.dependency_name) for d in spec.dependencies)
@@ -182,10 +200,12 @@ def _unprovided_partitions(
 
 
 def _templates(
-    table: LocatedTable, known_messages: dict[tuple[str, tuple[str, ...]], list[str]]
+    table: LocatedTable, known_messages: dict[tuple[str, tuple[str, ...] | None], list[str]]
 ) -> Iterator[Problem]:
     partitions: _Partitions | None = None
-    names: tuple[str, ...] = ()
+    names: tuple[str, ...] | None = ()
+    # With partitions dropped for schema errors, which names a template may use is not known.
+    complete = table.complete("partitions")
     for index, task in enumerate(table.spec.tasks):
         for key, value in task.params.items():
             # Most parameters are flat strings, most of those templates: no walk for them.
@@ -200,11 +220,12 @@ def _templates(
             for path, source in strings:
                 if partitions is None:
                     partitions = {p.name: p for p in table.spec.partitions}
-                    names = tuple(partitions)
+                    names = tuple(partitions) if complete else None
                 # template_errors sees the partitions as a mapping of names to opaque values.
                 messages = known_messages.get((source, names))
                 if messages is None:
-                    messages = known_messages[source, names] = template_errors(source, partitions)
+                    known = partitions if complete else None
+                    messages = known_messages[source, names] = template_errors(source, known)
                 for message in messages:
                     yield _at(table, ("tasks", index, "params", *path), message, "template")
 

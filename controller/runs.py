@@ -23,6 +23,8 @@ PUSHABLE_STATES = (AWAITING_APPROVAL, SCHEDULED)
 CANCELLABLE_STATES = (AWAITING_APPROVAL, SCHEDULED)
 FINAL_STATES = (SUCCEEDED, FAILED, REJECTED, CANCELLED)
 ALL_STATES = (*OPEN_STATES, *FINAL_STATES)
+#: States of an approval: pending until someone decides, or cancelled with its run.
+APPROVAL_STATES = ("pending", "approved", "rejected", "cancelled")
 
 #: A fire that arrives this much before the run's fire time still counts (clock skew, delivery).
 EARLY_FIRE_TOLERANCE = timedelta(seconds=60)

@@ -44,23 +44,33 @@ def _fast_validator() -> Any:
     return jsonschema_rs.validator_for(table_schema())
 
 
+#: The path of the value a schema error makes unusable (a field, a list item), inside a definition.
+Broken = tuple[PathSegment, ...]
+
+
 def schema_problems(data: Any, locator: Locator) -> list[Problem]:
-    """Every schema violation of one document, as problems pointing at the offending value.
+    """Every schema violation of one document, as problems pointing at the offending value."""
+    return [problem for problem, _ in schema_errors(data, locator)]
+
+
+def schema_errors(data: Any, locator: Locator) -> list[tuple[Problem, Broken]]:
+    """Every schema violation of one document: the problem, and the path of the value it breaks
+    (an unknown field's own path, a missing field's path, else the offending value's).
 
     A compiled (Rust) validator answers "valid?" in microseconds; only a document it rejects is
     walked by ``jsonschema``, whose error objects give the paths and keywords the messages need.
     Both read the same schema file, and a test holds them to the same verdicts.
     """
     if not isinstance(data, dict):
-        return [Problem(locator.locate(()), _not_a_mapping(data), "not-a-mapping")]
+        return [(Problem(locator.locate(()), _not_a_mapping(data), "not-a-mapping"), ())]
     if _fast_validator().is_valid(data):
         return []
     validator = table_validator()
-    problems: list[Problem] = []
+    found: list[tuple[Problem, Broken]] = []
     for error in validator.iter_errors(data):
-        problems.extend(_translate(error, locator))
+        found.extend(_translate(error, locator))
     # jsonschema reports "required" once per missing field, each naming all of them: keep one each.
-    return list(dict.fromkeys(problems))
+    return list(dict.fromkeys(found))
 
 
 def _as_list(value: object) -> list[Any]:
@@ -71,7 +81,7 @@ def _not_a_mapping(data: Any) -> str:
     return f"a table definition must be a mapping of fields, got {_describe(data)}"
 
 
-def _translate(error: ValidationError, locator: Locator) -> list[Problem]:
+def _translate(error: ValidationError, locator: Locator) -> list[tuple[Problem, Broken]]:
     path: tuple[PathSegment, ...] = tuple(error.absolute_path)
     kind = str(error.validator)
     instance = error.instance
@@ -79,21 +89,27 @@ def _translate(error: ValidationError, locator: Locator) -> list[Problem]:
     if kind == "additionalProperties" and isinstance(instance, dict):
         allowed = sorted(schema.get("properties", {}))
         return [
-            Problem(
-                locator.locate((*path, extra), key=True),
-                f"unknown field {extra!r}{did_you_mean(extra, allowed) or _allowed(allowed)}",
-                "schema-unknown-field",
+            (
+                Problem(
+                    locator.locate((*path, extra), key=True),
+                    f"unknown field {extra!r}{did_you_mean(extra, allowed) or _allowed(allowed)}",
+                    "schema-unknown-field",
+                ),
+                (*path, extra),
             )
             for extra in sorted(set(instance) - set(allowed))
         ]
     if kind == "required" and isinstance(instance, dict):
         where = f" in {_field(path)}" if path else ""
         return [
-            Problem(locator.locate(path), f"missing required field {name!r}{where}", "schema-required")
+            (
+                Problem(locator.locate(path), f"missing required field {name!r}{where}", "schema-required"),
+                (*path, name),
+            )
             for name in _as_list(error.validator_value)
             if name not in instance
         ]
-    return [Problem(locator.locate(path), _message(kind, error, path, schema), f"schema-{kind}")]
+    return [(Problem(locator.locate(path), _message(kind, error, path, schema), f"schema-{kind}"), path)]
 
 
 def _message(kind: str, error: ValidationError, path: tuple[PathSegment, ...], schema: dict[str, Any]) -> str:

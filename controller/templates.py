@@ -78,8 +78,12 @@ def template_strings(
             yield from template_strings(item, (*path, index))
 
 
-def template_errors(source: str, partitions: Mapping[str, object]) -> list[str]:
-    """Why ``source`` is not a usable template for a table with these partitions (empty if fine)."""
+def template_errors(source: str, partitions: Mapping[str, object] | None) -> list[str]:
+    """Why ``source`` is not a usable template for a table with these partitions (empty if fine).
+
+    ``partitions`` None: the table's partitions are not known (some were invalid), so the partition
+    names the template uses are not checked.
+    """
     if not any(marker in source for marker in _MARKERS):
         return []
     shape = _analyse(source)
@@ -90,6 +94,8 @@ def template_errors(source: str, partitions: Mapping[str, object]) -> list[str]:
         for name in shape.unknown_names
     ]
     errors += [f"template accesses {name!r}: private attributes are not allowed" for name in shape.private]
+    if partitions is None:
+        return errors
     known = ", ".join(partitions) or "none"
     errors += [
         f"template names unknown partition {name!r} (table has: {known})"

@@ -9,17 +9,18 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any, Protocol
 
 from pydantic import ValidationError
 
 from controller.checks import LocatedTable, check_tables
 from controller.gc_pause import gc_paused
-from controller.problems import Location, Problem
-from controller.schema import schema_problems
+from controller.partial_definitions import salvage
+from controller.problems import Location, Locator, Problem
+from controller.schema import schema_errors
 from controller.specs import TableSpec
 from controller.yaml_documents import (
     DEFAULT_MAX_FILE_BYTES,
-    SourceDocument,
     SourceFile,
     definition_files,
     read_file,
@@ -66,37 +67,71 @@ def validate_directory(root: Path, *, max_file_bytes: int = DEFAULT_MAX_FILE_BYT
 
 
 def validate_sources(files: Iterable[SourceFile]) -> ValidationResult:
-    """Validate already-read files (from disk, from a Git revision, from an API payload)."""
+    """Validate already-read files (from disk, from a Git revision)."""
     with gc_paused():
         return _validate(files)
 
 
+class Document(Locator, Protocol):
+    """What validation reads of one definition: its value, and where its parts were written."""
+
+    @property
+    def data(self) -> Any: ...
+
+    @property
+    def usable(self) -> bool:
+        """False when a value could not be built (a tag, an alias bomb): checking the rest would
+        only report consequences of that problem."""
+        ...
+
+
+def validate_documents(documents: Iterable[Document]) -> ValidationResult:
+    """Validate definitions that were not read from files (an API payload)."""
+    result = ValidationResult()
+    with gc_paused():
+        _check(result, documents, across=True)
+    return result
+
+
 def _validate(files: Iterable[SourceFile]) -> ValidationResult:
     result = ValidationResult()
-    broken_names: set[str] = set()
+    documents: list[Document] = []
     all_readable = True
     for source in files:
         result.files += 1
         result.problems.extend(source.problems)
         all_readable &= source.readable
-        for document in source.documents:
-            table = _table(document, result.problems) if document.usable else None
-            if table is not None:
-                result.tables.append(table)
-            elif isinstance(document.data, dict) and isinstance(document.data.get("name"), str):
-                broken_names.add(document.data["name"])
+        documents.extend(source.documents)
     # Cross-table checks on a set with unreadable files would report consequences, not causes.
-    if all_readable:
-        result.problems.extend(check_tables(result.tables, broken_names))
-    result.problems.sort()
+    _check(result, documents, across=all_readable)
     return result
 
 
-def _table(document: SourceDocument, problems: list[Problem]) -> LocatedTable | None:
-    found = schema_problems(document.data, document)
-    if found:
-        problems.extend(found)
-        return None
+def _check(result: ValidationResult, documents: Iterable[Document], *, across: bool) -> None:
+    """Check each document, then (``across``) the set; problems go to ``result``, sorted."""
+    partial: list[LocatedTable] = []
+    broken_names: set[str] = set()
+    for document in documents:
+        errors = schema_errors(document.data, document) if document.usable else []
+        table = _table(document, result.problems) if document.usable and not errors else None
+        if table is not None:
+            result.tables.append(table)
+            continue
+        result.problems.extend(problem for problem, _ in errors)
+        salvaged = salvage(document.data, [path for _, path in errors], document) if errors else None
+        if salvaged is not None:
+            partial.append(salvaged)
+        elif isinstance(document.data, dict) and isinstance(document.data.get("name"), str):
+            broken_names.add(document.data["name"])
+    if across:
+        # Documents with schema errors take part with their sound fields (a typo never hides a cycle).
+        result.problems.extend(check_tables([*result.tables, *partial], broken_names))
+    result.problems.sort()
+
+
+def _table(document: Document, problems: list[Problem]) -> LocatedTable | None:
+    """The table of a document the schema accepts, or None (its problems added) when the models
+    refuse it."""
     try:
         spec = TableSpec.model_validate(document.data)
     except ValidationError as exc:  # the schema and the models disagree: still point at the value

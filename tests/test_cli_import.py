@@ -164,7 +164,10 @@ def test_payload_of_the_wrong_shape_writes_nothing(tmp_path: Path) -> None:
     for payload in ([], [1, 2], "tb_x"):
         result = _import(_write_payload(tmp_path, payload), out)
         assert result.exit_code == 1
-        assert 'a table object, a list of them, or {"tables": [...]}' in result.stderr
+        assert (
+            'the payload must be the original request {"data": [...tables...], "user": "..."}, a list of '
+            'table objects, {"tables": [...]}, or one table object'
+        ) in result.stderr
     result = _import(_write_payload(tmp_path, [{"name": "../escape", "partitions": []}]), out)
     assert result.exit_code == 1
     assert "table #1 of the payload has name '../escape'" in result.stderr

@@ -155,7 +155,7 @@ def test_invalid_definitions_are_not_planned(tmp_path: Path, database_url: str) 
 def test_db_upgrade_creates_the_schema(database_url: str) -> None:
     result = run("db", "upgrade", database_url=database_url)
     assert result.exit_code == 0, result.output
-    assert "is at schema revision 0001 (head: 0001)" in result.output
+    assert "is at schema revision 0002 (head: 0002)" in result.output
 
 
 def test_database_errors_are_one_line_without_the_password(defs: Path) -> None:

@@ -10,7 +10,11 @@ runs: those load SQLAlchemy's ORM, the models, and (``POST /tables``) the whole 
 
 from __future__ import annotations
 
+import base64
+import binascii
 import json
+import re
+from collections.abc import Callable
 from typing import Annotated, Any
 
 from aws_lambda_powertools import Logger
@@ -23,12 +27,15 @@ from controller.api.identity import caller_identity
 from controller.api.models import (
     MAX_ID,
     DecisionRequest,
+    FailRequest,
     ManualRunRequest,
     ReasonRequest,
     RegisterRequest,
+    TablesPayload,
     as_mapping,
 )
-from controller.runtime.errors import BadRequest, RuntimeProblem, TooLarge
+from controller.problems import json_path
+from controller.runtime.errors import RuntimeProblem, TooLarge
 from controller.wiring import runtime
 
 MAX_BODY_BYTES = 256 * 1024
@@ -51,13 +58,14 @@ def json_body(text: str) -> Any:
 
 
 def _validated_body(text: str) -> Any:
-    """The JSON body Powertools validates against a route's model, which is always an object.
+    """The JSON body Powertools validates against a route's model, an object but for ``POST /tables``.
 
     Powertools validates the first item of an array in place of the array (it unwraps lists, meant for
-    form fields): ``[{"reason": "x"}, 1]`` cancelled a run. An array is refused instead.
+    form fields): ``[{"reason": "x"}, 1]`` cancelled a run. An array is refused instead, except where
+    the route's body may be one (its model says so, and Powertools then leaves it whole).
     """
     value = json_body(text)
-    if isinstance(value, list):
+    if isinstance(value, list) and app.current_event.path not in _ARRAY_BODIES:
         message = "Input should be a JSON object, not an array"
         raise RequestValidationError([{"type": "model_attributes_type", "loc": ("body",), "msg": message}])
     return value
@@ -65,6 +73,30 @@ def _validated_body(text: str) -> Any:
 
 logger = Logger(service="flux-control")
 app = APIGatewayRestResolver(enable_validation=True, json_body_deserializer=_validated_body)
+#: Paths whose body may be a JSON array (the original POST /tables payload may be a list of tables).
+_ARRAY_BODIES = frozenset({"/tables"})
+#: Every route as written (``/runs/<run_id>``) → the paths it matches and its methods, for the 405
+#: answer's ``Allow``.
+ROUTES: dict[str, tuple[re.Pattern[str], set[str]]] = {}
+#: Error types that mean the request is malformed (400), not that a value is invalid (422).
+_MALFORMED = frozenset({"json_invalid", "model_attributes_type", "missing", "payload_shape"})
+
+
+def route(method: str, rule: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """``app.route`` that also records the route, so a known path asked with another method is a 405."""
+    pattern = re.compile(re.sub(r"<[^>]+>", "[^/]+", re.escape(rule)) + "$")  # re.escape keeps < and >
+    ROUTES.setdefault(rule, (pattern, set()))[1].add(method)
+    decorator: Callable[[Callable[..., Any]], Callable[..., Any]] = app.route(rule, method)
+    return decorator
+
+
+def allowed_methods(path: str) -> list[str]:
+    """The methods of the routes whose rule matches ``path`` (none: the path is unknown)."""
+    found: set[str] = set()
+    for pattern, methods in ROUTES.values():
+        if pattern.match(path):
+            found |= methods
+    return sorted(found)
 
 
 def error_response(
@@ -82,20 +114,38 @@ def _problem(exc: RuntimeProblem) -> Response[str]:
 @app.exception_handler(RequestValidationError)
 def _invalid(exc: RequestValidationError) -> Response[str]:
     errors = [
-        {"location": ".".join(str(p) for p in e.get("loc", ())), "message": str(e.get("msg", ""))}
-        for e in exc.errors()
+        {"location": _location(e.get("loc", ())), "message": str(e.get("msg", ""))} for e in exc.errors()
     ]
-    malformed = any(
-        e.get("type") in ("json_invalid", "model_attributes_type", "missing") for e in exc.errors()
-    )
+    malformed = any(e.get("type") in _MALFORMED for e in exc.errors())
     status, code = (400, "bad_request") if malformed else (422, "invalid")
     first = errors[0] if errors else {"location": "body", "message": "invalid request"}
     return error_response(status, code, f"{first['location']}: {first['message']}", {"errors": errors})
 
 
+def _location(loc: Any) -> str:
+    """Where a request error is, as the caller wrote it: ``data[0].partitions[1].value`` in the body,
+    ``query parameter 'limit'``, ``path parameter 'run_id'``."""
+    parts = [p for p in loc if isinstance(p, str | int)]
+    if parts and parts[0] == "body":
+        return json_path(parts[1:]) or "body"
+    if len(parts) == 2 and parts[0] in ("query", "path", "header", "cookie"):
+        return f"{parts[0]} parameter {parts[1]!r}"
+    return json_path(parts) or "request"
+
+
 @app.not_found
 def _not_found(exc: Exception) -> Response[str]:
     event = app.current_event
+    allowed = allowed_methods(event.path)
+    if allowed:
+        answer = error_response(
+            405,
+            "method_not_allowed",
+            f"{event.http_method} is not allowed on {event.path} (allowed: {', '.join(allowed)})",
+            {"allowed": allowed},
+        )
+        answer.headers["Allow"] = ", ".join(allowed)
+        return answer
     return error_response(404, "not_found", f"no route {event.http_method} {event.path}", {})
 
 
@@ -108,16 +158,44 @@ def _unexpected(exc: Exception) -> Response[str]:
 
 def refused(event: dict[str, Any]) -> dict[str, Any] | None:
     """The answer to a request refused before anything parses its body (every route), if it is."""
-    return too_large(event) or unsupported_media_type(event)
+    try:
+        body = body_bytes(event)
+    except ValueError as exc:
+        return _refusal(400, "bad_request", f"request body is not valid: {exc}")
+    return too_large(body) or unsupported_media_type(event) or not_utf8(body)
 
 
-def too_large(event: dict[str, Any]) -> dict[str, Any] | None:
-    """The 413 answer for a body over the limit."""
+def body_bytes(event: dict[str, Any]) -> bytes:
+    """The request body as sent: base64-decoded when API Gateway encoded it (a binary body)."""
     body = event.get("body") or ""
-    if len(body.encode("utf-8") if isinstance(body, str) else body) <= MAX_BODY_BYTES:
+    if event.get("isBase64Encoded"):
+        try:
+            return base64.b64decode(body, validate=True)
+        except (binascii.Error, ValueError):
+            raise ValueError("isBase64Encoded is set but the body is not base64") from None
+    try:
+        return body.encode("utf-8") if isinstance(body, str) else bytes(body)
+    except UnicodeEncodeError:  # a lone surrogate: no UTF-8 text holds it
+        raise ValueError("it is not valid UTF-8 (a lone surrogate)") from None
+
+
+def too_large(body: bytes) -> dict[str, Any] | None:
+    """The 413 answer for a body over the limit."""
+    if len(body) <= MAX_BODY_BYTES:
         return None
     problem = TooLarge(f"request body is larger than {MAX_BODY_BYTES:,} bytes")
     return _refusal(413, problem.code, problem.message)
+
+
+def not_utf8(body: bytes) -> dict[str, Any] | None:
+    """The 400 answer for a body that is not UTF-8 (JSON text is, RFC 8259 §8.1)."""
+    try:
+        body.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        return _refusal(
+            400, "bad_request", f"request body is not valid UTF-8 (byte {exc.start}: {exc.reason})"
+        )
+    return None
 
 
 def unsupported_media_type(event: dict[str, Any]) -> dict[str, Any] | None:
@@ -132,7 +210,11 @@ def unsupported_media_type(event: dict[str, Any]) -> dict[str, Any] | None:
     media = next((str(v) for k, v in headers.items() if k.lower() == "content-type"), "").strip()
     if not media or media.lower().startswith("application/json"):
         return None
-    return _refusal(415, "unsupported_media_type", f"request body must be application/json, not {media!r}")
+    message = (
+        f"request body must be application/json, not {media!r} "
+        "(curl -d sends a form: add -H 'Content-Type: application/json')"
+    )
+    return _refusal(415, "unsupported_media_type", message)
 
 
 def _refusal(status: int, code: str, message: str) -> dict[str, Any]:
@@ -145,40 +227,45 @@ def _identity(body_user: str | None) -> str | None:
     return caller_identity(context, body_user, runtime().trust_body_user)
 
 
-@app.get("/health")
+@route("GET", "/health")
 def health() -> dict[str, str]:
     return {"status": "ok"}
 
 
-@app.post("/register_execution")
+@route("POST", "/register_execution")
 def register_execution(body: RegisterRequest) -> dict[str, Any]:
     """Register that tables produced partitions (all items or none); opens the gates that opens."""
     from controller.runtime import registration  # lazy: see the module docstring
 
     items = [
         registration.ExecutionInput(
-            item.table_name, as_mapping(item.partitions), item.source, item.run_id, item.idempotency_key
+            item.table_name,
+            as_mapping(item.partitions),
+            item.source,
+            item.run_id,
+            item.idempotency_key,
+            item.token,
         )
         for item in body.data
     ]
     return registration.register_executions(runtime(), items, _identity(body.user))
 
 
-@app.post("/approve")
+@route("POST", "/approve")
 def approve(body: DecisionRequest) -> dict[str, Any]:
     from controller.runtime import approvals  # lazy: see the module docstring
 
     return approvals.decide(runtime(), body.approval_status_id, _identity(body.user), True, body.comment)
 
 
-@app.post("/reject")
+@route("POST", "/reject")
 def reject(body: DecisionRequest) -> dict[str, Any]:
     from controller.runtime import approvals  # lazy: see the module docstring
 
     return approvals.decide(runtime(), body.approval_status_id, _identity(body.user), False, body.comment)
 
 
-@app.get("/approvals")
+@route("GET", "/approvals")
 def list_approvals(
     status: Annotated[str | None, Query()] = "pending", limit: Annotated[int, Query()] = 100
 ) -> dict[str, Any]:
@@ -187,7 +274,7 @@ def list_approvals(
     return queries.list_approvals(runtime(), status, limit)
 
 
-@app.get("/runs")
+@route("GET", "/runs")
 def list_runs(
     table: Annotated[str | None, Query()] = None,
     status: Annotated[str | None, Query()] = None,
@@ -198,14 +285,14 @@ def list_runs(
     return queries.list_runs(runtime(), table, status, limit)
 
 
-@app.get("/runs/<run_id>")
+@route("GET", "/runs/<run_id>")
 def get_run(run_id: RunId) -> dict[str, Any]:
     from controller.runtime import queries  # lazy: see the module docstring
 
     return queries.get_run(runtime(), run_id)
 
 
-@app.post("/runs")
+@route("POST", "/runs")
 def manual_run(body: ManualRunRequest) -> dict[str, Any]:
     """Open the run of (table, key) now: skips the gate and the debounce, not the approval."""
     from controller.runtime import run_actions  # lazy: see the module docstring
@@ -215,29 +302,29 @@ def manual_run(body: ManualRunRequest) -> dict[str, Any]:
     }
 
 
-@app.post("/runs/<run_id>/cancel")
+@route("POST", "/runs/<run_id>/cancel")
 def cancel_run(run_id: RunId, body: ReasonRequest) -> dict[str, Any]:
     from controller.runtime import run_actions  # lazy: see the module docstring
 
     return {"run": run_actions.cancel_run(runtime(), run_id, body.reason)}
 
 
-@app.post("/runs/<run_id>/retry")
+@route("POST", "/runs/<run_id>/retry")
 def retry_run(run_id: RunId, body: ReasonRequest) -> dict[str, Any]:
     from controller.runtime import run_actions  # lazy: see the module docstring
 
     return {"run": run_actions.retry_run(runtime(), run_id, body.reason)}
 
 
-@app.post("/runs/<run_id>/fail")
-def fail_run(run_id: RunId, body: ReasonRequest) -> dict[str, Any]:
+@route("POST", "/runs/<run_id>/fail")
+def fail_run(run_id: RunId, body: FailRequest) -> dict[str, Any]:
     """A task reports failure (the path for SQS and Lambda tasks)."""
     from controller.runtime import completion  # lazy: see the module docstring
 
-    return {"run": completion.fail_run(runtime(), run_id, body.reason)}
+    return {"run": completion.fail_run(runtime(), run_id, body.reason, body.token)}
 
 
-@app.get("/executions")
+@route("GET", "/executions")
 def list_executions(
     table: Annotated[str | None, Query()] = None, limit: Annotated[int, Query()] = 100
 ) -> dict[str, Any]:
@@ -246,34 +333,34 @@ def list_executions(
     return queries.list_executions(runtime(), table, limit)
 
 
-@app.get("/tables")
+@route("GET", "/tables")
 def list_tables() -> dict[str, Any]:
     from controller.runtime import queries  # lazy: see the module docstring
 
     return queries.list_tables(runtime())
 
 
-@app.get("/tables/<name>")
+@route("GET", "/tables/<name>")
 def get_table(name: str) -> dict[str, Any]:
     from controller.runtime import queries  # lazy: see the module docstring
 
     return queries.list_tables(runtime(), name)
 
 
-@app.post("/tables")
-def post_tables() -> dict[str, Any]:
-    """Validate an original ``POST /tables`` payload and show the plan it would make; never writes."""
-    try:
-        payload = json_body(app.current_event.body or "")
-    except ValueError as exc:
-        raise BadRequest(f"body is not JSON: {exc}") from None
+@route("POST", "/tables")
+def post_tables(body: TablesPayload) -> dict[str, Any]:
+    """Validate an original ``POST /tables`` payload and show the plan it would make; never writes.
+
+    Problems are located by their JSON path in the payload (``data[1].dependencies[0].dependency_name``).
+    """
     # Lazy (see the module docstring): checking a payload loads YAML, JSON Schema, Jinja and the planner.
     from controller.api.tables_payload import check_payload
 
-    return check_payload(runtime(), payload)
+    # The payload as sent (the model checked its shape): problems are located in it.
+    return check_payload(runtime(), app.current_event.json_body)
 
 
-@app.get("/openapi.json")
+@route("GET", "/openapi.json")
 def openapi() -> dict[str, Any]:
     # A dict, not the JSON text: the document then says this route answers an object, not a string.
     document: dict[str, Any] = json.loads(openapi_document())

@@ -1,15 +1,33 @@
-"""Request bodies of the HTTP API (pydantic: validated by Powertools, published in the OpenAPI document)."""
+"""Request bodies of the HTTP API (pydantic: validated by Powertools, published in the OpenAPI document).
+
+Values are strict: JSON has no integer that is ``true``, so a boolean is never an id nor a partition
+value, and a string is never an id (pydantic's lax mode turned ``true`` into 1 and ``"1"`` into 1).
+"""
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    RootModel,
+    StrictInt,
+    StrictStr,
+    field_validator,
+    model_validator,
+)
+from pydantic_core import PydanticCustomError
+
+from controller.payloads import PayloadError, payload_documents
 
 _TEXT = 256
 #: The largest id a row can have (ids are BIGINT identities, from 1). A larger integer names no row and
 #: the database drivers refuse to bind it, so it is refused as a 422 instead of failing the query.
 MAX_ID = 2**63 - 1
+#: A row id in a body: a JSON integer from 1 to :data:`MAX_ID`.
+Id = Annotated[StrictInt, Field(ge=1, le=MAX_ID)]
 
 
 class _Body(BaseModel):
@@ -24,9 +42,36 @@ class _Body(BaseModel):
         return value
 
 
+def describe_json(value: Any) -> str:
+    """A JSON value as a message quotes it (``true``, ``2023.5``, ``an object``), kept short."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, dict):
+        return "an object"
+    if isinstance(value, list):
+        return "an array"
+    text = repr(value)
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
 class PartitionValue(_Body):
     partition_name: str = Field(max_length=128)
-    value: int | str | None = Field(description="int, date (YYYY-MM-DD) or string, by the partition's type")
+    value: StrictInt | StrictStr | None = Field(
+        description="an integer, a date (YYYY-MM-DD) or a string, by the partition's type; "
+        "never a boolean or a fraction"
+    )
+
+    @field_validator("value", mode="before")
+    @classmethod
+    def _scalar(cls, value: Any) -> Any:
+        # One plain message instead of one per member of the union (value.int, value.str).
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int | str)):
+            raise PydanticCustomError(
+                "partition_value",
+                "{given} is not a partition value: give an integer, a date as YYYY-MM-DD or a string",
+                {"given": describe_json(value)},
+            )
+        return value
 
 
 def as_mapping(partitions: list[PartitionValue]) -> dict[str, Any]:
@@ -49,8 +94,11 @@ class _WithPartitions(_Body):
 class ExecutionItem(_WithPartitions):
     table_name: str = Field(max_length=128)
     source: str = Field(default="api", max_length=64)
-    run_id: int | None = Field(
-        default=None, ge=1, le=MAX_ID, description="completes this run (SQS and Lambda tasks)"
+    run_id: Id | None = Field(default=None, description="completes this run (SQS, Lambda and other tasks)")
+    token: str | None = Field(
+        default=None,
+        max_length=_TEXT,
+        description="with run_id: the flux.token the run's task was started with (current attempt)",
     )
     idempotency_key: str | None = Field(
         default=None, max_length=_TEXT, description="a repeat returns the first result"
@@ -63,7 +111,7 @@ class RegisterRequest(_Body):
 
 
 class DecisionRequest(_Body):
-    approval_status_id: int = Field(ge=1, le=MAX_ID)
+    approval_status_id: Id
     user: str | None = Field(
         default=None, max_length=_TEXT, description="used only in trusted mode (local serve)"
     )
@@ -77,3 +125,55 @@ class ManualRunRequest(_WithPartitions):
 
 class ReasonRequest(_Body):
     reason: str | None = Field(default=None, max_length=2000)
+
+
+class FailRequest(ReasonRequest):
+    token: str | None = Field(
+        default=None, max_length=_TEXT, description="the flux.token the failing task was started with"
+    )
+
+
+#: One table of a ``POST /tables`` payload: the fields of a definition file, ``version`` optional.
+TableObject = Annotated[
+    dict[str, Any],
+    Field(
+        description="A table definition with the fields of a definition file (schemas/table.schema.json); "
+        "version is optional. Problems are reported, not refused: see the answer's problems.",
+        examples=[
+            {
+                "name": "tb_op_enriquecido",
+                "partitions": [{"name": "ano_mes_referencia", "type": "int", "is_required": True}],
+                "dependencies": [{"dependency_name": "tbjf001_op_pdz_prep", "is_required": True}],
+            }
+        ],
+    ),
+]
+
+
+_Tables = Annotated[list[TableObject], Field(min_length=1)]
+
+
+class TablesEnvelope(_Body):
+    """The old system's ``POST /tables`` request, as its README shows it."""
+
+    data: _Tables
+    user: str | None = Field(default=None, max_length=_TEXT, description="who sent it (not used)")
+
+
+class TablesList(_Body):
+    tables: _Tables
+
+
+class TablesPayload(RootModel[TablesEnvelope | TablesList | _Tables | TableObject]):
+    """A ``POST /tables`` payload: the original request, a list of tables, ``{"tables": [...]}`` or one
+    table. Only its shape is checked here; its tables are validated like definition files."""
+
+    @model_validator(mode="before")
+    @classmethod
+    def _shape(cls, value: Any) -> Any:
+        try:
+            payload_documents(value)
+        except PayloadError as exc:
+            # "payload_shape" is answered 400 (a malformed request), like any body that is not JSON.
+            raise PydanticCustomError("payload_shape", "{reason}", {"reason": str(exc)}) from None
+        return value

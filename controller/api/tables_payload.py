@@ -2,41 +2,60 @@
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 from sqlalchemy.orm import Session
 
 from controller.db.definitions_store import read_state
 from controller.db.engine import read_only
-from controller.payloads import PayloadError, as_source, payload_tables
+from controller.payloads import PayloadDocument, PayloadError, payload_documents
 from controller.plans import make_plan, state_of
+from controller.problems import Problem
 from controller.runtime.context import Runtime
 from controller.runtime.errors import BadRequest
-from controller.validation import validate_sources
+from controller.validation import validate_documents
+
+#: Problems in reconciled tables (not in the payload) are located as ``database:NAME.field``.
+DATABASE_ROOT = "database:"
+_NUMBER = re.compile(r"(\d+)")
 
 
 def check_payload(runtime: Runtime, payload: Any) -> dict[str, Any]:
     """The validation result of the payload's tables among the current ones, and the plan they imply.
 
     Definitions change through Git: this answers what a pull request with these tables would do.
+    Each problem is located by its JSON path in the payload (``data[1].dependencies[0]``).
     """
     try:
-        tables = payload_tables(payload)
+        documents = payload_documents(payload)
     except PayloadError as exc:
         raise BadRequest(str(exc)) from None
     with Session(read_only(runtime.engine)) as session:
         current = read_state(session).tables
-    names = {t.get("name") for t in tables}
+    names = {document.data.get("name") for document in documents}
     others = [
-        {"version": 1, **{k: v for k, v in state.items() if v is not None}}  # null = unset in a definition
+        PayloadDocument(_definition(state), root=f"{DATABASE_ROOT}{name}")
         for name, state in sorted(current.items())
         if name not in names
     ]
-    sources = [as_source(tables, "payload")] + ([as_source(others, "database")] if others else [])
-    result = validate_sources(sources)
-    problems = [p.as_dict() for p in result.problems]
+    result = validate_documents([*documents, *others])
     if not result.valid:
-        return {"valid": False, "problems": problems, "plan": None}
+        problems = sorted(result.problems, key=_in_payload_order)
+        return {"valid": False, "problems": [p.as_dict() for p in problems], "plan": None}
     desired = {spec.name: state_of(spec) for spec in result.specs}
     plan = make_plan(current, desired)
     return {"valid": True, "problems": [], "plan": plan.as_dict()}
+
+
+def _definition(state: dict[str, Any]) -> dict[str, Any]:
+    """A reconciled table as the definition it came from (null means unset in a definition)."""
+    return {"version": 1, **{k: v for k, v in state.items() if v is not None}}
+
+
+def _in_payload_order(problem: Problem) -> tuple[bool, list[Any], str]:
+    """The payload's problems first, in document order (``data[2]`` before ``data[10]``)."""
+    path = problem.location.path
+    # re.split with a group alternates text and digits: numbers compare as numbers.
+    parts = [int(p) if i % 2 else p for i, p in enumerate(_NUMBER.split(path))]
+    return path.startswith(DATABASE_ROOT), parts, problem.message

@@ -12,11 +12,11 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, cast
 
-from sqlalchemy import Connection, Table, bindparam, insert, select, update
+from sqlalchemy import Connection, Table, bindparam, func, insert, select, update
 from sqlalchemy.orm import Session
 
 from controller.db import runtime_sql
-from controller.db.runtime_models import RunEventRow, RunRow, RunTriggerRow
+from controller.db.runtime_models import ApprovalRow, RunEventRow, RunRow, RunTriggerRow
 from controller.db.runtime_store import connection, insert_ignoring_duplicates, on_postgresql, send
 from controller.keys import Key
 from controller.runs import OPEN_STATES
@@ -24,15 +24,23 @@ from controller.runtime.ports import RunEvent
 
 _runs = cast(Table, RunRow.__table__)
 _events = cast(Table, RunEventRow.__table__)
+_approvals = cast(Table, ApprovalRow.__table__)
 #: What the runtime reads of a run to open, push and schedule it.
 RUN_COLUMNS = tuple(_runs.c[name] for name in runtime_sql.RUN_COLUMNS)
+_NEWEST_APPROVAL = (
+    select(func.max(_approvals.c.id))
+    .where(_approvals.c.run_id == _runs.c.id)
+    .scalar_subquery()
+    .label("approval_id")
+)
 _RUN_TIMES = ("first_trigger_at", "last_trigger_at", "fire_at", "scheduled_fire_at")
 #: A run as the runtime handles it: column name → value.
 Run = dict[str, Any]
 
 
 def open_runs_for_update(session: Session, pairs: Iterable[tuple[int, str]]) -> dict[tuple[int, str], Run]:
-    """The open runs of these (table id, key text) pairs, locked until commit (one statement)."""
+    """The open runs of these (table id, key text) pairs, locked until commit (one statement), each with
+    its newest approval's id (``approval_id``)."""
     wanted = set(pairs)
     if not wanted:
         return {}
@@ -42,14 +50,14 @@ def open_runs_for_update(session: Session, pairs: Iterable[tuple[int, str]]) -> 
             tables, keys = list(dict.fromkeys(t for t, _ in batch)), list(dict.fromkeys(k for _, k in batch))
             statement = runtime_sql.open_runs_for_update(len(tables), len(keys))
             rows += send(connection(session), statement, [*tables, *keys])
-        runs = [_in_utc(dict(zip(runtime_sql.RUN_COLUMNS, row, strict=True))) for row in rows]
+        runs = [_in_utc(dict(zip(runtime_sql.OPEN_RUN_COLUMNS, row, strict=True))) for row in rows]
         return {
             (r["table_id"], r["partition_key"]): r
             for r in runs
             if (r["table_id"], r["partition_key"]) in wanted
         }
     query = (
-        select(*RUN_COLUMNS)
+        select(*RUN_COLUMNS, _NEWEST_APPROVAL)
         .where(
             _runs.c.table_id.in_({t for t, _ in wanted}),
             _runs.c.partition_key.in_({k for _, k in wanted}),

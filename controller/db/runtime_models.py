@@ -138,6 +138,7 @@ class ApprovalRow(Base):
             postgresql_where=_PENDING,
         ),
         Index(None, "status"),
+        Index(None, "run_id"),  # a run's newest approval, pending or decided, in every run summary
     )
 
     id: Mapped[int] = mapped_column(Id, primary_key=True)

@@ -56,6 +56,10 @@ RUN_COLUMNS = (
     "schedule_name",
 )
 _RUN_LIST = ", ".join(RUN_COLUMNS)
+#: An open run as a registration reads it: :data:`RUN_COLUMNS` and its newest approval's id (pending
+#: or decided; every run summary carries it).
+OPEN_RUN_COLUMNS = (*RUN_COLUMNS, "approval_id")
+_NEWEST_APPROVAL = "(SELECT max(a.id) FROM approvals a WHERE a.run_id = runs.id) AS approval_id"
 #: Parameters of one execution row of :func:`insert_executions`, in order.
 EXECUTION_FIELDS = ("table_id", "partition_key", "partitions", "source", "run_id", "idempotency_key")
 _EXECUTION_CASTS = ("bigint", "text", "jsonb", "text", "bigint", "text")
@@ -140,10 +144,10 @@ SELECT id FROM item ORDER BY n
 
 @lru_cache(maxsize=64)
 def open_runs_for_update(tables: int, keys: int) -> str:
-    """The open runs of some tables and keys, locked until commit (callers keep the pairs they asked
-    for). Parameters: the table ids, then the key texts."""
+    """The open runs of some tables and keys as :data:`OPEN_RUN_COLUMNS`, locked until commit (callers
+    keep the pairs they asked for). Parameters: the table ids, then the key texts."""
     return f"""
-SELECT {_RUN_LIST} FROM runs
+SELECT {_RUN_LIST}, {_NEWEST_APPROVAL} FROM runs
 WHERE table_id IN ({", ".join(["%s"] * tables)}) AND partition_key IN ({", ".join(["%s"] * keys)})
   AND status IN {_OPEN}
 FOR UPDATE

@@ -22,8 +22,8 @@ from controller.runtime.context import Effects, Runtime
 from controller.runtime.dispatch import set_status
 from controller.runtime.effects import perform
 from controller.runtime.errors import Conflict, NotFound
-from controller.runtime.opening import summary_of
-from controller.runtime.registration import ExecutionInput, register_in
+from controller.runtime.opening import newest_approvals, summary_of
+from controller.runtime.registration import ExecutionInput, check_token, register_in
 
 logger = logging.getLogger("flux_control.runtime")
 
@@ -97,8 +97,9 @@ def _settle(
     return "run succeeded"
 
 
-def fail_run(runtime: Runtime, run_id: int, reason: str | None) -> dict[str, Any]:
-    """``POST /runs/{id}/fail``: a task reports failure (the path for SQS and Lambda tasks)."""
+def fail_run(runtime: Runtime, run_id: int, reason: str | None, token: str | None = None) -> dict[str, Any]:
+    """``POST /runs/{id}/fail``: a task reports failure (the path for SQS and Lambda tasks); ``token``,
+    when given, must be one the run's current attempt started a task with."""
 
     def work(session: Session, effects: Effects) -> dict[str, Any]:
         graph = runtime.graphs.get(session)
@@ -107,6 +108,8 @@ def fail_run(runtime: Runtime, run_id: int, reason: str | None) -> dict[str, Any
             raise NotFound(f"unknown run {run_id}")
         if run.status not in (DISPATCHING, RUNNING):
             raise Conflict(f"run {run_id} is {run.status}, not in progress")
+        if token is not None:
+            check_token(session, run, token)
         table = graph.names.get(run.table_id, str(run.table_id))
         now = runtime.clock()
         message = reason or "reported as failed"
@@ -117,6 +120,6 @@ def fail_run(runtime: Runtime, run_id: int, reason: str | None) -> dict[str, Any
             .values(status="failed", error=message, finished_at=now)
         )
         session.refresh(run)
-        return summary_of(run, table, None)
+        return summary_of(run, table, newest_approvals(session, [run_id]).get(run_id))
 
     return perform(runtime, work)

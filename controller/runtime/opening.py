@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Engine, select
+from sqlalchemy import Engine, func, select
 from sqlalchemy.orm import Session
 
 from controller.db.graph_store import RuntimeGraph
@@ -111,7 +111,7 @@ def open_or_push(
                 effects.schedule.append(
                     ScheduleRequest(schedule_name(run["id"], table), run["id"], run["fire_at"])
                 )
-        result.append(run_summary(run, table, approvals.get(run["id"])))
+        result.append(run_summary(run, table, approvals.get(run["id"], run.get("approval_id"))))
     return result
 
 
@@ -132,23 +132,28 @@ def _grouped_by_columns(changes: Iterable[dict[str, Any]]) -> list[list[dict[str
 
 
 def _request_approvals(session: Session, run_ids: list[int], now: datetime) -> dict[int, int]:
-    rows = [{"run_id": run_id, "status": "pending", "requested_at": now} for run_id in run_ids]
-    insert_ignoring_duplicates(session, ApprovalRow, rows)
-    return pending_approvals(session, run_ids)
-
-
-def pending_approvals(session: Session, run_ids: list[int]) -> dict[int, int]:
-    """The pending approval of each run that has one (run id → approval id)."""
     if not run_ids:
         return {}
-    query = select(ApprovalRow.run_id, ApprovalRow.id).where(
-        ApprovalRow.run_id.in_(run_ids), ApprovalRow.status == "pending"
+    rows = [{"run_id": run_id, "status": "pending", "requested_at": now} for run_id in run_ids]
+    insert_ignoring_duplicates(session, ApprovalRow, rows)
+    return newest_approvals(session, run_ids)
+
+
+def newest_approvals(session: Session, run_ids: list[int]) -> dict[int, int]:
+    """The newest approval of each run that has one, pending or decided (run id → approval id)."""
+    if not run_ids:
+        return {}
+    query = (
+        select(ApprovalRow.run_id, func.max(ApprovalRow.id))
+        .where(ApprovalRow.run_id.in_(run_ids))
+        .group_by(ApprovalRow.run_id)
     )
     return {int(run_id): int(approval_id) for run_id, approval_id in session.execute(query)}
 
 
 def run_summary(run: Any, table: str, approval_id: int | None) -> dict[str, Any]:
-    """The short form of a run that registration and approval answers carry."""
+    """The short form of a run that every answer carries, with its newest approval (pending or
+    decided; None when it never needed one)."""
     fire_at = run["fire_at"]
     return {
         "id": run["id"],

@@ -40,7 +40,12 @@ class TaskRequest:
 
     @property
     def token(self) -> str:
-        return f"flux-{self.run_id}-{self.attempt}-{self.alias}"
+        return task_token(self.run_id, self.attempt, self.alias)
+
+
+def task_token(run_id: int, attempt: int, alias: str) -> str:
+    """The token task ``alias`` of run ``run_id``'s attempt ``attempt`` is started with (``flux.token``)."""
+    return f"flux-{run_id}-{attempt}-{alias}"
 
 
 @dataclass(frozen=True, slots=True)

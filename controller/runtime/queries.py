@@ -11,10 +11,10 @@ from controller.db.definitions_store import last_revision, read_state
 from controller.db.engine import read_only
 from controller.db.models import TableRow
 from controller.db.runtime_models import ApprovalRow, ExecutionRow, RunRow, RunTriggerRow, TaskDispatchRow
-from controller.runs import ALL_STATES
+from controller.runs import ALL_STATES, APPROVAL_STATES
 from controller.runtime.context import Runtime
 from controller.runtime.errors import NotFound, Unprocessable
-from controller.runtime.opening import pending_approvals, summary_of
+from controller.runtime.opening import newest_approvals, summary_of
 
 MAX_LIMIT = 1000
 
@@ -25,8 +25,7 @@ def _iso(value: Any) -> str | None:
 
 def list_runs(runtime: Runtime, table: str | None, status: str | None, limit: int) -> dict[str, Any]:
     _filter("table", table)
-    if status is not None and status not in ALL_STATES:
-        raise Unprocessable(f"unknown status {status!r} (one of: {', '.join(ALL_STATES)})")
+    _one_of("status", status, ALL_STATES)
     with Session(read_only(runtime.engine)) as session:
         query = select(RunRow, TableRow.name).join(TableRow, TableRow.id == RunRow.table_id)
         if table is not None:
@@ -34,7 +33,9 @@ def list_runs(runtime: Runtime, table: str | None, status: str | None, limit: in
         if status is not None:
             query = query.where(RunRow.status == status)
         rows = session.execute(query.order_by(RunRow.id.desc()).limit(_limit(limit))).all()
-        approvals = pending_approvals(session, [run.id for run, _ in rows])
+        if not rows:
+            _known_table(session, table)
+        approvals = newest_approvals(session, [run.id for run, _ in rows])
         return {"runs": [summary_of(run, name, approvals.get(run.id)) for run, name in rows]}
 
 
@@ -63,7 +64,7 @@ def get_run(runtime: Runtime, run_id: int) -> dict[str, Any]:
             .where(RunTriggerRow.run_id == run_id)
             .order_by(ExecutionRow.id)
         ).all()
-        detail = summary_of(run, name, approval.id if approval and approval.status == "pending" else None)
+        detail = summary_of(run, name, approval.id if approval else None)
         detail.update(
             attempt=run.attempt,
             manual=run.manual,
@@ -109,7 +110,7 @@ def get_run(runtime: Runtime, run_id: int) -> dict[str, Any]:
 
 
 def list_approvals(runtime: Runtime, status: str | None, limit: int) -> dict[str, Any]:
-    _filter("status", status)
+    _one_of("status", status, APPROVAL_STATES)
     with Session(read_only(runtime.engine)) as session:
         query = (
             select(ApprovalRow, RunRow.partitions, TableRow.name)
@@ -140,6 +141,8 @@ def list_executions(runtime: Runtime, table: str | None, limit: int) -> dict[str
         if table is not None:
             query = query.where(TableRow.name == table)
         rows = session.execute(query.order_by(ExecutionRow.id.desc()).limit(_limit(limit))).all()
+        if not rows:
+            _known_table(session, table)
         return {
             "executions": [
                 {
@@ -167,6 +170,17 @@ def list_tables(runtime: Runtime, name: str | None = None) -> dict[str, Any]:
     if name not in state.tables:
         raise NotFound(f"unknown table {name!r}")
     return {"table": state.tables[name], "revision": stamp}
+
+
+def _known_table(session: Session, name: str | None) -> None:
+    """Refuse a filter naming a table the database never had (a deleted one still has its history)."""
+    if name is not None and session.execute(select(TableRow.id).where(TableRow.name == name)).first() is None:
+        raise NotFound(f"unknown table {name!r}")
+
+
+def _one_of(name: str, value: str | None, allowed: tuple[str, ...]) -> None:
+    if value is not None and value not in allowed:
+        raise Unprocessable(f"unknown {name} {value!r} (one of: {', '.join(allowed)})")
 
 
 def _filter(name: str, value: str | None) -> None:

@@ -28,9 +28,9 @@ from controller.keys import InvalidPartition, Key, key_text, make_key
 from controller.runs import DISPATCHING, RUNNING, SUCCEEDED
 from controller.runtime.context import Effects, Runtime
 from controller.runtime.effects import perform
-from controller.runtime.errors import Conflict, NotFound, RuntimeProblem, Unprocessable
-from controller.runtime.opening import Wanted, open_or_push, pending_approvals, run_summary
-from controller.runtime.ports import RunEvent
+from controller.runtime.errors import Conflict, Forbidden, NotFound, RuntimeProblem, Unprocessable
+from controller.runtime.opening import Wanted, newest_approvals, open_or_push, run_summary
+from controller.runtime.ports import RunEvent, task_token
 
 MAX_ITEMS = 500
 
@@ -42,6 +42,8 @@ class ExecutionInput:
     source: str
     run_id: int | None = None
     idempotency_key: str | None = None
+    #: With ``run_id``: the token the run's task was started with (checked when given).
+    token: str | None = None
 
 
 @dataclass(slots=True)
@@ -208,7 +210,7 @@ def _find_replays(session: Session, graph: RuntimeGraph, prepared: list[Prepared
         triggered.where(RunTriggerRow.execution_id.in_([i for i, _ in found.values()]))
     ):
         by_execution.setdefault(execution_id, []).append(run)
-    approvals = pending_approvals(session, [r.id for runs in by_execution.values() for r in runs])
+    approvals = newest_approvals(session, [r.id for runs in by_execution.values() for r in runs])
     for pair, (execution_id, partitions) in found.items():
         p = keyed[pair]
         runs = [
@@ -264,6 +266,8 @@ def _complete_runs(session: Session, fresh: list[Prepared], now: datetime, effec
             )
         if run.status not in (DISPATCHING, RUNNING):
             raise Conflict(f"{where}: run {run_id} is {run.status}, not in progress", {"index": p.index})
+        if p.item.token is not None:
+            check_token(session, run, p.item.token, where)
     finished = list(targets)
     session.execute(
         update(TaskDispatchRow)
@@ -292,4 +296,19 @@ def _complete_runs(session: Session, fresh: list[Prepared], now: datetime, effec
     return [Wanted(targets[i].item.table_name, targets[i].key) for i in finished if rows[i].rerun_requested]
 
 
-__all__ = ["ExecutionInput", "RuntimeProblem", "register_executions", "register_in"]
+def check_token(session: Session, run: RunRow, token: str, where: str = "") -> None:
+    """Refuse ``token`` unless a task of ``run``'s current attempt was started with it."""
+    aliases = session.execute(
+        select(TaskDispatchRow.alias).where(
+            TaskDispatchRow.run_id == run.id, TaskDispatchRow.attempt == run.attempt
+        )
+    ).scalars()
+    if token not in {task_token(run.id, run.attempt, alias) for alias in aliases}:
+        prefix = f"{where}: " if where else ""
+        raise Forbidden(
+            f"{prefix}the token is not one of run {run.id}'s current attempt ({run.attempt}): "
+            "report with the flux.token the task was started with"
+        )
+
+
+__all__ = ["ExecutionInput", "RuntimeProblem", "check_token", "register_executions", "register_in"]

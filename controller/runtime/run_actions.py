@@ -23,7 +23,7 @@ from controller.runtime.context import Effects, Runtime
 from controller.runtime.dispatch import set_status
 from controller.runtime.effects import perform
 from controller.runtime.errors import Conflict, NotFound, Unprocessable
-from controller.runtime.opening import Wanted, open_or_push, pending_approvals, refreshed, summary_of
+from controller.runtime.opening import Wanted, newest_approvals, open_or_push, refreshed, summary_of
 from controller.runtime.ports import RunEvent, schedule_name
 
 
@@ -84,7 +84,7 @@ def cancel_run(runtime: Runtime, run_id: int, reason: str | None) -> dict[str, A
         )
         effects.unschedule.append(run.schedule_name or schedule_name(run.id, table))
         session.refresh(run)
-        return summary_of(run, table, None)
+        return summary_of(run, table, newest_approvals(session, [run_id]).get(run_id))
 
     return perform(runtime, work)
 
@@ -119,7 +119,7 @@ def retry_run(runtime: Runtime, run_id: int, reason: str | None) -> dict[str, An
         )
         effects.fire_now.append(run_id)
         session.refresh(run)
-        return summary_of(run, table, pending_approvals(session, [run_id]).get(run_id))
+        return summary_of(run, table, newest_approvals(session, [run_id]).get(run_id))
 
     return refreshed(runtime.engine, perform(runtime, work))
 
