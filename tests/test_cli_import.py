@@ -67,7 +67,10 @@ def test_original_payload_imports_and_validates(tmp_path: Path) -> None:
     out = tmp_path / "out"
     result = _import(FIXTURE, out)
     assert result.exit_code == 0, result.output
-    assert sorted(p.name for p in out.iterdir()) == ["tb_op_enriquecido.yaml", "tbjf001_op_pdz_prep.yaml"]
+    assert sorted(p.name for p in out.glob("*.yaml")) == [
+        "tb_op_enriquecido.yaml",
+        "tbjf001_op_pdz_prep.yaml",
+    ]
     assert f"Wrote {(out / 'tb_op_enriquecido.yaml').as_posix()}" in result.stdout
     assert "Valid: 2 table(s)" in result.stdout
     for table in ORIGINAL:
@@ -80,18 +83,67 @@ def test_original_payload_imports_and_validates(tmp_path: Path) -> None:
     assert validated.output == "Valid: 2 tables, 1 dependency, 1 task in 2 files.\n"
 
 
-def test_schema_comment_outside_a_repository_is_the_packaged_schema(tmp_path: Path) -> None:
-    out = tmp_path / "out"
-    assert _import(FIXTURE, out).exit_code == 0
-    for path in out.iterdir():
-        first = path.read_text(encoding="utf-8").splitlines()[0]
-        assert first.startswith(SCHEMA_COMMENT)
-        schema = Path(first.removeprefix(SCHEMA_COMMENT))
-        assert schema.is_absolute()
-        assert schema.name == "table.schema.json"
-        assert schema.read_text(encoding="utf-8") == (REPO_ROOT / "schemas" / "table.schema.json").read_text(
-            encoding="utf-8"
+def _schema_of(path: Path) -> Path:
+    """The schema a file's comment points at, which must be a path relative to the file."""
+    first = path.read_text(encoding="utf-8").splitlines()[0]
+    assert first.startswith(SCHEMA_COMMENT)
+    reference = Path(first.removeprefix(SCHEMA_COMMENT))
+    assert not reference.is_absolute(), first
+    return (path.parent / reference).resolve()
+
+
+def test_outside_a_repository_the_schema_is_written_beside_the_files(tmp_path: Path) -> None:
+    """The comment was the absolute path of the package's schema: a path of one machine, committed."""
+    out = tmp_path / "anywhere" / "out"
+    result = _import(FIXTURE, out)
+    assert result.exit_code == 0, result.output
+    schema = out / "schemas" / "table.schema.json"
+    assert f"Wrote {schema.as_posix()} (the schema the files point editors at" in result.stdout
+    assert schema.read_text(encoding="utf-8") == (REPO_ROOT / "schemas" / "table.schema.json").read_text(
+        encoding="utf-8"
+    )
+    for path in out.glob("*.yaml"):
+        assert (
+            path.read_text(encoding="utf-8").splitlines()[0] == f"{SCHEMA_COMMENT}schemas/table.schema.json"
         )
+        assert _schema_of(path) == schema.resolve()
+        assert str(tmp_path) not in path.read_text(encoding="utf-8")
+
+
+def test_in_a_repository_without_schemas_the_schema_is_written_at_its_top(tmp_path: Path) -> None:
+    repo = tmp_path / "repo"
+    (repo / ".git").mkdir(parents=True)
+    out = repo / "definitions" / "operacoes"
+    assert _import(FIXTURE, out).exit_code == 0
+    for path in out.glob("*.yaml"):
+        assert path.read_text(encoding="utf-8").splitlines()[0] == (
+            f"{SCHEMA_COMMENT}../../schemas/table.schema.json"
+        )
+        assert _schema_of(path) == (repo / "schemas" / "table.schema.json").resolve()
+    # A second import finds it and writes it no more.
+    again = _import(FIXTURE, repo / "definitions" / "vendas")
+    assert again.exit_code == 0
+    assert "schema the files point editors at" not in again.stdout
+
+
+def test_the_original_request_envelope_imports(tmp_path: Path) -> None:
+    """``{"data": [...], "user": ...}`` as the old README shows it: it said "table #1 has name None"."""
+    payload = _write_payload(tmp_path, {"data": ORIGINAL, "user": "lrcxpnu"})
+    out = tmp_path / "out"
+    result = _import(payload, out)
+    assert result.exit_code == 0, result.output
+    assert "Valid: 2 table(s)" in result.stdout
+    assert _body(out / "tb_op_enriquecido.yaml") == ENRICHED_YAML
+    for table in ORIGINAL:
+        assert yaml.safe_load((out / f"{table['name']}.yaml").read_text("utf-8")) == {"version": 1, **table}
+
+
+def test_an_envelope_with_unknown_fields_writes_nothing(tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    result = _import(_write_payload(tmp_path, {"data": ORIGINAL, "usr": "lrcxpnu"}), out)
+    assert result.exit_code == 1
+    assert "unknown field(s) beside 'data': 'usr'" in result.stderr
+    assert not out.exists()
 
 
 def test_schema_comment_inside_a_repository_is_relative(tmp_path: Path) -> None:
@@ -120,7 +172,7 @@ def test_single_object_shape(tmp_path: Path) -> None:
     payload = _write_payload(tmp_path, ORIGINAL[0])
     result = _import(payload, tmp_path / "out")
     assert result.exit_code == 0, result.output
-    assert [p.name for p in (tmp_path / "out").iterdir()] == ["tbjf001_op_pdz_prep.yaml"]
+    assert [p.name for p in (tmp_path / "out").glob("*.yaml")] == ["tbjf001_op_pdz_prep.yaml"]
     assert _body(tmp_path / "out" / "tbjf001_op_pdz_prep.yaml") == (
         "version: 1\n"
         "name: tbjf001_op_pdz_prep\n"

@@ -43,10 +43,12 @@ _FLOW = ("approvers",)
 def import_command(payload: Path, out: Path, force: bool) -> None:
     """Convert an original POST /tables PAYLOAD (JSON) into definition files, one per table.
 
-    The payload may be one table object, a list of them, or {"tables": [...]}. Each table is
-    written to OUT/<name>.yaml with `version: 1` and a schema comment for editors, then OUT is
-    validated. Tables that depend on tables outside the payload are still written, but the command
-    exits 1 until those upstream definitions are added.
+    The payload may be the original request {"data": [...tables...], "user": "..."}, a list of
+    tables, {"tables": [...]}, or one table object. Each table is written to OUT/<name>.yaml with
+    `version: 1` and a schema comment for editors (a path relative to the file: the repository's
+    schemas/table.schema.json, which is written there if it is missing), then OUT is validated.
+    Tables that depend on tables outside the payload are still written, but the command exits 1
+    until those upstream definitions are added.
 
     \b
     Examples:
@@ -62,8 +64,15 @@ def import_command(payload: Path, out: Path, force: bool) -> None:
         raise click.ClickException(
             f"{listed} already exist(s); nothing was written. Use --force to overwrite."
         )
-    header = f"# yaml-language-server: $schema={schema_reference(out)}\n"
+    schema, missing = schema_location(out)
+    header = f"# yaml-language-server: $schema={Path(os.path.relpath(schema, out.resolve())).as_posix()}\n"
     out.mkdir(parents=True, exist_ok=True)
+    if missing:
+        schema.parent.mkdir(parents=True, exist_ok=True)
+        schema.write_bytes(
+            resources.files("controller").joinpath("schemas", "table.schema.json").read_bytes()
+        )
+        click.echo(f"Wrote {schema.as_posix()} (the schema the files point editors at; commit it with them)")
     for target, table in zip(targets, tables, strict=True):
         target.write_text(header + render_table(table), encoding="utf-8")
         click.echo(f"Wrote {target.as_posix()}")
@@ -90,18 +99,21 @@ def render_table(table: dict[str, Any]) -> str:
     return "".join(parts)
 
 
-def schema_reference(out: Path) -> str:
-    """Where the schema is, as seen from ``out``: relative inside a repository that has
-    ``schemas/table.schema.json``, else the absolute path of the schema shipped with the package."""
+def schema_location(out: Path) -> tuple[Path, bool]:
+    """The ``schemas/table.schema.json`` the files in ``out`` point at, and whether it is missing.
+
+    The nearest one in ``out`` or above it, up to the top of its Git repository; else (missing) the
+    one to write at that top, or in ``out`` itself outside a repository. Never the package's own
+    copy: an absolute path of this machine would be committed with the files.
+    """
     directory = out.resolve()
     for candidate in (directory, *directory.parents):
         schema = candidate / SCHEMA_FILE
         if schema.is_file():
-            return Path(os.path.relpath(schema, directory)).as_posix()
+            return schema, False
         if (candidate / ".git").exists():
-            break  # the top of the repository: no schemas directory in it
-    packaged = resources.files("controller").joinpath("schemas", "table.schema.json")
-    return Path(str(packaged)).resolve().as_posix()
+            return schema, True  # the top of the repository: no schemas directory in it
+    return directory / SCHEMA_FILE, True
 
 
 class _Dumper(yaml.SafeDumper):
