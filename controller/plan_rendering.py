@@ -9,6 +9,7 @@ from typing import Any
 import click
 
 from controller.plans import FieldChange, Plan, TableAction
+from controller.terminal_text import printable
 
 MARKDOWN_LIMIT = 60_000
 _COLOURS = {"-": "red", "+": "green", "~": "yellow", "#": None, " ": None}
@@ -29,7 +30,8 @@ class Line:
     text: str
 
     def plain(self) -> str:
-        return " " * self.indent + (f"{self.sign} " if self.sign != " " else "") + self.text
+        """The line as printed; values in it (descriptions, params) cannot forge another line."""
+        return " " * self.indent + (f"{self.sign} " if self.sign != " " else "") + printable(self.text)
 
 
 def plan_lines(plan: Plan) -> list[Line]:
@@ -55,7 +57,7 @@ def plan_lines(plan: Plan) -> list[Line]:
 
 def render_text(plan: Plan, *, colour: bool | None = False) -> str:
     """The plan as terminal text; ANSI colours only when ``colour`` is true (callers pass isatty())."""
-    out = [*plan.notes]
+    out = [printable(note, lines=True) for note in plan.notes]
     if plan.actions:
         out.append("Flux Control will perform the following actions:\n")
     for line in plan_lines(plan):

@@ -83,6 +83,17 @@ def _plan(reader: Engine, desired: Mapping[str, TableState]) -> tuple[Plan, Revi
         return make_plan(state.tables, desired, history), last_revision(session)
 
 
+def definitions_applied(engine: Engine) -> bool:
+    """Whether the database holds reconciled definitions: a current schema and at least one table."""
+    reader = read_only(engine)
+    status = _status(reader)
+    if status.empty:
+        return False
+    _require_current_schema(status)
+    with Session(reader) as session:
+        return bool(read_state(session).tables)
+
+
 def apply(
     engine: Engine,
     *,

@@ -94,7 +94,7 @@ def test_explain_refuses_unknown_tables_and_bad_values(flux: Lambda, database_ur
     assert bad.exit_code == 1
     assert "partition 'mes' is int: 'May' is not an integer" in bad.output
     malformed = explain(database_url, "tb_c", "-p", "mes")
-    assert malformed.exit_code == 2
+    assert malformed.exit_code == 1  # a usage error: 2 means only changes or drift (DESIGN §3)
     assert "'mes' is not NAME=VALUE" in malformed.output
 
 

@@ -36,7 +36,7 @@ def test_default_directory_is_definitions(tmp_path: Path, monkeypatch: pytest.Mo
 def test_missing_default_directory_is_a_usage_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.chdir(tmp_path)
     result = CliRunner().invoke(main, ["validate"])
-    assert result.exit_code == 2
+    assert result.exit_code == 1  # a usage error: 2 means only changes or drift (DESIGN §3)
     assert "'definitions' does not exist" in result.output
 
 
@@ -100,7 +100,7 @@ def test_max_file_size_accepts_units(write_defs: WriteDefs, size: str, exit_code
 def test_bad_max_file_size_is_a_usage_error(write_defs: WriteDefs) -> None:
     root = write_defs({"a.yaml": "version: 1\nname: a\npartitions: []\n"})
     result = CliRunner().invoke(main, ["validate", str(root), "--max-file-size", "lots"])
-    assert result.exit_code == 2
+    assert result.exit_code == 1
     assert "'lots' is not a size such as 1048576, 512KiB or 2MiB" in result.output
 
 

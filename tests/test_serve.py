@@ -11,6 +11,7 @@ import time
 import urllib.error
 import urllib.request
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -20,8 +21,10 @@ import pytest
 
 from controller.db.engine import make_engine
 from controller.local.aws import free_port
+from controller.plans import TableState
 from controller.reconciler import apply
-from tests.factories import states, table_doc
+from tests.conftest import REPO_ROOT
+from tests.factories import desired_from, states, table_doc
 
 MONTH = [{"name": "ano_mes", "type": "int"}]
 TABLES = [
@@ -57,11 +60,22 @@ class Server:
         self.base = f"http://127.0.0.1:{port}"
         self.aws = f"http://127.0.0.1:{aws_port}"
         self.process = process
+        self._out: list[str] = []
 
-    def request(self, method: str, path: str, body: Any = None) -> tuple[int, Any]:
+    def banner(self) -> list[str]:
+        """The lines serve printed so far (read without blocking once it answers)."""
+        assert self.process.stdout is not None
+        os.set_blocking(self.process.stdout.fileno(), False)
+        while line := self.process.stdout.readline():
+            self._out.append(line.rstrip("\n"))
+        return self._out
+
+    def request(
+        self, method: str, path: str, body: Any = None, media: str = "application/json"
+    ) -> tuple[int, Any]:
         data = json.dumps(body).encode() if body is not None else None
         request = urllib.request.Request(
-            self.base + path, data=data, method=method, headers={"content-type": "application/json"}
+            self.base + path, data=data, method=method, headers={"content-type": media}
         )
         try:
             with urllib.request.urlopen(request, timeout=10) as response:
@@ -87,9 +101,15 @@ def wait_for(condition: Callable[[], Any], seconds: float, what: str) -> Any:
 
 @pytest.fixture
 def server(tmp_path: Path) -> Iterator[Server]:
+    with serving(tmp_path, states(TABLES)) as running:
+        yield running
+
+
+@contextmanager
+def serving(tmp_path: Path, desired: dict[str, TableState]) -> Iterator[Server]:
     url = f"sqlite:///{tmp_path / 'serve.db'}"
     engine = make_engine(url)
-    apply(engine, desired=states(TABLES), revision="local", actor="test", now=datetime.now(UTC))
+    apply(engine, desired=desired, revision="local", actor="test", now=datetime.now(UTC))
     engine.dispose()
     port, aws_port = free_port(), free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "FLUX_"))}
@@ -166,3 +186,114 @@ def test_ctrl_c_stops_cleanly(server: Server) -> None:
     assert server.process.returncode == 0, err
     assert "flux-control serve stopped." in out
     assert "Traceback" not in err
+
+
+# --- the README's tour with the example definitions (debounces cut to a second) ----------------------
+
+REQUESTS: dict[str, Any] = json.loads(
+    (REPO_ROOT / "tests" / "fixtures" / "original_requests.json").read_text("utf-8")
+)
+
+
+@pytest.fixture
+def tour(tmp_path: Path) -> Iterator[Server]:
+    desired = desired_from(REPO_ROOT / "definitions")
+    for state in desired.values():
+        state.update(debounce_seconds=1, max_wait_seconds=None)
+    with serving(tmp_path, desired) as running:
+        yield running
+
+
+def _settled(server: Server, run_id: int, seconds: float = 40) -> dict[str, Any]:
+    run: dict[str, Any] = wait_for(
+        lambda: (r := server.ok("GET", f"/runs/{run_id}")["run"])["status"] in ("succeeded", "failed") and r,
+        seconds,
+        f"run {run_id} to end",
+    )
+    return run
+
+
+def test_every_run_of_the_tour_succeeds_sqs_and_lambda_tasks_included(tour: Server) -> None:
+    # The old system's requests, verbatim: the table payload is checked (never written) ...
+    checked = tour.ok("POST", "/tables", REQUESTS["tables"])
+    assert checked["valid"] is True, checked
+    # ... then register and approve.
+    [enriched] = tour.ok("POST", "/register_execution", REQUESTS["register_execution"])["runs"]
+    assert (enriched["table_name"], enriched["status"]) == ("tb_op_enriquecido", "awaiting_approval")
+    approved = tour.ok(
+        "POST", "/approve", {**REQUESTS["approve"], "approval_status_id": enriched["approval_id"]}
+    )
+    assert approved["run"]["status"] == "scheduled"
+    assert _settled(tour, enriched["id"])["status"] == "succeeded"
+    # The cascade: tb_indicadores_mensais runs its Lambda task; the local function reports back.
+    [indicators] = wait_for(
+        lambda: tour.ok("GET", "/runs?table=tb_indicadores_mensais")["runs"], 20, "the cascade"
+    )
+    run = _settled(tour, indicators["id"])
+    assert run["status"] == "succeeded", run
+    assert [(t["type"], t["status"]) for t in run["tasks"]] == [("lambda", "succeeded")]
+    executions = tour.ok("GET", "/executions?table=tb_indicadores_mensais")["executions"]
+    assert [(e["source"], e["run_id"]) for e in executions] == [("lambda", indicators["id"])]
+
+    # Sales: a Step Functions task and an SQS task; the local consumer takes the message and reports.
+    day = [
+        {"partition_name": "data_venda", "value": "2024-05-01"},
+        {"partition_name": "regiao", "value": "sul"},
+    ]
+    tour.ok(
+        "POST",
+        "/register_execution",
+        {"data": [{"table_name": "tb_vendas_diarias", "partitions": day}], "user": "ana"},
+    )
+    rate = [{"partition_name": "dt_cotacao", "value": "2024-05-01"}]
+    [sales] = tour.ok(
+        "POST",
+        "/register_execution",
+        {"data": [{"table_name": "tb_cambio_diario", "partitions": rate}], "user": "ana"},
+    )["runs"]
+    run = _settled(tour, sales["id"])
+    assert run["status"] == "succeeded", run
+    assert sorted(t["type"] for t in run["tasks"]) == ["sqs", "step_function"]
+    sqs = boto3.client(
+        "sqs",
+        endpoint_url=tour.aws,
+        region_name="us-east-1",
+        aws_access_key_id="x",
+        aws_secret_access_key="x",
+    )
+    url = sqs.get_queue_url(QueueName="vendas-consolidadas.fifo")["QueueUrl"]
+    attributes = sqs.get_queue_attributes(QueueUrl=url, AttributeNames=["ApproximateNumberOfMessages"])
+    assert attributes["Attributes"]["ApproximateNumberOfMessages"] == "0"  # consumed
+
+
+def test_the_banner_aws_command_works_on_a_clean_machine(server: Server) -> None:
+    """The banner's command carries the region and dummy credentials; run here with boto3 alone, in an
+    environment without any AWS setting (no ~/.aws, no AWS_ variable)."""
+    banner = wait_for(lambda: _banner_line(server), 10, "the banner")
+    command = banner.split("e.g. ", 1)[1]
+    assignments, _, rest = command.partition(" aws ")
+    env = dict(pair.split("=", 1) for pair in assignments.split())
+    assert set(env) == {"AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_DEFAULT_REGION"}
+    assert rest.startswith(f"--endpoint-url {server.aws} glue get-job-runs --job-name job-b")
+    script = (
+        "import boto3, sys; "
+        f"print(boto3.client('glue', endpoint_url='{server.aws}').get_job_runs(JobName='job-b')['JobRuns'])"
+    )
+    clean = {"PATH": os.environ["PATH"], "HOME": "/nonexistent", **env}
+    done = subprocess.run(
+        [sys.executable, "-c", script], env=clean, capture_output=True, text=True, timeout=60
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "[]"
+
+
+def _banner_line(server: Server) -> str | None:
+    return next((line for line in server.banner() if "e.g. " in line), None)
+
+
+def test_a_form_body_is_415_as_in_aws(server: Server) -> None:
+    """``curl -d`` without a Content-Type: serve rewrote it to JSON, API Gateway does not."""
+    status, answer = server.request(
+        "POST", "/register_execution", {"data": []}, media="application/x-www-form-urlencoded"
+    )
+    assert (status, answer["error"]["code"]) == (415, "unsupported_media_type")

@@ -137,7 +137,8 @@ def _location(loc: Any) -> str:
 def _not_found(exc: Exception) -> Response[str]:
     event = app.current_event
     allowed = allowed_methods(event.path)
-    if allowed:
+    # With its own method among them, the path only looked like a route's (a value it cannot hold).
+    if allowed and event.http_method not in allowed:
         answer = error_response(
             405,
             "method_not_allowed",

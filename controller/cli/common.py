@@ -9,16 +9,18 @@ import subprocess
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, TextIO, TypeVar
 
 import click
 from sqlalchemy import Engine
+from sqlalchemy.engine import make_url
 from sqlalchemy.exc import SQLAlchemyError
 
 from controller.db.engine import DEFAULT_DATABASE_URL, database_url, make_engine, safe_url
 from controller.git_source import GitError
 from controller.plan_documents import PlanFileError
 from controller.reconciler import ReconcileError
+from controller.terminal_text import printable
 from controller.validation import ValidationResult
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -41,6 +43,31 @@ directory_argument = click.argument(
 
 def open_engine(url: str) -> Engine:
     return make_engine(database_url(url))
+
+
+def open_reader(url: str) -> Engine:
+    """An engine for a command that only reads. A SQLite file that does not exist is not created:
+    an empty in-memory database (no schema, no tables) stands in for it."""
+    resolved = database_url(url)
+    return make_engine("sqlite://") if _missing_sqlite_file(resolved) else make_engine(resolved)
+
+
+def _missing_sqlite_file(url: str) -> bool:
+    parsed = make_url(url)
+    if parsed.get_backend_name() != "sqlite" or parsed.query.get("uri"):
+        return False
+    return parsed.database not in (None, "", ":memory:") and not Path(parsed.database).exists()
+
+
+def colour_allowed() -> bool:
+    """Whether the environment allows colours at all (https://no-color.org, ``TERM=dumb``)."""
+    return not os.environ.get("NO_COLOR") and os.environ.get("TERM") != "dumb"
+
+
+def colour(stream: TextIO | None = None) -> bool:
+    """ANSI colours on ``stream`` (stdout): a terminal, and the environment allows them."""
+    target = stream or sys.stdout
+    return colour_allowed() and target.isatty()
 
 
 def friendly_errors(command: F) -> F:
@@ -68,7 +95,7 @@ def _fail(message: str) -> None:
 def report_invalid(result: ValidationResult) -> None:
     """Print validation problems to stderr and exit 1: nothing is planned or written."""
     for problem in result.problems:
-        click.echo(str(problem), err=True)
+        click.echo(printable(str(problem)), err=True)
     _fail(f"the definitions have {len(result.problems)} problem(s); fix them (see `flux-control validate`).")
 
 

@@ -6,10 +6,13 @@ import json
 
 import click
 
-from controller.cli.common import database_option, friendly_errors, open_engine
+from controller.cli.common import database_option, friendly_errors, open_reader
 from controller.keys import InvalidPartition
+from controller.reconciler import definitions_applied
 from controller.runtime.errors import RuntimeProblem
 from controller.runtime.explain import explain, render
+
+NOTHING_APPLIED = "no definitions applied: run `flux-control apply` first"
 
 
 def _partition(_ctx: click.Context, _param: click.Parameter, values: tuple[str, ...]) -> dict[str, str]:
@@ -49,8 +52,11 @@ def explain_command(table: str, partitions: dict[str, str], database_url: str, o
       flux-control explain tb_op_enriquecido --partition ano_mes_referencia=202305
       flux-control explain tb_vendas_consolidadas -p data_venda=2024-05-01 -p regiao=sul --format json
     """
+    engine = open_reader(database_url)  # reads only: never creates a database file
+    if not definitions_applied(engine):
+        raise click.ClickException(NOTHING_APPLIED)
     try:
-        result = explain(open_engine(database_url), table, partitions)
+        result = explain(engine, table, partitions)
     except (RuntimeProblem, InvalidPartition) as exc:
         raise click.ClickException(str(exc)) from None
     if output_format == "json":

@@ -14,6 +14,7 @@ import yaml
 
 from controller.payloads import PayloadError, payload_tables
 from controller.plans import LIST_FIELDS, SCALAR_FIELDS
+from controller.terminal_text import printable
 from controller.validation import ValidationResult, validate_directory
 
 SCHEMA_FILE = Path("schemas") / "table.schema.json"
@@ -184,7 +185,7 @@ def _report(result: ValidationResult, out: Path, tables: list[dict[str, Any]]) -
         click.secho(f"Valid: {len(tables)} table(s) written to {out.as_posix()}.", fg="green")
         return
     for problem in result.problems:
-        click.secho(f"Warning: {problem}", fg="yellow", err=True)
+        click.secho(f"Warning: {printable(str(problem))}", fg="yellow", err=True)
     if all(p.code == "unknown-dependency" for p in result.problems):
         defined = {t.name for t in result.specs}
         missing = sorted(

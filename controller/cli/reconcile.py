@@ -13,10 +13,12 @@ import click
 
 from controller import graphs
 from controller.cli.common import (
+    colour,
     database_option,
     directory_argument,
     friendly_errors,
     open_engine,
+    open_reader,
     report_invalid,
     resolve_actor,
     resolve_revision,
@@ -28,6 +30,7 @@ from controller.plan_rendering import render_markdown, render_text
 from controller.plans import Plan, TableState, make_plan
 from controller.reconciler import DEFAULT_LOCK_TIMEOUT, apply, desired_states, plan
 from controller.specs import TableSpec
+from controller.terminal_text import printable
 from controller.validation import ValidationResult, validate_directory, validate_sources
 
 
@@ -56,6 +59,11 @@ def _desired(directory: Path) -> dict[str, TableState]:
     "--out", type=click.Path(dir_okay=False, path_type=Path), help="Also write the plan as JSON here."
 )
 @click.option("--detailed-exitcode", is_flag=True, help="Exit 0 with no changes, 2 with changes, 1 on error.")
+@click.option(
+    "--compact",
+    is_flag=True,
+    help="Print only the summary (and the tables deleted), not every table and field.",
+)
 @click.option("--revision", help="Git revision to record in the plan (default: GITHUB_SHA or git HEAD).")
 @click.option(
     "--against-ref",
@@ -71,6 +79,7 @@ def plan_command(
     detailed_exitcode: bool,
     revision: str | None,
     against_ref: str | None,
+    compact: bool,
 ) -> None:
     """Show what apply would change in the database, per table and field; writes nothing.
 
@@ -84,19 +93,23 @@ def plan_command(
       flux-control plan --format markdown > comment.md
       flux-control plan --out plan.json && flux-control apply --plan plan.json
       flux-control plan --against-ref origin/main --format markdown
+      flux-control plan --compact
     """
     definitions = _valid(directory)
     desired = desired_states(definitions)
     result = (
         _plan_against(directory, against_ref, desired)
         if against_ref
-        else plan(open_engine(database_url), desired)[0]
+        else plan(open_reader(database_url), desired)[0]
     )
     result.revision = resolve_revision(revision, directory)
     result.created_at = datetime.now(UTC)
     if out is not None:
         write_plan_file(result, out)
-    _print_plan(result, output_format, definitions.specs)
+    if compact and output_format == "text":
+        click.echo(_compact_text(result, result.summary_line(), "To delete"), nl=False)
+    else:
+        _print_plan(result, output_format, definitions.specs)
     if detailed_exitcode and result.has_changes:
         sys.exit(2)
 
@@ -123,7 +136,7 @@ def _print_plan(result: Plan, output_format: str, specs: list[TableSpec]) -> Non
         graph = graphs.mermaid(specs, changed=changed) if changed else None
         click.echo(render_markdown(result, graph=graph), nl=False)
     else:
-        click.echo(render_text(result, colour=sys.stdout.isatty()), nl=False)
+        click.echo(render_text(result, colour=colour()), nl=False)
 
 
 @click.command("apply")
@@ -145,6 +158,11 @@ def _print_plan(result: Plan, output_format: str, specs: list[TableSpec]) -> Non
     show_default=True,
     help="Seconds to wait for another apply to finish.",
 )
+@click.option(
+    "--compact",
+    is_flag=True,
+    help="Print only the summary (and the tables deleted), not every table and field.",
+)
 @friendly_errors
 def apply_command(
     directory: Path,
@@ -154,6 +172,7 @@ def apply_command(
     revision: str | None,
     actor: str | None,
     lock_timeout: float,
+    compact: bool,
 ) -> None:
     """Make the database match the definitions, in one transaction.
 
@@ -167,6 +186,7 @@ def apply_command(
       flux-control apply definitions --revision "$GITHUB_SHA"
       flux-control apply --plan plan.json
       flux-control apply --allow-delete
+      flux-control apply --compact          # thousands of tables: the summary only
     """
     saved = read_plan_file(plan_file) if plan_file else None
     desired = None if saved else _desired(directory)
@@ -186,12 +206,23 @@ def apply_command(
     if not outcome.applied:
         click.echo("No changes. Nothing to apply.")
         return
-    click.echo(render_text(outcome.plan, colour=sys.stdout.isatty()), nl=False)
     s = outcome.plan.summary()
-    click.secho(
-        f"Apply complete: {s['create']} created, {s['update']} updated, {s['delete']} deleted.",
-        fg="green",
-    )
+    done = f"Apply complete: {s['create']} created, {s['update']} updated, {s['delete']} deleted."
+    if compact:
+        click.secho(_compact_text(outcome.plan, done, "Deleted"), fg="green", nl=False)
+        return
+    click.echo(render_text(outcome.plan, colour=colour()), nl=False)
+    click.secho(done, fg="green")
+
+
+def _compact_text(result: Plan, summary: str, deleted: str) -> str:
+    """The notes, the tables deleted after ``deleted`` (always named: a deletion is never a line lost in
+    a count), then ``summary``."""
+    lines = [printable(note, lines=True).rstrip("\n") for note in result.notes]
+    tables = [a.table for a in result.actions if a.action == "delete"]
+    if tables:
+        lines.append(f"{deleted}: {', '.join(tables)}")
+    return "\n".join([*lines, summary]) + "\n"
 
 
 PROGRESS_THRESHOLD = 1000
@@ -224,7 +255,7 @@ def drift_command(directory: Path, database_url: str, output_format: str) -> Non
       flux-control drift
       flux-control drift definitions --format json
     """
-    result, last = plan(open_engine(database_url), _desired(directory))
+    result, last = plan(open_reader(database_url), _desired(directory))
     if output_format == "json":
         document = {"drift": result.has_changes, "last_apply": _revision_dict(last), "plan": result.as_dict()}
         click.echo(json.dumps(document, indent=2, ensure_ascii=False))
@@ -236,7 +267,8 @@ def drift_command(directory: Path, database_url: str, output_format: str) -> Non
 
 def _drift_text(result: Plan, last: RevisionInfo | None) -> str:
     applied = (
-        f"last applied from revision {last.revision} by {last.actor} at {last.applied_at:%Y-%m-%d %H:%M:%S}Z"
+        f"last applied from revision {printable(last.revision)} by {printable(last.actor)} "
+        f"at {last.applied_at:%Y-%m-%d %H:%M:%S}Z"
         if last
         else "never applied"
     )
@@ -246,7 +278,7 @@ def _drift_text(result: Plan, last: RevisionInfo | None) -> str:
         f"Drift: the database differs from the definitions ({applied}).\n"
         "The next apply would make these changes:\n\n"
     )
-    return header + render_text(result, colour=sys.stdout.isatty())
+    return header + render_text(result, colour=colour())
 
 
 def _revision_dict(last: RevisionInfo | None) -> dict[str, str] | None:

@@ -25,7 +25,8 @@ from controller.cli.common import database_option, friendly_errors
     type=click.FloatRange(min=0),
     default=5.0,
     show_default=True,
-    help="Seconds after which a started Glue or Step Functions task succeeds locally.",
+    help="Seconds after which a started task succeeds locally (Glue and Step Functions send their "
+    "event; SQS and Lambda consumers report back with the task's token).",
 )
 @click.option(
     "--tick", type=click.FloatRange(min=0.05), default=0.5, show_default=True, help="Loop interval (s)."
@@ -38,9 +39,11 @@ def serve_command(
 
     Requests go through the real Lambda handler. AWS calls go to an in-process moto server where
     the Glue jobs, state machines, queues and functions of the applied definitions are created;
-    due schedules fire with their own input; started Glue and Step Functions tasks succeed after
-    --task-delay seconds and their state-change events reach the handler. Approvals take the
-    body's "user" (FLUX_TRUST_BODY_USER is on). Apply definitions first; Ctrl-C stops.
+    due schedules fire with their own input; started tasks succeed after --task-delay seconds: Glue
+    and Step Functions state-change events reach the handler, and SQS messages and Lambda
+    invocations are answered by a local consumer that reports back with the task's token, as a
+    real one would. Approvals take the body's "user" (FLUX_TRUST_BODY_USER is on). Apply
+    definitions first; Ctrl-C stops.
 
     \b
     Examples:
@@ -68,7 +71,13 @@ def _run(local: Any, host: str, port: int, task_delay: float, tick: float) -> No
     from controller.db.migrate import schema_status, upgrade
     from controller.lambda_function import lambda_handler
     from controller.local.http import make_server
-    from controller.local.loops import every, finish_started_tasks, fire_due_schedules
+    from controller.local.loops import (
+        consume_queues,
+        every,
+        finish_started_tasks,
+        fire_due_schedules,
+        receive_invocations,
+    )
 
     wiring.use(None)
     runtime = wiring.runtime()
@@ -96,9 +105,20 @@ def _run(local: Any, host: str, port: int, task_delay: float, tick: float) -> No
         "completion",
         lambda: finish_started_tasks(runtime.engine, invoke, task_delay, datetime.now(UTC)),
     )
+    sqs = local.client("sqs")
+    queues = sorted({t["target"] for table in tables.values() for t in table["tasks"] if t["type"] == "sqs"})
+    every(tick, stop, "queues", lambda: consume_queues(sqs, queues, invoke, task_delay, datetime.now(UTC)))
+    invoked: set[str] = set()
+    every(
+        tick,
+        stop,
+        "functions",
+        lambda: receive_invocations(runtime.engine, invoke, task_delay, datetime.now(UTC), invoked),
+    )
     every(30.0, stop, "sweep", lambda: invoke({"flux_action": "sweep"}))
     server = make_server(host, port, invoke)
-    _print_banner(host, server.server_address[1], local.endpoint, len(tables), created)
+    jobs = sorted(t["target"] for table in tables.values() for t in table["tasks"] if t["type"] == "glue")
+    _print_banner(host, server.server_address[1], local, len(tables), created, jobs[0] if jobs else "NAME")
     signal.signal(signal.SIGTERM, _interrupt)
     try:
         server.serve_forever(poll_interval=0.2)
@@ -113,11 +133,20 @@ def _interrupt(_signum: int, _frame: FrameType | None) -> None:
     raise KeyboardInterrupt
 
 
-def _print_banner(host: str, port: int, aws: str, tables: int, created: list[str]) -> None:
-    click.echo(f"Flux Control is serving http://{host}:{port} (Ctrl-C stops)")
-    click.echo(
-        f"  local AWS (moto): {aws}  — e.g. aws --endpoint-url {aws} glue get-job-runs --job-name NAME"
+def aws_command(local: Any, job: str) -> str:
+    """An ``aws`` command that works on a clean machine: the local endpoint, a region and dummy
+    credentials (moto accepts any) in the command itself."""
+    env = local.environment()
+    credentials = " ".join(
+        f"{name}={env[name]}" for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_DEFAULT_REGION")
     )
+    return f"{credentials} aws --endpoint-url {local.endpoint} glue get-job-runs --job-name {job}"
+
+
+def _print_banner(host: str, port: int, local: Any, tables: int, created: list[str], job: str) -> None:
+    click.echo(f"Flux Control is serving http://{host}:{port} (Ctrl-C stops)")
+    click.echo(f"  local AWS (moto): {local.endpoint}")
+    click.echo(f"    e.g. {aws_command(local, job)}")
     if tables == 0:
         click.echo(
             "  no table definitions in the database: run `flux-control apply definitions` first", err=True

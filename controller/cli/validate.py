@@ -8,6 +8,7 @@ from pathlib import Path
 import click
 
 from controller.cli.options import ByteSize, format_option
+from controller.terminal_text import printable
 from controller.validation import ValidationResult, validate_directory
 from controller.yaml_documents import DEFAULT_MAX_FILE_BYTES
 
@@ -49,7 +50,7 @@ def validate(directory: Path, output_format: str, max_file_size: int) -> None:
 
 def _print_text(result: ValidationResult) -> None:
     for problem in result.problems:
-        click.echo(str(problem))
+        click.echo(printable(str(problem)))
     counts = result.summary()
     if result.valid:
         click.secho(

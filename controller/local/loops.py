@@ -1,8 +1,10 @@
-"""Local stand-ins for what AWS does on its own: fire due schedules, finish started tasks, sweep.
+"""Local stand-ins for what AWS and task consumers do on their own: fire due schedules, finish
+started tasks, sweep.
 
 Each loop is a daemon thread that wakes up every ``interval`` seconds until ``stop`` is set. They
-call the handler exactly as AWS would: a schedule with its own input, EventBridge events with the
-shape Glue and Step Functions send.
+call the handler exactly as AWS or a consumer would: a schedule with its own input; EventBridge
+events with the shape Glue and Step Functions send; and, for SQS and Lambda tasks, the completion
+report a consumer sends (``POST /register_execution`` with the run id and the task's token).
 """
 
 from __future__ import annotations
@@ -17,10 +19,15 @@ from typing import Any
 from sqlalchemy import Engine, select
 from sqlalchemy.orm import Session
 
-from controller.db.runtime_models import TaskDispatchRow
+from controller.db.models import TableRow
+from controller.db.runtime_models import RunRow, TaskDispatchRow
+from controller.local.http import to_event
+from controller.runtime.ports import task_token
 
 logger = logging.getLogger("flux_control.local")
 Invoke = Callable[[dict[str, Any]], Any]
+#: Who the local consumers report as (serve trusts the body's user).
+CONSUMER = "flux-local-consumer"
 
 
 def _at(expression: str) -> datetime:
@@ -83,3 +90,89 @@ def every(interval: float, stop: threading.Event, name: str, work: Callable[[], 
     thread = threading.Thread(target=loop, name=f"flux-local-{name}", daemon=True)
     thread.start()
     return thread
+
+
+def consume_queues(sqs: Any, queues: list[str], invoke: Invoke, delay: float, now: datetime) -> int:
+    """Act as the consumer of each task queue: ``delay`` seconds after a message was sent, report its
+    run complete with the message's ``flux.token``, then delete it. Returns the messages reported.
+
+    A message not yet due is left for a later tick (it becomes visible again after a second).
+    """
+    reported = 0
+    for queue in queues:
+        answer = sqs.receive_message(
+            QueueUrl=queue, MaxNumberOfMessages=10, VisibilityTimeout=1, AttributeNames=["SentTimestamp"]
+        )
+        for message in answer.get("Messages", []):
+            sent = datetime.fromtimestamp(int(message["Attributes"]["SentTimestamp"]) / 1000, UTC)
+            if sent > now - timedelta(seconds=delay):
+                continue
+            flux = json.loads(message["Body"]).get("flux") or {}
+            if _report(
+                invoke,
+                flux.get("table"),
+                flux.get("partitions"),
+                flux.get("run_id"),
+                flux.get("token"),
+                "sqs",
+            ):
+                sqs.delete_message(QueueUrl=queue, ReceiptHandle=message["ReceiptHandle"])
+                reported += 1
+    return reported
+
+
+def receive_invocations(engine: Engine, invoke: Invoke, delay: float, now: datetime, done: set[str]) -> int:
+    """Act as each Lambda task's function: ``delay`` seconds after the asynchronous invocation, report
+    its run complete with the token it carried. moto runs no function code without Docker, so the
+    invocations are read from the runs' started tasks; ``done`` holds the tokens already reported."""
+    with Session(engine) as session:
+        started = session.execute(
+            select(
+                TaskDispatchRow.run_id,
+                TaskDispatchRow.attempt,
+                TaskDispatchRow.alias,
+                RunRow.partitions,
+                TableRow.name,
+            )
+            .join(RunRow, RunRow.id == TaskDispatchRow.run_id)
+            .join(TableRow, TableRow.id == RunRow.table_id)
+            .where(
+                TaskDispatchRow.status == "started",
+                TaskDispatchRow.type == "lambda",
+                TaskDispatchRow.started_at <= now - timedelta(seconds=delay),
+            )
+        ).all()
+    reported = 0
+    for run_id, attempt, alias, partitions, table in started:
+        token = task_token(run_id, attempt, alias)
+        if token not in done and _report(invoke, table, partitions, run_id, token, "lambda"):
+            done.add(token)
+            reported += 1
+    return reported
+
+
+def _report(invoke: Invoke, table: Any, partitions: Any, run_id: Any, token: Any, source: str) -> bool:
+    """``POST /register_execution`` for a finished task; False when it should be tried again."""
+    if not (isinstance(table, str) and isinstance(partitions, dict) and isinstance(run_id, int)):
+        logger.warning("a task message without its flux section was dropped", extra={"run_id": run_id})
+        return True
+    item = {
+        "table_name": table,
+        "partitions": [{"partition_name": k, "value": v} for k, v in partitions.items()],
+        "source": source,
+        "run_id": run_id,
+        "token": token,
+    }
+    body = json.dumps({"data": [item], "user": CONSUMER}).encode()
+    response = invoke(
+        to_event("POST", "/register_execution", {"content-type": "application/json"}, body, "127.0.0.1")
+    )
+    status = int(response.get("statusCode", 500))
+    if status == 409:  # another task of the run reported first, or the run ended meanwhile
+        return True
+    if status >= 400:
+        logger.warning(
+            "a local task completion was refused",
+            extra={"run_id": run_id, "status": status, "answer": response.get("body")},
+        )
+    return status < 500

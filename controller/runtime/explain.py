@@ -16,6 +16,7 @@ from controller.gates import Probe, gate, shared
 from controller.keys import Key, describe, key_text, make_key
 from controller.runs import OPEN_STATES, fire_time
 from controller.runtime.errors import NotFound
+from controller.terminal_text import printable
 
 LAST_RUNS = 5
 
@@ -144,7 +145,7 @@ def _run(run: RunRow, approval: ApprovalRow | None) -> dict[str, Any]:
 
 
 def render(explanation: Explanation) -> str:
-    """The explanation for a terminal."""
+    """The explanation for a terminal; stored text in it (a source, an error) is shown escaped."""
     e = explanation
     lines = [f"{e.table} for {describe(e.key)}"]
     if not e.dependencies:
@@ -183,7 +184,7 @@ def render(explanation: Explanation) -> str:
             end = f" finished {r['finished_at']}" if r["finished_at"] else ""
             error = f": {r['error']}" if r["error"] else ""
             lines.append(f"    {r['id']} {r['status']} (attempt {r['attempt']}){end}{error}")
-    return "\n".join(lines) + "\n"
+    return "\n".join(printable(line) for line in lines) + "\n"
 
 
 def _run_detail(run: dict[str, Any]) -> str:
