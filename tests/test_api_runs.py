@@ -248,6 +248,47 @@ def test_a_lambda_task_reports_failure_through_the_fail_route(
     assert (status, error["code"]) == (409, "conflict")
 
 
+def test_a_completion_report_with_a_token_must_carry_the_current_attempts(flux: Lambda) -> None:
+    """The token of the message is how a consumer reports (serve's local consumer does so); one of
+    another run, or of an earlier attempt, is refused and changes nothing."""
+    sqs = boto3.client("sqs", region_name=REGION)
+    sqs.create_queue(QueueName=QUEUE_NAME)
+    other = manual(flux, "tb_queue", 202304)
+    run = manual(flux, "tb_queue", 202305)
+    tokens = {}
+    for message in sqs.receive_message(QueueUrl=QUEUE_URL, MaxNumberOfMessages=10)["Messages"]:
+        sent = json.loads(message["Body"])["flux"]
+        tokens[sent["run_id"]] = sent["token"]
+    done = {**item("tb_queue", source="consumer", ano_mes=202305), "run_id": run["id"]}
+    for wrong in (tokens[other["id"]], f"flux-{run['id']}-0-notify", "guess"):
+        status, error = error_of(flux, "POST", "/register_execution", {"data": [{**done, "token": wrong}]})
+        assert (status, error["code"]) == (403, "forbidden"), wrong
+        assert "is not one of run" in error["message"]
+        status, error = error_of(flux, "POST", f"/runs/{run['id']}/fail", {"reason": "x", "token": wrong})
+        assert (status, error["code"]) == (403, "forbidden"), wrong
+    assert run_detail(flux, run["id"])["status"] == "running"
+    assert flux.ok("GET", "/executions", query={"table": "tb_queue"})["executions"] == []
+
+    answer = flux.ok("POST", "/register_execution", {"data": [{**done, "token": tokens[run["id"]]}]})
+    assert [e["table_name"] for e in answer["executions"]] == ["tb_queue"]
+    assert run_detail(flux, run["id"])["status"] == "succeeded"
+    failed = flux.ok(
+        "POST", f"/runs/{other['id']}/fail", {"reason": "bad input", "token": tokens[other["id"]]}
+    )
+    assert failed["run"]["status"] == "failed"
+    # Its retry is attempt 2, started with a new token: the first attempt's is refused now.
+    assert flux.ok("POST", f"/runs/{other['id']}/retry", {"reason": "fixed"})["run"]["status"] == "running"
+    [message] = sqs.receive_message(QueueUrl=QUEUE_URL, MaxNumberOfMessages=10)["Messages"]
+    second = json.loads(message["Body"])["flux"]["token"]
+    assert second != tokens[other["id"]]
+    again = {**item("tb_queue", ano_mes=202304), "run_id": other["id"]}
+    stale = {"data": [{**again, "token": tokens[other["id"]]}]}
+    status, error = error_of(flux, "POST", "/register_execution", stale)
+    assert (status, error["code"]) == (403, "forbidden")
+    flux.ok("POST", "/register_execution", {"data": [{**again, "token": second}]})
+    assert run_detail(flux, other["id"])["status"] == "succeeded"
+
+
 # --- a table deleted by a reconcile ------------------------------------------------------------------
 
 

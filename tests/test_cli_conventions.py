@@ -241,3 +241,17 @@ def test_shell_completion_is_generated_and_documented() -> None:
     readme = (Path(REPO_ROOT) / "README.md").read_text(encoding="utf-8")
     assert 'eval "$(_FLUX_CONTROL_COMPLETE=bash_source flux-control)"' in readme
     assert "_FLUX_CONTROL_COMPLETE=bash_source" in run("--help").output
+
+
+# --- the embedded database's files -------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "name", ["flux-control.db", "flux-control.db-wal", "flux-control.db-shm", "x/y.db-journal"]
+)
+def test_git_ignores_the_embedded_database_and_its_side_files(name: str) -> None:
+    """SQLite in WAL mode (the embedded default) writes -wal and -shm files beside the database."""
+    found = subprocess.run(
+        ["git", "check-ignore", "--no-index", "--quiet", name], cwd=REPO_ROOT, capture_output=True, timeout=30
+    )
+    assert found.returncode == 0, f"{name} is not ignored by .gitignore"
