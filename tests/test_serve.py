@@ -62,6 +62,16 @@ class Server:
         self.process = process
         self._out: list[str] = []
 
+    def client(self, service: str) -> Any:
+        """A boto3 client of the local AWS (moto takes any credentials)."""
+        return boto3.client(
+            service,
+            endpoint_url=self.aws,
+            region_name="us-east-1",
+            aws_access_key_id="x",
+            aws_secret_access_key="x",
+        )
+
     def banner(self) -> list[str]:
         """The lines serve printed so far (read without blocking once it answers)."""
         assert self.process.stdout is not None
@@ -155,13 +165,7 @@ def test_the_walkthrough_over_http(server: Server) -> None:
         30,
         "B to start",
     )
-    glue = boto3.client(
-        "glue",
-        endpoint_url=server.aws,
-        region_name="us-east-1",
-        aws_access_key_id="x",
-        aws_secret_access_key="x",
-    )
+    glue = server.client("glue")
     [job_run] = glue.get_job_runs(JobName="job-b")["JobRuns"]
     assert job_run["Id"] == running["tasks"][0]["external_id"]
     assert job_run["Arguments"]["--mes"] == "202305"
@@ -254,13 +258,7 @@ def test_every_run_of_the_tour_succeeds_sqs_and_lambda_tasks_included(tour: Serv
     run = _settled(tour, sales["id"])
     assert run["status"] == "succeeded", run
     assert sorted(t["type"] for t in run["tasks"]) == ["sqs", "step_function"]
-    sqs = boto3.client(
-        "sqs",
-        endpoint_url=tour.aws,
-        region_name="us-east-1",
-        aws_access_key_id="x",
-        aws_secret_access_key="x",
-    )
+    sqs = tour.client("sqs")
     url = sqs.get_queue_url(QueueName="vendas-consolidadas.fifo")["QueueUrl"]
     attributes = sqs.get_queue_attributes(QueueUrl=url, AttributeNames=["ApproximateNumberOfMessages"])
     assert attributes["Attributes"]["ApproximateNumberOfMessages"] == "0"  # consumed

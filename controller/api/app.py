@@ -162,7 +162,7 @@ def refused(event: dict[str, Any]) -> dict[str, Any] | None:
     try:
         body = body_bytes(event)
     except ValueError as exc:
-        return _refusal(400, "bad_request", f"request body is not valid: {exc}")
+        return _refusal(400, "bad_request", str(exc))
     return too_large(body) or unsupported_media_type(event) or not_utf8(body)
 
 
@@ -173,11 +173,11 @@ def body_bytes(event: dict[str, Any]) -> bytes:
         try:
             return base64.b64decode(body, validate=True)
         except (binascii.Error, ValueError):
-            raise ValueError("isBase64Encoded is set but the body is not base64") from None
+            raise ValueError("request body is marked base64-encoded but is not base64") from None
     try:
         return body.encode("utf-8") if isinstance(body, str) else bytes(body)
     except UnicodeEncodeError:  # a lone surrogate: no UTF-8 text holds it
-        raise ValueError("it is not valid UTF-8 (a lone surrogate)") from None
+        raise ValueError("request body is not valid UTF-8 (a lone surrogate)") from None
 
 
 def too_large(body: bytes) -> dict[str, Any] | None:
