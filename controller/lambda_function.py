@@ -18,7 +18,8 @@ from typing import Any
 from aws_lambda_powertools import Metrics
 from aws_lambda_powertools.metrics import MetricUnit
 
-from controller.api.app import app, logger, refused
+from controller.api.app import app, logger
+from controller.api.refusals import refused
 from controller.wiring import runtime
 
 metrics = Metrics(namespace="FluxControl", service="flux-control")

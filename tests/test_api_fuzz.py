@@ -41,7 +41,8 @@ from schemathesis.specs.openapi.checks import (
 )
 from sqlalchemy import Engine, MetaData, make_url, text
 
-from controller.api.app import MAX_BODY_BYTES, openapi_document
+from controller.api.app import openapi_document
+from controller.api.refusals import MAX_BODY_BYTES
 from controller.db.engine import make_engine
 from controller.lambda_function import lambda_handler
 from controller.local.http import to_event
@@ -653,7 +654,7 @@ REGRESSIONS = {
     "integer of 5000 digits": ("POST", "/approve", {}, '{"approval_status_id": 1' + "0" * 5_000 + "}", 400),
     # A lone surrogate cannot be encoded as UTF-8 for validation (payloads.payload_documents).
     "lone surrogate in a payload": ("POST", "/tables", {}, '{"name": "\\ud800", "partitions": []}', 400),
-    # Powertools raises on media types it does not parse (app.unsupported_media_type).
+    # Powertools raises on media types it does not parse (refusals.unsupported_media_type).
     "text/plain body": ("POST", "/approve", {"content-type": "text/plain"}, '{"approval_status_id": 1}', 415),
     "multipart without a boundary": (
         "POST",
