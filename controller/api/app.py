@@ -10,6 +10,7 @@ runs: those load SQLAlchemy's ORM, the models, and (``POST /tables``) the whole 
 
 from __future__ import annotations
 
+import inspect
 import json
 import re
 from collections.abc import Callable
@@ -19,8 +20,10 @@ from aws_lambda_powertools import Logger
 from aws_lambda_powertools.event_handler import APIGatewayRestResolver, Response
 from aws_lambda_powertools.event_handler.openapi.exceptions import RequestValidationError
 from aws_lambda_powertools.event_handler.openapi.params import Path, Query
+from pydantic import BaseModel
 
 from controller import __version__
+from controller.api import answers, openapi
 from controller.api.identity import caller_identity
 from controller.api.models import (
     MAX_ID,
@@ -79,11 +82,22 @@ ROUTES: dict[str, tuple[re.Pattern[str], set[str]]] = {}
 _MALFORMED = frozenset({"json_invalid", "model_attributes_type", "missing", "payload_shape"})
 
 
-def route(method: str, rule: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
-    """``app.route`` that also records the route, so a known path asked with another method is a 405."""
+def route(
+    method: str, rule: str, answer: type[BaseModel], operation_id: str, summary: str
+) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """``app.route`` with the route's OpenAPI operationId, answer model and error statuses, recorded
+    too so that a known path asked with another method is a 405."""
     pattern = re.compile(re.sub(r"<[^>]+>", "[^/]+", re.escape(rule)) + "$")  # re.escape keeps < and >
     ROUTES.setdefault(rule, (pattern, set()))[1].add(method)
-    decorator: Callable[[Callable[..., Any]], Callable[..., Any]] = app.route(rule, method)
+
+    def decorator(handler: Callable[..., Any]) -> Callable[..., Any]:
+        has_parameters = any(name != "body" for name in inspect.signature(handler).parameters)
+        declared = openapi.responses(rule, method, answer, has_parameters=has_parameters, summary=summary)
+        registered: Callable[..., Any] = app.route(
+            rule, method, summary=summary, responses=declared, operation_id=operation_id
+        )(handler)
+        return registered
+
     return decorator
 
 
@@ -159,12 +173,18 @@ def _identity(body_user: str | None) -> str | None:
     return caller_identity(context, body_user, runtime().trust_body_user)
 
 
-@route("GET", "/health")
+@route("GET", "/health", answers.Health, "getHealth", "Check that the service answers")
 def health() -> dict[str, str]:
     return {"status": "ok"}
 
 
-@route("POST", "/register_execution")
+@route(
+    "POST",
+    "/register_execution",
+    answers.Registered,
+    "registerExecution",
+    "Register that tables produced partitions",
+)
 def register_execution(body: RegisterRequest) -> dict[str, Any]:
     """Register that tables produced partitions (all items or none); opens the gates that opens."""
     from controller.runtime import registration  # lazy: see the module docstring
@@ -183,21 +203,21 @@ def register_execution(body: RegisterRequest) -> dict[str, Any]:
     return registration.register_executions(runtime(), items, _identity(body.user))
 
 
-@route("POST", "/approve")
+@route("POST", "/approve", answers.Decided, "approve", "Approve a pending approval")
 def approve(body: DecisionRequest) -> dict[str, Any]:
     from controller.runtime import approvals  # lazy: see the module docstring
 
     return approvals.decide(runtime(), body.approval_status_id, _identity(body.user), True, body.comment)
 
 
-@route("POST", "/reject")
+@route("POST", "/reject", answers.Decided, "reject", "Reject a pending approval")
 def reject(body: DecisionRequest) -> dict[str, Any]:
     from controller.runtime import approvals  # lazy: see the module docstring
 
     return approvals.decide(runtime(), body.approval_status_id, _identity(body.user), False, body.comment)
 
 
-@route("GET", "/approvals")
+@route("GET", "/approvals", answers.Approvals, "listApprovals", "List approvals, newest first")
 def list_approvals(
     status: Annotated[str | None, Query()] = "pending", limit: Annotated[int, Query()] = 100
 ) -> dict[str, Any]:
@@ -206,7 +226,7 @@ def list_approvals(
     return queries.list_approvals(runtime(), status, limit)
 
 
-@route("GET", "/runs")
+@route("GET", "/runs", answers.Runs, "listRuns", "List runs, newest first")
 def list_runs(
     table: Annotated[str | None, Query()] = None,
     status: Annotated[str | None, Query()] = None,
@@ -217,14 +237,14 @@ def list_runs(
     return queries.list_runs(runtime(), table, status, limit)
 
 
-@route("GET", "/runs/<run_id>")
+@route("GET", "/runs/<run_id>", answers.RunWithDetail, "getRun", "Get a run with its tasks and triggers")
 def get_run(run_id: RunId) -> dict[str, Any]:
     from controller.runtime import queries  # lazy: see the module docstring
 
     return queries.get_run(runtime(), run_id)
 
 
-@route("POST", "/runs")
+@route("POST", "/runs", answers.OneRun, "startManualRun", "Open a manual run (backfill, re-run)")
 def manual_run(body: ManualRunRequest) -> dict[str, Any]:
     """Open the run of (table, key) now: skips the gate and the debounce, not the approval."""
     from controller.runtime import run_actions  # lazy: see the module docstring
@@ -234,21 +254,21 @@ def manual_run(body: ManualRunRequest) -> dict[str, Any]:
     }
 
 
-@route("POST", "/runs/<run_id>/cancel")
+@route("POST", "/runs/<run_id>/cancel", answers.OneRun, "cancelRun", "Cancel an open run")
 def cancel_run(run_id: RunId, body: ReasonRequest) -> dict[str, Any]:
     from controller.runtime import run_actions  # lazy: see the module docstring
 
     return {"run": run_actions.cancel_run(runtime(), run_id, body.reason)}
 
 
-@route("POST", "/runs/<run_id>/retry")
+@route("POST", "/runs/<run_id>/retry", answers.OneRun, "retryRun", "Retry a failed run as its next attempt")
 def retry_run(run_id: RunId, body: ReasonRequest) -> dict[str, Any]:
     from controller.runtime import run_actions  # lazy: see the module docstring
 
     return {"run": run_actions.retry_run(runtime(), run_id, body.reason)}
 
 
-@route("POST", "/runs/<run_id>/fail")
+@route("POST", "/runs/<run_id>/fail", answers.OneRun, "failRun", "Report that a run's task failed")
 def fail_run(run_id: RunId, body: FailRequest) -> dict[str, Any]:
     """A task reports failure (the path for SQS and Lambda tasks)."""
     from controller.runtime import completion  # lazy: see the module docstring
@@ -256,7 +276,7 @@ def fail_run(run_id: RunId, body: FailRequest) -> dict[str, Any]:
     return {"run": completion.fail_run(runtime(), run_id, body.reason, body.token)}
 
 
-@route("GET", "/executions")
+@route("GET", "/executions", answers.Executions, "listExecutions", "List executions, newest first")
 def list_executions(
     table: Annotated[str | None, Query()] = None, limit: Annotated[int, Query()] = 100
 ) -> dict[str, Any]:
@@ -265,21 +285,27 @@ def list_executions(
     return queries.list_executions(runtime(), table, limit)
 
 
-@route("GET", "/tables")
+@route("GET", "/tables", answers.Tables, "listTables", "List the tables as reconciled")
 def list_tables() -> dict[str, Any]:
     from controller.runtime import queries  # lazy: see the module docstring
 
     return queries.list_tables(runtime())
 
 
-@route("GET", "/tables/<name>")
+@route("GET", "/tables/<name>", answers.OneTable, "getTable", "Get one table as reconciled")
 def get_table(name: str) -> dict[str, Any]:
     from controller.runtime import queries  # lazy: see the module docstring
 
     return queries.list_tables(runtime(), name)
 
 
-@route("POST", "/tables")
+@route(
+    "POST",
+    "/tables",
+    answers.Checked,
+    "checkTables",
+    "Check a POST /tables payload and plan it (writes nothing)",
+)
 def post_tables(body: TablesPayload) -> dict[str, Any]:
     """Validate an original ``POST /tables`` payload and show the plan it would make; never writes.
 
@@ -292,20 +318,20 @@ def post_tables(body: TablesPayload) -> dict[str, Any]:
     return check_payload(runtime(), app.current_event.json_body)
 
 
-@route("GET", "/openapi.json")
-def openapi() -> dict[str, Any]:
+@route("GET", "/openapi.json", answers.Document, "getOpenApiDocument", "Get this OpenAPI document")
+def openapi_route() -> dict[str, Any]:
     # A dict, not the JSON text: the document then says this route answers an object, not a string.
     document: dict[str, Any] = json.loads(openapi_document())
     return document
 
 
 def openapi_document() -> str:
-    """The API's OpenAPI 3.1 document (also printed by ``flux-control openapi``), with its errors."""
-    from controller.api.openapi_errors import with_error_responses
-
+    """The API's OpenAPI 3.1 document (also printed by ``flux-control openapi``)."""
     generated = app.get_openapi_json_schema(
         title="Flux Control",
         version=__version__,
         description="Decides when data tables may be rebuilt: executions, gates, runs, approvals.",
+        security_schemes=openapi.SECURITY_SCHEMES,  # type: ignore[arg-type]  # plain JSON, as the spec writes it
+        security=openapi.SECURITY,
     )
-    return json.dumps(with_error_responses(json.loads(generated)), indent=2)
+    return json.dumps(openapi.without_powertools_422(json.loads(generated)), indent=2)
