@@ -225,6 +225,7 @@ def measure_fan_out(url: str, fan_out: int, history: int, registrations: int) ->
     from controller.aws.settings import AwsSettings
     from controller.aws.tasks import AwsTaskStarter
     from controller.db.engine import make_engine
+    from controller.local.aws import ensure_schedule_group
     from controller.runtime.context import Runtime
 
     engine = make_engine(url)
@@ -235,7 +236,7 @@ def measure_fan_out(url: str, fan_out: int, history: int, registrations: int) ->
             clients.client.cache_clear()
             settings = AwsSettings.from_env()
             scheduler = EventBridgeScheduler(settings)
-            scheduler.ensure_group()
+            ensure_schedule_group(scheduler.client, settings.schedule_group)
             apply_definitions(engine, fan_out_definitions(fan_out))
             load_history(engine, history, days)
             calls = PortCalls()

@@ -24,6 +24,7 @@ from controller.aws.scheduler import EventBridgeScheduler
 from controller.aws.settings import AwsSettings
 from controller.aws.tasks import AwsTaskStarter
 from controller.lambda_function import lambda_handler
+from controller.local.aws import ensure_schedule_group
 from controller.local.http import to_event
 from controller.reconciler import apply
 from controller.runtime.context import Runtime
@@ -120,7 +121,7 @@ def running_lambda(
         clients.client.cache_clear()
         settings = AwsSettings.from_env()
         scheduler = EventBridgeScheduler(settings)
-        scheduler.ensure_group()
+        ensure_schedule_group(scheduler.client, GROUP)
         _create_targets(definitions)
         apply(engine, desired=states(definitions), revision="test", actor="test", now=START)
         clock = Clock()

@@ -20,6 +20,7 @@ from controller.aws.events import EventBridgePublisher, PublishError
 from controller.aws.scheduler import EventBridgeScheduler
 from controller.aws.settings import AwsSettings, MissingSetting
 from controller.aws.tasks import AwsTaskStarter, execution_arn
+from controller.local.aws import ensure_schedule_group
 from controller.runtime.ports import RunEvent, ScheduleRequest, TaskRequest, TaskStartError
 
 ACCOUNT = "123456789012"
@@ -92,7 +93,7 @@ def test_settings_from_env_defaults_and_missing_arns_fail_only_when_scheduling()
 @pytest.fixture
 def scheduler() -> EventBridgeScheduler:
     scheduler = EventBridgeScheduler(SETTINGS)
-    scheduler.ensure_group()
+    ensure_schedule_group(scheduler.client, SETTINGS.schedule_group)
     return scheduler
 
 
@@ -122,7 +123,7 @@ def test_put_again_moves_the_fire_time_and_ensure_group_keeps_schedules(
 ) -> None:
     scheduler.put(ScheduleRequest("flux-run-42-tb_op", 42, FIRE_AT))
     scheduler.put(ScheduleRequest("flux-run-42-tb_op", 42, FIRE_AT + timedelta(minutes=2)))
-    scheduler.ensure_group()
+    assert ensure_schedule_group(scheduler.client, SETTINGS.schedule_group) is False
     api = boto3.client("scheduler")
     assert [s["Name"] for s in api.list_schedules(GroupName="flux-test")["Schedules"]] == [
         "flux-run-42-tb_op"

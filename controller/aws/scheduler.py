@@ -73,19 +73,3 @@ class EventBridgeScheduler:
         except ClientError as error:
             if error_code(error) != "ResourceNotFoundException":
                 raise
-
-    def ensure_group(self) -> None:
-        """Create the schedule group unless it exists (used by local serve and tests)."""
-        group = self._settings.schedule_group
-        try:
-            self.client.get_schedule_group(Name=group)
-            return
-        except ClientError as error:
-            if error_code(error) != "ResourceNotFoundException":
-                raise
-        try:
-            self.client.create_schedule_group(Name=group)
-        except ClientError as error:
-            # Another process created it between the two calls.
-            if error_code(error) != "ConflictException":
-                raise

@@ -12,7 +12,9 @@ from collections.abc import Iterable
 from typing import Any
 
 import boto3
+from botocore.exceptions import ClientError
 
+from controller.aws.scheduler import error_code
 from controller.plans import TableState
 
 ACCOUNT = "123456789012"
@@ -82,9 +84,7 @@ class LocalAws:
         iam = self.client("iam")
         if "flux-control-task" not in {r["RoleName"] for r in iam.list_roles()["Roles"]}:
             iam.create_role(RoleName="flux-control-task", AssumeRolePolicyDocument=json.dumps(trust))
-        scheduler = self.client("scheduler")
-        if group not in {g["Name"] for g in scheduler.list_schedule_groups()["ScheduleGroups"]}:
-            scheduler.create_schedule_group(Name=group)
+        if ensure_schedule_group(self.client("scheduler"), group):
             created.append(f"schedule group {group}")
         for table in tables:
             for task in table["tasks"]:
@@ -122,6 +122,25 @@ class LocalAws:
             Code={"ZipFile": _stub_function()},
         )
         return f"function {name}"
+
+
+def ensure_schedule_group(scheduler: Any, group: str) -> bool:
+    """Create the schedule group unless it exists; True when it was created. (Deployed, the stack
+    creates the group: the function never does, so its role may not.)"""
+    try:
+        scheduler.get_schedule_group(Name=group)
+        return False
+    except ClientError as error:
+        if error_code(error) != "ResourceNotFoundException":
+            raise
+    try:
+        scheduler.create_schedule_group(Name=group)
+    except ClientError as error:
+        # Another process created it between the two calls.
+        if error_code(error) != "ConflictException":
+            raise
+        return False
+    return True
 
 
 def _stub_function() -> bytes:

@@ -1,0 +1,176 @@
+"""IAM from the code (issue 14): the function's role grants every AWS call the code can make, and nothing
+else. The calls come from the code itself, two ways (``tests/aws_calls.py``): a scan of its boto3 client
+calls, and the calls recorded while ``lambda_handler`` serves one event of every kind. Each must find the
+other's (the scenario below exercises every call site), and the policy must grant exactly those, plus
+what AWS itself requires around them (:data:`IMPLIED`).
+
+``glue:GetJobRuns`` was missing: the lookup of the run a Glue start that failed ambiguously may have made
+was AccessDenied in AWS, invisible under moto. ``scheduler:GetSchedule`` was granted and never called.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from typing import Any
+
+import boto3
+import pytest
+from botocore.exceptions import ReadTimeoutError
+from sqlalchemy import Engine
+
+from controller import wiring
+from controller.aws import clients, tasks
+from controller.lambda_function import lambda_handler
+from tests.api_support import api_event
+from tests.aws_calls import calls_in_code, recorded
+from tests.deploy_support import as_list, load_template, statements
+from tests.factories import table_doc
+from tests.runtime_support import (
+    ACCOUNT,
+    REGION,
+    Lambda,
+    create_lambda_function,
+    partitions,
+    running_lambda,
+)
+
+MONTH = [{"name": "mes", "type": "int"}]
+QUEUE = f"https://sqs.{REGION}.amazonaws.com/{ACCOUNT}/flux-tasks"
+STATE_MACHINE = f"arn:aws:states:{REGION}:{ACCOUNT}:stateMachine:flow"
+TABLES = [
+    table_doc("up", partitions=MONTH),
+    table_doc(
+        "glued",
+        partitions=MONTH,
+        debounce_seconds=300,
+        dependencies=[{"dependency_name": "up"}],
+        tasks=[{"alias": "load", "type": "glue", "target": "job-load"}],
+    ),
+    table_doc(
+        "everything",
+        partitions=MONTH,
+        tasks=[
+            {"alias": "flow", "type": "step_function", "target": STATE_MACHINE},
+            {"alias": "notify", "type": "sqs", "target": QUEUE},
+            {"alias": "consume", "type": "lambda", "target": "fn-consumer"},
+        ],
+    ),
+]
+#: What AWS requires around the code's calls, which no client call names. Each with its condition.
+IMPLIED = {
+    # The Lambda service writes the function's logs with the function's role.
+    "logs:CreateLogStream": None,
+    "logs:PutLogEvents": None,
+    # CreateSchedule and UpdateSchedule hand the scheduler role to EventBridge Scheduler.
+    "iam:PassRole": None,
+    # GetSecretValue of a secret under a customer managed key decrypts it through Secrets Manager.
+    "kms:Decrypt": "HasSecretKmsKey",
+    # Lambda attaches the function to the VPC with these (no resource-level permissions).
+    "ec2:CreateNetworkInterface": "InVpc",
+    "ec2:DescribeNetworkInterfaces": "InVpc",
+    "ec2:DescribeSubnets": "InVpc",
+    "ec2:DeleteNetworkInterface": "InVpc",
+    "ec2:AssignPrivateIpAddresses": "InVpc",
+    "ec2:UnassignPrivateIpAddresses": "InVpc",
+}
+
+
+def granted() -> dict[str, str | None]:
+    """Every action the function's role allows, with the condition of its statement."""
+    (policy,) = load_template()["Resources"]["FunctionRole"]["Properties"]["Policies"]
+    found: dict[str, str | None] = {}
+    for condition, statement in statements(policy["PolicyDocument"]):
+        assert statement["Effect"] == "Allow"
+        for action in as_list(statement["Action"]):
+            assert action not in found, f"{action} is granted twice"
+            found[action] = condition
+    return found
+
+
+@pytest.fixture
+def flux(engine: Engine, monkeypatch: pytest.MonkeyPatch) -> Iterator[Lambda]:
+    with running_lambda(engine, TABLES, monkeypatch) as handler:
+        yield handler
+
+
+def _fail_the_first_start_ambiguously() -> None:
+    """The first StartJobRun times out after it was sent: the code then looks for the run it may have
+    started (GetJobRuns) before it starts the job again."""
+    failed: list[bool] = []
+
+    def fail_once(**_: Any) -> None:
+        if not failed:
+            failed.append(True)
+            raise ReadTimeoutError(endpoint_url="https://glue.amazonaws.com")
+
+    clients.client("glue").meta.events.register_first("before-send.glue.StartJobRun", fail_once)
+
+
+def every_kind_of_event(flux: Lambda, engine: Engine, monkeypatch: pytest.MonkeyPatch) -> None:
+    """One event of every kind the function serves, reaching every AWS call site of the code."""
+    boto3.client("sqs", region_name=REGION).create_queue(QueueName="flux-tasks")
+    create_lambda_function(monkeypatch, "fn-consumer")
+    monkeypatch.setattr(tasks, "GLUE_LOOKUP_DELAY", 0)
+    # A cold start in AWS: the database URL from the secret.
+    secret = boto3.client("secretsmanager", region_name=REGION).create_secret(
+        Name="flux/database", SecretString=engine.url.render_as_string(hide_password=False)
+    )
+    monkeypatch.delenv("FLUX_DATABASE_URL", raising=False)
+    monkeypatch.setenv("FLUX_DATABASE_SECRET_ARN", secret["ARN"])
+    wiring.use(None)
+    assert lambda_handler(api_event("GET", "/runs"), None)["statusCode"] == 200
+    wiring.use(flux.runtime)
+    # Registrations open (CreateSchedule) and push (UpdateSchedule) a run; events go out (PutEvents).
+    item = {"table_name": "up", "partitions": partitions(mes=202305)}
+    [run] = flux.ok("POST", "/register_execution", {"data": [item]})["runs"]
+    flux.clock.advance(10)
+    flux.ok("POST", "/register_execution", {"data": [item]})
+    flux.ok("POST", f"/runs/{run['id']}/cancel", {"reason": "iam"})  # DeleteSchedule
+    # Every kind of task starts; the Glue start fails ambiguously once (GetJobRuns).
+    _fail_the_first_start_ambiguously()
+    glued = flux.ok("POST", "/runs", {"table_name": "glued", "partitions": partitions(mes=202306)})["run"]
+    assert flux.ok("GET", f"/runs/{glued['id']}")["run"]["status"] == "running"
+    everything = flux.ok("POST", "/runs", {"table_name": "everything", "partitions": partitions(mes=1)})
+    assert flux.ok("GET", f"/runs/{everything['run']['id']}")["run"]["status"] == "running"
+    assert flux.invoke({"flux_action": "sweep"})["status"] == "swept"
+
+
+def test_the_function_role_grants_exactly_the_calls_the_code_makes(
+    flux: Lambda,
+    engine: Engine,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    in_code = calls_in_code()
+    with recorded() as made:
+        clients.client.cache_clear()  # clients made from here on carry the recorder
+        every_kind_of_event(flux, engine, monkeypatch)
+    assert made == set(in_code), (
+        f"called but not found in the code: {sorted(made - set(in_code))}; "
+        f"in the code but not exercised here: {json.dumps({a: in_code[a] for a in set(in_code) - made})}"
+    )
+    policy = granted()
+    expected = set(in_code) | set(IMPLIED)
+    assert set(policy) == expected, (
+        f"not granted: {sorted(expected - set(policy))}; granted but never needed: {sorted(set(policy) - expected)}"
+    )
+    for action, condition in IMPLIED.items():
+        assert policy[action] == condition, action
+
+
+def test_the_scan_finds_a_new_call(tmp_path: Any) -> None:
+    """The scan is not vacuous: a module that makes a client and calls one of its operations counts."""
+    package = tmp_path / "controller"
+    package.mkdir()
+    (package / "new.py").write_text(
+        'from controller.aws.clients import client\n\ndef f():\n    client("sqs").delete_queue(QueueUrl="x")\n',
+        encoding="utf-8",
+    )
+    (package / "local").mkdir()
+    (package / "local" / "ignored.py").write_text(
+        'client("glue").delete_job(JobName="x")\n', encoding="utf-8"
+    )
+    from tests import aws_calls
+
+    found = aws_calls.calls_in_code(package)
+    assert set(found) == {"sqs:DeleteQueue"}
