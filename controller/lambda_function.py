@@ -13,30 +13,38 @@ first event that needs them (see :mod:`controller.api.app` and :mod:`controller.
 from __future__ import annotations
 
 import json
+import time
 from typing import Any
 
-from aws_lambda_powertools import Metrics
 from aws_lambda_powertools.metrics import MetricUnit
 
-from controller.api.app import app, logger
+from controller.api.app import app
+from controller.api.identity import caller_identity, resolved_caller
 from controller.api.refusals import refused
+from controller.local.context import LocalContext
+from controller.telemetry import logger, metrics, route_module_loggers
 from controller.wiring import runtime
-
-metrics = Metrics(namespace="FluxControl", service="flux-control")
 
 GLUE_EVENT = "Glue Job State Change"
 STEP_FUNCTIONS_EVENT = "Step Functions Execution Status Change"
 
+route_module_loggers()
 
-@metrics.log_metrics
+
 def lambda_handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
-    """Route ``event`` by its shape; see the module docstring."""
+    """Route ``event`` by its shape; see the module docstring. ``context`` is Lambda's (None outside
+    Lambda: ``serve`` and tests get a local one, so that their logs have the same keys)."""
+    answer: dict[str, Any] = _handle(event, context if context is not None else LocalContext())
+    return answer
+
+
+@logger.inject_lambda_context(clear_state=True)
+@metrics.log_metrics
+def _handle(event: dict[str, Any], context: Any) -> dict[str, Any]:
+    logger.append_keys(name="%(name)s")  # which logger wrote a record (cleared with the last state)
     _count("Invocations")
     if "httpMethod" in event and "requestContext" in event:
-        logger.set_correlation_id(event["requestContext"].get("requestId"))
-        response: dict[str, Any] = refused(event) or app.resolve(event, context)
-        _count_api(event, response)
-        return response
+        return _http(event, context)
     action = event.get("flux_action")
     if action == "fire":
         from controller.runtime import dispatch  # lazy: see the module docstring
@@ -65,6 +73,31 @@ def lambda_handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
         return {"status": _state_change(detail_type, event.get("detail") or {})}
     logger.warning("event of unknown shape ignored", extra={"keys": sorted(event)[:20]})
     return {"status": "ignored: unknown event"}
+
+
+def _http(event: dict[str, Any], context: Any) -> dict[str, Any]:
+    """An API request, and its access line: method, path, status, milliseconds and caller."""
+    request_context = event["requestContext"]
+    logger.set_correlation_id(request_context.get("requestId"))
+    started = time.perf_counter()
+    resolved = resolved_caller.set(None)
+    try:
+        response: dict[str, Any] = refused(event) or app.resolve(event, context)
+        caller = resolved_caller.get() or caller_identity(request_context, None, trust_body_user=False)
+    finally:
+        resolved_caller.reset(resolved)
+    logger.info(
+        "request",
+        extra={
+            "method": event.get("httpMethod"),
+            "path": event.get("path"),
+            "status": response.get("statusCode"),
+            "duration_ms": round((time.perf_counter() - started) * 1000, 1),
+            "caller": caller,
+        },
+    )
+    _count_api(event, response)
+    return response
 
 
 def _state_change(detail_type: str, detail: dict[str, Any]) -> str:

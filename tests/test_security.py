@@ -732,6 +732,8 @@ def test_an_exception_inside_a_route_answers_only_a_reference(
     assert_clean_answer(raw, "ref-broken")
     for leak in ("Traceback", "internal detail", "partition_key", ".py", "RuntimeError"):
         assert leak not in raw
-    [record] = [json.loads(line) for line in log.getvalue().splitlines()]
-    assert record["level"] == "ERROR" and record["reference"] == "ref-broken"
+    records = [json.loads(line) for line in log.getvalue().splitlines()]
+    [record] = [r for r in records if r["level"] == "ERROR"]
+    assert record["reference"] == "ref-broken"
+    assert [(r["message"], r["status"]) for r in records if r["level"] == "INFO"] == [("request", 500)]
     assert "RuntimeError: internal detail" in record["exception"]

@@ -16,7 +16,6 @@ import re
 from collections.abc import Callable
 from typing import Annotated, Any
 
-from aws_lambda_powertools import Logger
 from aws_lambda_powertools.event_handler import APIGatewayRestResolver, Response
 from aws_lambda_powertools.event_handler.openapi.exceptions import RequestValidationError
 from aws_lambda_powertools.event_handler.openapi.params import Path, Query
@@ -24,7 +23,7 @@ from pydantic import BaseModel
 
 from controller import __version__
 from controller.api import answers, openapi
-from controller.api.identity import caller_identity
+from controller.api.identity import caller_identity, resolved_caller
 from controller.api.models import (
     MAX_ID,
     DecisionRequest,
@@ -37,6 +36,7 @@ from controller.api.models import (
 )
 from controller.problems import json_path
 from controller.runtime.errors import RuntimeProblem
+from controller.telemetry import logger
 from controller.wiring import runtime
 
 #: A run id in a path: a positive BIGINT (a larger integer names no run and cannot be bound in a query).
@@ -71,7 +71,6 @@ def _validated_body(text: str) -> Any:
     return value
 
 
-logger = Logger(service="flux-control")
 app = APIGatewayRestResolver(enable_validation=True, json_body_deserializer=_validated_body)
 #: Paths whose body may be a JSON array (the original POST /tables payload may be a list of tables).
 _ARRAY_BODIES = frozenset({"/tables"})
@@ -170,7 +169,9 @@ def _unexpected(exc: Exception) -> Response[str]:
 
 def _identity(body_user: str | None) -> str | None:
     context = app.current_event.raw_event.get("requestContext") or {}
-    return caller_identity(context, body_user, runtime().trust_body_user)
+    identity = caller_identity(context, body_user, runtime().trust_body_user)
+    resolved_caller.set(identity)
+    return identity
 
 
 @route("GET", "/health", answers.Health, "getHealth", "Check that the service answers")

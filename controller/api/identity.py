@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
+from contextvars import ContextVar
 from typing import Any
 
 _CLAIMS = ("cognito:username", "username", "email", "sub")
+#: The caller the route being served identified (the access line names it).
+resolved_caller: ContextVar[str | None] = ContextVar("resolved_caller", default=None)
 
 
 def caller_identity(
