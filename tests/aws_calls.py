@@ -3,7 +3,8 @@
 - :func:`calls_in_code` scans ``controller/`` (but for ``controller/local``, the stand-ins ``serve``
   uses) for calls of boto3 client methods: the services a module makes clients for (``client("glue")``)
   and every attribute call named like one of their operations (``start_job_run``), or a paginator
-  (``get_paginator("get_job_runs")``).
+  (``get_paginator("get_job_runs")``); and for the Powertools utilities that call AWS
+  (``parameters.get_secret``).
 - :func:`recorded` records, through botocore's ``before-call`` event, every call made while
   ``lambda_handler`` is on the stack: what the deployed function does, not what a test sets up.
 
@@ -29,6 +30,8 @@ from tests.conftest import REPO_ROOT
 
 #: Operations whose IAM action has another name (the AWS Service Authorization Reference).
 IAM_NAMES = {("lambda", "Invoke"): "InvokeFunction"}
+#: Powertools utilities the code calls AWS through, and the call each makes.
+POWERTOOLS_CALLS = {"get_secret": "secretsmanager:GetSecretValue"}
 _CLIENT_FACTORIES = {"client", "default_client", "_client"}
 
 
@@ -78,10 +81,12 @@ def calls_in_code(root: Path = REPO_ROOT / "controller") -> dict[str, list[str]]
             if not (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute)):
                 continue
             name = node.func.attr
+            place = f"{path.relative_to(root.parent)}:{node.lineno}"
+            if name in POWERTOOLS_CALLS:
+                found.setdefault(POWERTOOLS_CALLS[name], []).append(place)
             if name == "get_paginator" and node.args and isinstance(node.args[0], ast.Constant):
                 name = str(node.args[0].value)
             for service, operation in methods.get(name, ()):
-                place = f"{path.relative_to(root.parent)}:{node.lineno}"
                 found.setdefault(iam_action(service, operation), []).append(place)
     return found
 

@@ -18,14 +18,18 @@ from typing import Any
 
 import boto3
 import pytest
-from botocore.exceptions import ClientError
+from aws_lambda_powertools.utilities import parameters
+from aws_lambda_powertools.utilities.parameters.exceptions import GetParameterError
 from moto import mock_aws
+from sqlalchemy import make_url, text
 
+from controller import wiring
 from controller.aws.clients import client
 from controller.aws.secrets import SecretFormatError, database_url_from_secret, runtime_database_url
 from controller.lambda_function import GLUE_EVENT, STEP_FUNCTIONS_EVENT
 from controller.runtime.completion import GLUE_FAILURE, GLUE_SUCCESS, SFN_FAILURE, SFN_SUCCESS
 from controller.runtime.ports import schedule_name
+from tests.conftest import POSTGRES_URL
 from tests.deploy_support import TEMPLATE, as_list, load_template, statements
 
 REPO = Path(__file__).resolve().parent.parent
@@ -544,9 +548,11 @@ def aws(monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
     for name in ("AWS_ENDPOINT_URL", "AWS_PROFILE", "AWS_SESSION_TOKEN", "FLUX_DATABASE_URL"):
         monkeypatch.delenv(name, raising=False)
     client.cache_clear()
+    parameters.clear_caches()
     with mock_aws():
         yield boto3.client("secretsmanager", region_name="us-east-1")
     client.cache_clear()
+    parameters.clear_caches()
 
 
 def secret(secrets: Any, value: str, name: str = "flux/database") -> str:
@@ -584,9 +590,56 @@ def test_a_secret_of_another_shape_is_refused_without_showing_its_value(
 
 
 def test_a_missing_secret_is_the_aws_error(aws: Any) -> None:
-    with pytest.raises(ClientError) as raised:
+    with pytest.raises(GetParameterError, match="ResourceNotFoundException"):
         database_url_from_secret("arn:aws:secretsmanager:us-east-1:123456789012:secret:nope-AbCdEf")
-    assert raised.value.response["Error"]["Code"] == "ResourceNotFoundException"
+
+
+def test_the_secret_is_read_through_powertools_and_cached_for_its_max_age(
+    aws: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    arn = secret(aws, URL)
+    assert database_url_from_secret(arn) == URL
+    rotated = URL.replace("s3cr3t-pw", "n3w-pw")
+    aws.put_secret_value(SecretId=arn, SecretString=rotated)
+    assert database_url_from_secret(arn) == URL  # cached (FLUX_SECRET_MAX_AGE, default 300 s)
+    parameters.clear_caches()
+    monkeypatch.setenv("FLUX_SECRET_MAX_AGE", "0")  # cached for no time: every read asks again
+    assert database_url_from_secret(arn) == rotated
+    again = rotated.replace("n3w-pw", "n3w3r-pw")
+    aws.put_secret_value(SecretId=arn, SecretString=again)
+    assert database_url_from_secret(arn) == again
+    monkeypatch.setenv("FLUX_SECRET_MAX_AGE", "soon")
+    with pytest.raises(ValueError, match="FLUX_SECRET_MAX_AGE must be a whole number of seconds"):
+        database_url_from_secret(arn)
+
+
+@pytest.mark.postgresql
+def test_new_connections_use_the_rotated_credentials_without_a_redeploy(
+    aws: Any, monkeypatch: pytest.MonkeyPatch, postgres_admin: Any
+) -> None:
+    """The engine used to keep the URL it was built with: after a rotation, every new connection failed
+    until the Lambda was redeployed. Here the secret moves to another role; the next connection is it."""
+    with postgres_admin.connect() as connection:
+        connection.execute(text("DROP ROLE IF EXISTS flux_rotated"))
+        connection.execute(text("CREATE ROLE flux_rotated LOGIN PASSWORD 'rotated-pw'"))
+    try:
+        first = make_url(POSTGRES_URL)
+        arn = secret(aws, first.render_as_string(hide_password=False))
+        monkeypatch.setenv("FLUX_DATABASE_SECRET_ARN", arn)
+        monkeypatch.setenv("FLUX_SECRET_MAX_AGE", "0")
+        wiring.use(None)
+        engine = wiring.runtime().engine
+        with engine.connect() as held:
+            assert held.execute(text("SELECT current_user")).scalar() == first.username
+            rotated = first.set(username="flux_rotated", password="rotated-pw")
+            aws.put_secret_value(SecretId=arn, SecretString=rotated.render_as_string(hide_password=False))
+            with engine.connect() as fresh:  # the pool has no idle connection: a new one
+                assert fresh.execute(text("SELECT current_user")).scalar() == "flux_rotated"
+        engine.dispose()
+    finally:
+        wiring.use(None)
+        with postgres_admin.connect() as connection:
+            connection.execute(text("DROP ROLE IF EXISTS flux_rotated"))
 
 
 def test_the_runtime_url_prefers_the_explicit_url_then_the_secret_then_sqlite(aws: Any) -> None:

@@ -16,6 +16,7 @@ from typing import Any
 
 import boto3
 import pytest
+from aws_lambda_powertools.utilities import parameters
 from botocore.exceptions import ReadTimeoutError
 from sqlalchemy import Engine
 
@@ -144,6 +145,7 @@ def test_the_function_role_grants_exactly_the_calls_the_code_makes(
     in_code = calls_in_code()
     with recorded() as made:
         clients.client.cache_clear()  # clients made from here on carry the recorder
+        parameters.clear_caches()  # so does Powertools' secrets client
         every_kind_of_event(flux, engine, monkeypatch)
     assert made == set(in_code), (
         f"called but not found in the code: {sorted(made - set(in_code))}; "
