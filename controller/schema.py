@@ -7,7 +7,6 @@ from functools import cache
 from importlib import resources
 from typing import Any, cast
 
-import jsonschema_rs
 from jsonschema import Draft202012Validator
 from jsonschema.exceptions import ValidationError
 
@@ -41,6 +40,13 @@ def table_validator() -> Draft202012Validator:
 
 @cache
 def _fast_validator() -> Any:
+    """jsonschema-rs's compiled validator where it is installed (the command line validates thousands
+    of files), else the same ``jsonschema`` validator that reports the errors: the Lambda package ships
+    without it, since it only validates the few tables of a ``POST /tables`` payload."""
+    try:
+        import jsonschema_rs
+    except ImportError:
+        return table_validator()
     return jsonschema_rs.validator_for(table_schema())
 
 
@@ -57,9 +63,9 @@ def schema_errors(data: Any, locator: Locator) -> list[tuple[Problem, Broken]]:
     """Every schema violation of one document: the problem, and the path of the value it breaks
     (an unknown field's own path, a missing field's path, else the offending value's).
 
-    A compiled (Rust) validator answers "valid?" in microseconds; only a document it rejects is
-    walked by ``jsonschema``, whose error objects give the paths and keywords the messages need.
-    Both read the same schema file, and a test holds them to the same verdicts.
+    A compiled (Rust) validator answers "valid?" in microseconds, where it is installed; only a document
+    it rejects is walked by ``jsonschema``, whose error objects give the paths and keywords the messages
+    need. Both read the same schema file, and a test holds them to the same verdicts.
     """
     if not isinstance(data, dict):
         return [(Problem(locator.locate(()), _not_a_mapping(data), "not-a-mapping"), ())]

@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from pydantic import ValidationError
 
@@ -19,12 +19,9 @@ from controller.partial_definitions import salvage
 from controller.problems import Location, Locator, Problem
 from controller.schema import schema_errors
 from controller.specs import TableSpec
-from controller.yaml_documents import (
-    DEFAULT_MAX_FILE_BYTES,
-    SourceFile,
-    definition_files,
-    read_file,
-)
+
+if TYPE_CHECKING:
+    from controller.yaml_documents import SourceFile
 
 
 @dataclass(slots=True)
@@ -54,10 +51,15 @@ class ValidationResult:
         }
 
 
-def validate_directory(root: Path, *, max_file_bytes: int = DEFAULT_MAX_FILE_BYTES) -> ValidationResult:
-    """Validate every definition file under ``root`` (paths in problems start with ``root``)."""
+def validate_directory(root: Path, *, max_file_bytes: int | None = None) -> ValidationResult:
+    """Validate every definition file under ``root`` (paths in problems start with ``root``);
+    ``max_file_bytes`` defaults to the YAML reader's limit (1 MiB)."""
+    # YAML is read here only: validating an API payload (the Lambda) never loads the YAML reader.
+    from controller.yaml_documents import DEFAULT_MAX_FILE_BYTES, definition_files, read_file
+
+    limit = DEFAULT_MAX_FILE_BYTES if max_file_bytes is None else max_file_bytes
     with gc_paused():  # one pause for reading and checking: no collection in between either
-        files = [read_file(path, path, max_bytes=max_file_bytes) for path in definition_files(root)]
+        files = [read_file(path, path, max_bytes=limit) for path in definition_files(root)]
         if not files:
             where = Location(root.as_posix())
             return ValidationResult(

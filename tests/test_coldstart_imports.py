@@ -101,3 +101,34 @@ def test_boto3_and_sqlalchemy_load_when_first_used(code: str, expected: list[str
         AWS_SECRET_ACCESS_KEY="testing",
     )
     assert loaded == expected
+
+
+def test_checking_a_tables_payload_never_loads_the_yaml_reader(tmp_path: Path) -> None:
+    """The Lambda package ships without PyYAML: ``POST /tables`` validates JSON, not files."""
+    url = f"sqlite:///{tmp_path / 'flux.db'}"
+    setup = (
+        "from sqlalchemy import create_engine\n"
+        "from controller.db.base import Base\n"
+        "import controller.db.models, controller.db.runtime_models\n"
+        f"Base.metadata.create_all(create_engine({url!r}))\n"
+    )
+    event = to_event(
+        "POST",
+        "/tables",
+        {"content-type": "application/json"},
+        json.dumps({"data": [{"name": "tb_x", "partitions": [{"name": "dt", "type": "date"}]}]}).encode(),
+        "127.0.0.1",
+        request_id="tables-1",
+    )
+    code = (
+        f"{setup}import json\n"
+        "from controller.lambda_function import lambda_handler\n"
+        f"response = lambda_handler({event!r}, None)\n"
+        "assert response['statusCode'] == 200, response\n"
+        "assert json.loads(response['body'])['valid'] is True, response"
+    )
+    loaded = loaded_after(
+        code, FLUX_DATABASE_URL=url, POWERTOOLS_METRICS_DISABLED="true", AWS_DEFAULT_REGION="us-east-1"
+    )
+    assert "yaml" not in loaded
+    assert {"jsonschema", "jinja2", "controller.validation"} <= set(loaded)

@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 
 import jsonschema_rs
 import pytest
 from jsonschema import Draft202012Validator
 
-from controller.schema import table_schema, table_validator
+from controller import schema
+from controller.schema import schema_problems, table_schema, table_validator
 from controller.yaml_documents import parse_bytes
 from tests.conftest import REPO_ROOT
 from tests.test_validation_catalogue import CASES
@@ -40,6 +42,21 @@ def _documents() -> list[object]:
 def test_fast_validator_agrees_with_jsonschema(document: object) -> None:
     fast = jsonschema_rs.validator_for(table_schema())
     assert fast.is_valid(document) == table_validator().is_valid(document)
+
+
+def test_without_jsonschema_rs_the_same_problems_are_found(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The Lambda package ships without jsonschema-rs: the pure-Python validator answers alone."""
+    documents = _documents()
+    located = parse_bytes(b"x: 1\n", "x.yaml").documents[0]
+    expected = [[str(p) for p in schema_problems(d, located)] for d in documents]
+    monkeypatch.setitem(sys.modules, "jsonschema_rs", None)  # importing it raises ImportError
+    schema._fast_validator.cache_clear()
+    try:
+        assert isinstance(schema._fast_validator(), Draft202012Validator)
+        assert [[str(p) for p in schema_problems(d, located)] for d in documents] == expected
+    finally:
+        schema._fast_validator.cache_clear()
+    assert any(expected)  # some documents are invalid: the comparison is not vacuous
 
 
 def test_example_definitions_point_editors_at_the_schema() -> None:
