@@ -34,7 +34,9 @@ lint: $(STAMP)
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache *.egg-info
 
-# The Lambda deployment zip for deploy/template.yaml: the package and its runtime dependencies only (no dev
-# extra), binary wheels for Lambda's Python and platform, zipped deterministically. Needs PyPI, not the venv.
+# The Lambda deployment zip for deploy/template.yaml: the package and what the function imports, from
+# deploy/lambda-requirements.lock (hashes checked), compiled to bytecode, for ARCH (x86_64 or arm64, as the
+# template's Architecture). Needs PyPI and Python 3.11 (the template's Runtime), not the venv.
+ARCH ?= x86_64
 lambda-zip:
-	$(PYTHON) deploy/build_lambda_zip.py --out build/lambda.zip
+	$(PYTHON) deploy/build_lambda_zip.py --out build/lambda.zip --architecture $(ARCH)

@@ -1,41 +1,139 @@
-"""Build the Lambda deployment zip: the ``controller`` package and its runtime dependencies, no dev extra.
+"""Build the Lambda deployment zip: the ``controller`` package and the dependencies the function imports,
+pinned with hashes, compiled to bytecode, for x86_64 or arm64.
 
-    python deploy/build_lambda_zip.py [--out build/lambda.zip]
+    python deploy/build_lambda_zip.py [--out build/lambda.zip] [--architecture x86_64|arm64]
+    python deploy/build_lambda_zip.py --lock      # regenerate deploy/lambda-requirements.lock (uv)
 
-The project's source (``pyproject.toml``, ``README.md``, ``controller/``) is copied to a temporary
-directory, so stale ``build/`` or ``*.egg-info`` output in the work tree cannot leak into the package,
-then installed with its dependencies for Lambda's platform::
+The dependencies come from ``deploy/lambda-requirements.lock``: ``pyproject.toml``'s dependencies but
+those the function never imports (:data:`EXCLUDED`, each with its reason), with every transitive one,
+pinned, with the hashes of their wheels (``uv pip compile --universal --generate-hashes``: one lock for
+both architectures). They are installed for Lambda's platform::
 
-    pip install --target DIR --only-binary=:all: --platform manylinux2014_x86_64 \\
-        --implementation cp --python-version 3.12 --no-compile SOURCE
+    pip install --target DIR --require-hashes --no-deps -r deploy/lambda-requirements.lock \\
+        --only-binary=:all: --platform manylinux2014_x86_64 --implementation cp --python-version 3.11
 
-``__pycache__``, console scripts (``bin/``) and ``direct_url.json`` (a temporary path) are removed, and
-the tree is zipped deterministically: sorted entries, a fixed timestamp, normalised permissions. The
-Python version must match ``Runtime`` in ``deploy/template.yaml``; the build itself runs on any
-Python 3.11+ with pip and needs PyPI (only binary wheels are taken, so nothing is compiled).
+then the project itself (``pyproject.toml``, ``README.md``, ``controller/``, copied apart so that stale
+build output cannot leak in) without dependencies, keeping only the modules the handler can import
+(found by ``modulefinder``; the command line and the migrations need click and alembic, which the
+function never imports). Every module is compiled to bytecode with
+*unchecked-hash* invalidation (PEP 552): Lambda's code directory is read-only and its files' times are
+the zip's, so timestamp-checked caches would be ignored and every cold start would compile again.
+Bytecode is per Python version: the build runs on the template's ``Runtime`` (:data:`PYTHON_VERSION`),
+and refuses another. ``__pycache__`` of the wheels, console scripts (``bin/``), ``direct_url.json``
+(a temporary path) and the parts of packages the function never imports (:data:`PRUNED`) are removed,
+and the tree is zipped deterministically: sorted entries, a fixed
+timestamp, normalised permissions.
 """
 
 from __future__ import annotations
 
 import argparse
+import compileall
+import modulefinder
+import py_compile
+import re
 import shutil
 import stat
 import subprocess
 import sys
 import tempfile
+import tomllib
 import zipfile
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 DEFAULT_OUT = REPO / "build" / "lambda.zip"
-#: Lambda's ``python3.12`` runtime (Amazon Linux 2023, glibc 2.34, x86_64): see deploy/template.yaml.
-PYTHON_VERSION = "3.12"
-PLATFORM = "manylinux2014_x86_64"
+LOCK = REPO / "deploy" / "lambda-requirements.lock"
+#: Lambda's ``python3.11`` runtime: see ``Runtime`` in deploy/template.yaml.
+PYTHON_VERSION = "3.11"
+#: Lambda architecture → the wheel platform tag of its binaries.
+PLATFORMS = {"x86_64": "manylinux2014_x86_64", "arm64": "manylinux2014_aarch64"}
 #: What the package is built from; everything else in the work tree stays out.
 SOURCES = ("pyproject.toml", "README.md", "controller")
 #: The earliest time a zip entry can carry: the same bytes for the same tree, whenever it is built.
 FIXED_TIME = (1980, 1, 1, 0, 0, 0)
+#: Dependencies of ``pyproject.toml`` that the function never imports, and why they stay out.
+EXCLUDED = {
+    "alembic": "the schema is migrated from CI (`flux-control db upgrade`), never by the function",
+    "click": "the command line only",
+    "boto3": (
+        "the Lambda runtime provides boto3 and botocore (15 MiB zipped); the function calls only "
+        "long-standing APIs (Scheduler, EventBridge, Glue, Step Functions, SQS, Lambda, Secrets Manager), "
+        "so no pinned version is needed"
+    ),
+    "pyyaml": "definition files are read by the command line; the function validates JSON payloads",
+    "jsonschema-rs": (
+        "the command line's speed-up for thousands of files; the function validates the few tables of "
+        "a POST /tables payload with jsonschema alone (the same verdicts: tests/test_schema.py)"
+    ),
+}
+#: Bounds the lock adds to pyproject's ranges, for Lambda's platform, and why.
+CONSTRAINTS = {
+    "psycopg<3.3": (
+        "psycopg-binary 3.3 has arm64 wheels for glibc 2.28 only; Lambda's python3.11 runs on Amazon "
+        "Linux 2 (glibc 2.26), whose wheels are manylinux2014 (the same version for both architectures)"
+    ),
+}
+#: Parts of the locked packages the function never imports, removed from the zip, and why.
+PRUNED = {
+    "sqlalchemy/testing": "SQLAlchemy's own test harness (a pytest plugin)",
+    "sqlalchemy/dialects/mssql": "the function connects to PostgreSQL (SQLite locally) only",
+    "sqlalchemy/dialects/mysql": "the function connects to PostgreSQL (SQLite locally) only",
+    "sqlalchemy/dialects/oracle": "the function connects to PostgreSQL (SQLite locally) only",
+}
+_NAME = re.compile(r"^\s*([A-Za-z0-9][A-Za-z0-9._-]*)")
+
+
+def canonical(name: str) -> str:
+    """A distribution name as pip compares them (PEP 503)."""
+    return re.sub(r"[-_.]+", "-", name).lower()
+
+
+def requirement_name(requirement: str) -> str:
+    match = _NAME.match(requirement)
+    assert match, requirement
+    return canonical(match.group(1))
+
+
+def lambda_requirements(pyproject: Path = REPO / "pyproject.toml") -> list[str]:
+    """``pyproject.toml``'s dependencies but :data:`EXCLUDED`, as written there."""
+    dependencies: list[str] = tomllib.loads(pyproject.read_text(encoding="utf-8"))["project"]["dependencies"]
+    return [d for d in dependencies if requirement_name(d) not in EXCLUDED]
+
+
+def lock_command(constraints: Path, python_version: str = PYTHON_VERSION) -> list[str]:
+    """The uv call that pins :func:`lambda_requirements` (read on stdin) within ``constraints`` (a file
+    of :data:`CONSTRAINTS`), with hashes, for any platform."""
+    return [
+        sys.executable,
+        "-m",
+        "uv",
+        "pip",
+        "compile",
+        "-",
+        "--universal",
+        "--python-version",
+        python_version,
+        "--generate-hashes",
+        "--constraint",
+        str(constraints),
+        "--no-annotate",
+        "--quiet",
+        "--custom-compile-command",
+        "python deploy/build_lambda_zip.py --lock",
+        "--output-file",
+        str(LOCK),
+    ]
+
+
+def write_lock() -> None:
+    requirements = "\n".join(lambda_requirements()) + "\n"
+    with tempfile.TemporaryDirectory(prefix="flux-lock-") as scratch:
+        constraints = Path(scratch) / "constraints.txt"
+        constraints.write_text("\n".join(CONSTRAINTS) + "\n", encoding="utf-8")
+        subprocess.run(lock_command(constraints), input=requirements, text=True, check=True, cwd=REPO)
 
 
 def copy_sources(repo: Path, destination: Path) -> Path:
@@ -52,8 +150,7 @@ def copy_sources(repo: Path, destination: Path) -> Path:
     return source
 
 
-def pip_command(source: Path, target: Path, python_version: str, platform: str) -> list[str]:
-    """The pip call that installs ``source`` and its runtime dependencies into ``target``."""
+def _pip(target: Path) -> list[str]:
     return [
         sys.executable,
         "-m",
@@ -66,8 +163,19 @@ def pip_command(source: Path, target: Path, python_version: str, platform: str) 
         "--no-warn-script-location",
         "--root-user-action=ignore",
         "--no-compile",
+        "--no-deps",
         "--target",
         str(target),
+    ]
+
+
+def pip_command(lock: Path, target: Path, python_version: str, platform: str) -> list[str]:
+    """The pip call that installs the locked dependencies, verified by their hashes, into ``target``."""
+    return [
+        *_pip(target),
+        "--require-hashes",
+        "--requirement",
+        str(lock),
         "--only-binary=:all:",
         "--platform",
         platform,
@@ -75,8 +183,12 @@ def pip_command(source: Path, target: Path, python_version: str, platform: str) 
         "cp",
         "--python-version",
         python_version,
-        str(source),
     ]
+
+
+def project_command(source: Path, target: Path) -> list[str]:
+    """The pip call that installs the project itself (no dependency: the lock gave them)."""
+    return [*_pip(target), str(source)]
 
 
 def prune(target: Path) -> None:
@@ -87,6 +199,8 @@ def prune(target: Path) -> None:
         compiled.unlink()
     # Console scripts with this machine's interpreter in their shebang.
     shutil.rmtree(target / "bin", ignore_errors=True)
+    for part in PRUNED:
+        shutil.rmtree(target / part)
     for record in target.glob("*.dist-info/RECORD"):
         forget_removed(target, record)
 
@@ -97,6 +211,43 @@ def forget_removed(target: Path, record: Path) -> None:
     kept = [line for line in lines if (target / line.split(",", 1)[0]).is_file()]
     if kept != lines:
         record.write_text("".join(kept), encoding="utf-8")
+
+
+def function_modules(source: Path) -> set[str]:
+    """The modules of ``source/controller`` the handler can import, directly or inside a function (the
+    routes import the runtime on first use), as paths relative to ``source``: what ``modulefinder`` finds
+    from ``controller/lambda_function.py``, reading ``source`` only (the dependencies are not scanned)."""
+    finder = modulefinder.ModuleFinder(path=[str(source)])
+    finder.run_script(str(source / "controller" / "lambda_function.py"))
+    found = {
+        Path(module.__file__).relative_to(source).as_posix()
+        for name, module in finder.modules.items()
+        if name.split(".")[0] == "controller" and module.__file__
+    }
+    return found | {"controller/lambda_function.py"}
+
+
+def keep_function_modules(target: Path, used: set[str]) -> None:
+    """Remove the project's modules the function never imports (the command line, the migrations, the
+    local stand-ins): they import what the zip does not ship (click, alembic)."""
+    for path in sorted((target / "controller").rglob("*.py")):
+        if path.relative_to(target).as_posix() not in used:
+            path.unlink()
+    for directory in sorted((target / "controller").rglob("*"), reverse=True):
+        if directory.is_dir() and not any(directory.iterdir()):
+            directory.rmdir()
+
+
+def compile_bytecode(target: Path) -> None:
+    """Compile every module to ``__pycache__`` with unchecked-hash invalidation (see the module doc)."""
+    ok = compileall.compile_dir(
+        str(target),
+        quiet=1,
+        workers=0,
+        invalidation_mode=py_compile.PycInvalidationMode.UNCHECKED_HASH,
+    )
+    if not ok:
+        raise RuntimeError("some modules did not compile")
 
 
 def write_zip(root: Path, out: Path) -> int:
@@ -119,38 +270,64 @@ def write_zip(root: Path, out: Path) -> int:
     return len(files)
 
 
-def build(
-    out: Path, *, repo: Path = REPO, python_version: str = PYTHON_VERSION, platform: str = PLATFORM
-) -> int:
-    """Build the zip at ``out``; return its number of entries. A failed pip call raises CalledProcessError."""
+@dataclass(frozen=True, slots=True)
+class Built:
+    entries: int
+    zipped: int
+    unzipped: int
+
+
+def build(out: Path, *, architecture: str = "x86_64", repo: Path = REPO, lock: Path = LOCK) -> Built:
+    """Build the zip at ``out``. A failed pip call raises CalledProcessError."""
+    running = "{}.{}".format(*sys.version_info[:2])
+    if running != PYTHON_VERSION:
+        raise RuntimeError(
+            f"run this build with Python {PYTHON_VERSION} (the template's Runtime), not {running}: "
+            "bytecode is compiled for the Python that runs the build"
+        )
     with tempfile.TemporaryDirectory(prefix="flux-lambda-") as scratch:
         source = copy_sources(repo, Path(scratch))
         target = Path(scratch) / "package"
-        subprocess.run(pip_command(source, target, python_version, platform), check=True)
+        subprocess.run(pip_command(lock, target, PYTHON_VERSION, PLATFORMS[architecture]), check=True)
+        subprocess.run(project_command(source, target), check=True)
+        keep_function_modules(target, function_modules(source))
         prune(target)
-        return write_zip(target, out)
+        compile_bytecode(target)
+        unzipped = sum(path.stat().st_size for path in target.rglob("*") if path.is_file())
+        entries = write_zip(target, out)
+    return Built(entries, out.stat().st_size, unzipped)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        description="Build the Lambda deployment zip (the package and its runtime dependencies only)."
+        description="Build the Lambda deployment zip (the package and what the function imports, locked)."
     )
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="zip to write (default: %(default)s)")
     parser.add_argument(
-        "--python-version",
-        default=PYTHON_VERSION,
-        help="Python of the Lambda runtime, as in the template's Runtime (default: %(default)s)",
+        "--architecture",
+        choices=sorted(PLATFORMS),
+        default="x86_64",
+        help="Lambda architecture, as Architecture in the template (default: %(default)s)",
     )
-    parser.add_argument("--platform", default=PLATFORM, help="wheel platform tag (default: %(default)s)")
+    parser.add_argument("--lock", action="store_true", help=f"regenerate {LOCK.relative_to(REPO)} and exit")
     args = parser.parse_args(argv)
+    if args.lock:
+        write_lock()
+        print(f"{LOCK.relative_to(REPO)}: {len(lambda_requirements())} requirements locked with hashes")
+        return 0
     try:
-        entries = build(args.out, python_version=args.python_version, platform=args.platform)
+        built = build(args.out, architecture=args.architecture)
     except subprocess.CalledProcessError as error:
         print(f"build_lambda_zip: pip failed with exit code {error.returncode}", file=sys.stderr)
         return 1
-    size = args.out.stat().st_size
-    mib = size / 2**20
-    print(f"{args.out}: {size:,} bytes ({mib:.1f} MiB), {entries:,} files, Python {args.python_version}")
+    except RuntimeError as error:
+        print(f"build_lambda_zip: {error}", file=sys.stderr)
+        return 1
+    print(
+        f"{args.out}: {built.zipped:,} bytes zipped ({built.zipped / 2**20:.1f} MiB), "
+        f"{built.unzipped:,} bytes unzipped ({built.unzipped / 2**20:.1f} MiB), {built.entries:,} files, "
+        f"Python {PYTHON_VERSION}, {args.architecture}"
+    )
     return 0
 
 
