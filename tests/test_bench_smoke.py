@@ -139,3 +139,18 @@ def test_quick_coldstart_writes_its_tables(tmp_path: Path) -> None:
     assert rows["import boto3"]["× import boto3"] == "1.00"
     assert numeric(rows["import controller.lambda_function"]["× runtime dependencies"])
     assert [g["met"] in ("met", "not met") for g in tables["Cold start goals"]] == [True, True]
+
+
+@pytest.mark.slow
+def test_quick_package_writes_sizes_and_cold_starts_before_and_after(tmp_path: Path) -> None:
+    tables = markdown_tables(run_bench(tmp_path, "--only", "package"))
+    rows = {
+        r["measure"]: r for r in tables["Lambda package: size and cold start (median of 2 fresh processes)"]
+    }
+    assert float(rows["zipped (MiB)"]["after"]) < 20 < float(rows["zipped (MiB)"]["before"])
+    for measure in (
+        "unzipped (MiB)",
+        "import + first GET /health (s)",
+        "import + first POST /register_execution (s)",
+    ):
+        assert numeric(rows[measure]["before"]) and numeric(rows[measure]["after"]), measure
