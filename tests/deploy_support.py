@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import importlib.util
+import sys
 from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 import yaml
 
 TEMPLATE = Path(__file__).resolve().parent.parent / "deploy" / "template.yaml"
+BUILDER = TEMPLATE.parent / "build_lambda_zip.py"
 NO_VALUE = {"Ref": "AWS::NoValue"}
 
 
@@ -54,3 +58,13 @@ def statements(policy_document: dict[str, Any]) -> list[tuple[str | None, dict[s
 
 def as_list(value: Any) -> list[Any]:
     return value if isinstance(value, list) else [value]
+
+
+def load_builder() -> ModuleType:
+    """``deploy/build_lambda_zip.py`` as a module (it is a script, not part of the package)."""
+    spec = importlib.util.spec_from_file_location("build_lambda_zip", BUILDER)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # its dataclasses look their module up
+    spec.loader.exec_module(module)
+    return module

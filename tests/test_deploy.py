@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import re
 import shutil
@@ -10,7 +9,6 @@ import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 
 import boto3
@@ -27,10 +25,9 @@ from controller.lambda_function import GLUE_EVENT, STEP_FUNCTIONS_EVENT
 from controller.runtime.completion import GLUE_FAILURE, GLUE_SUCCESS, SFN_FAILURE, SFN_SUCCESS
 from controller.runtime.ports import schedule_name
 from tests.conftest import POSTGRES_URL
-from tests.deploy_support import TEMPLATE, as_list, load_template, statements
+from tests.deploy_support import TEMPLATE, as_list, load_builder, load_template, statements
 
 REPO = Path(__file__).resolve().parent.parent
-BUILDER = REPO / "deploy" / "build_lambda_zip.py"
 FUNCTION_ARN = {
     "Fn::Sub": "arn:${AWS::Partition}:lambda:${AWS::Region}:${AWS::AccountId}:function:${FunctionName}"
 }
@@ -81,14 +78,6 @@ def depends_on(template: dict[str, Any], name: str) -> set[str]:
                 seen.add(referenced)
                 pending.append(referenced)
     return seen
-
-
-def load_builder() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("build_lambda_zip", BUILDER)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 # --- cfn-lint ----------------------------------------------------------------------------------------

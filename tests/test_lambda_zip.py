@@ -4,7 +4,6 @@ with nothing but the zip and the SDK the Lambda runtime provides."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import re
@@ -13,15 +12,14 @@ import subprocess
 import sys
 import zipfile
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 
 import pytest
 from packaging.requirements import Requirement
 
 from tests.conftest import REPO_ROOT
+from tests.deploy_support import BUILDER, load_builder
 
-BUILDER = REPO_ROOT / "deploy" / "build_lambda_zip.py"
 LIMIT = 20 * 2**20
 #: Distributions the zip must not hold: the excluded ones, what only they need, the dev tools.
 NEVER = {
@@ -36,15 +34,6 @@ NEVER = {
     "pytest",
     "moto",
 }
-
-
-def load_builder() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("build_lambda_zip", BUILDER)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # its dataclasses look their module up
-    spec.loader.exec_module(module)
-    return module
 
 
 def locked() -> dict[str, tuple[str, list[str]]]:
