@@ -10,10 +10,15 @@ STAMP := $(VENV)/.installed
 
 install: $(STAMP)
 
+# checkov pins an older boto3 than the project's: it gets a venv of its own, under the project's.
+CHECKOV := $(VENV)/tools/checkov/bin/checkov
+
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	$(PYTHON) -m venv $(VENV)/tools/checkov
+	$(VENV)/tools/checkov/bin/python -m pip install --quiet 'checkov>=3.2,<4'
 	touch $(STAMP)
 
 # The main job: apply the example definitions to the embedded SQLite database (flux-control.db), then

@@ -13,6 +13,7 @@ first event that needs them (see :mod:`controller.api.app` and :mod:`controller.
 from __future__ import annotations
 
 import json
+import os
 import time
 from typing import Any
 
@@ -22,8 +23,8 @@ from controller.api.app import app
 from controller.api.identity import caller_identity, resolved_caller
 from controller.api.refusals import refused
 from controller.local.context import LocalContext
-from controller.telemetry import logger, metrics, route_module_loggers
-from controller.wiring import runtime
+from controller.telemetry import SERVICE, logger, metrics, route_module_loggers
+from controller.wiring import runtime, truthy
 
 GLUE_EVENT = "Glue Job State Change"
 STEP_FUNCTIONS_EVENT = "Step Functions Execution Status Change"
@@ -65,7 +66,12 @@ def _handle(event: dict[str, Any], context: Any) -> dict[str, Any]:
         from controller.runtime import sweep  # lazy: see the module docstring
 
         logger.set_correlation_id(f"sweep-{getattr(context, 'aws_request_id', '')}")
-        counts = sweep.sweep(runtime())
+        try:
+            counts = sweep.sweep(runtime())
+        except Exception:
+            _count("SweepErrors")  # alarmed on (deploy/template.yaml); the scheduler retries it
+            logger.exception("the sweep failed")
+            raise
         return {"status": "swept", **counts}
     detail_type = event.get("detail-type")
     if detail_type in (GLUE_EVENT, STEP_FUNCTIONS_EVENT):
@@ -73,6 +79,20 @@ def _handle(event: dict[str, Any], context: Any) -> dict[str, Any]:
         return {"status": _state_change(detail_type, event.get("detail") or {})}
     logger.warning("event of unknown shape ignored", extra={"keys": sorted(event)[:20]})
     return {"status": "ignored: unknown event"}
+
+
+def traced(handler: Any) -> Any:
+    """``handler`` under Powertools' Tracer (X-Ray; the AWS calls as subsegments) when ``FLUX_TRACING`` is
+    on (the template's Tracing parameter). Off, the tracer is not even imported: its X-Ray SDK would
+    lengthen every cold start."""
+    if not truthy(os.environ.get("FLUX_TRACING")):
+        return handler
+    from aws_lambda_powertools import Tracer
+
+    return Tracer(service=SERVICE).capture_lambda_handler(handler)
+
+
+_handle = traced(_handle)
 
 
 def _http(event: dict[str, Any], context: Any) -> dict[str, Any]:

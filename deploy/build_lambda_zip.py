@@ -69,6 +69,9 @@ EXCLUDED = {
         "a POST /tables payload with jsonschema alone (the same verdicts: tests/test_schema.py)"
     ),
 }
+#: What the Lambda runtime provides (boto3 and its dependencies): never locked, even when a locked
+#: package depends on it (the X-Ray SDK of Powertools' tracer depends on botocore).
+RUNTIME_PROVIDED = ("boto3", "botocore", "s3transfer", "jmespath", "python-dateutil", "six", "urllib3")
 #: Bounds the lock adds to pyproject's ranges, for Lambda's platform, and why.
 CONSTRAINTS = {
     "psycopg<3.3": (
@@ -120,6 +123,7 @@ def lock_command(constraints: Path, python_version: str = PYTHON_VERSION) -> lis
         "--constraint",
         str(constraints),
         "--no-annotate",
+        *(flag for name in RUNTIME_PROVIDED for flag in ("--no-emit-package", name)),
         "--quiet",
         "--custom-compile-command",
         "python deploy/build_lambda_zip.py --lock",

@@ -26,6 +26,7 @@ DEFERRED = (
     "jsonschema",
     "jsonschema_rs",
     "alembic",
+    "aws_xray_sdk",
     "controller.db.base",
     "controller.runtime.context",
     "controller.runtime.registration",
@@ -132,3 +133,17 @@ def test_checking_a_tables_payload_never_loads_the_yaml_reader(tmp_path: Path) -
     )
     assert "yaml" not in loaded
     assert {"jsonschema", "jinja2", "controller.validation"} <= set(loaded)
+
+
+def test_the_tracer_is_loaded_only_when_tracing_is_on(tmp_path: Path) -> None:
+    """Off (the default), the X-Ray SDK is never imported; on (FLUX_TRACING, the template's Tracing
+    parameter), the handler runs under Powertools' Tracer."""
+    event = to_event("GET", "/health", {}, b"", "127.0.0.1", request_id="traced-1")
+    code = (
+        "from controller import lambda_function\n"
+        "assert hasattr(lambda_function._handle, '__wrapped__'), 'not traced'\n"
+        f"assert lambda_function.lambda_handler({event!r}, None)['statusCode'] == 200"
+    )
+    loaded = loaded_after(code, FLUX_TRACING="true", POWERTOOLS_METRICS_DISABLED="true")
+    assert "aws_xray_sdk" in loaded
+    assert loaded_after("import controller.lambda_function", FLUX_TRACING="false") == []

@@ -1,4 +1,4 @@
-"""The AWS deployment: the SAM template (cfn-lint and its structure), the Lambda zip, the database secret."""
+"""The AWS deployment: the SAM template (cfn-lint, checkov and its structure), its alarms, the database secret."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ import shutil
 import subprocess
 import sys
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +26,7 @@ from controller.lambda_function import GLUE_EVENT, STEP_FUNCTIONS_EVENT
 from controller.runtime.completion import GLUE_FAILURE, GLUE_SUCCESS, SFN_FAILURE, SFN_SUCCESS
 from controller.runtime.ports import schedule_name
 from tests.conftest import POSTGRES_URL
-from tests.deploy_support import TEMPLATE, as_list, load_builder, load_template, statements
+from tests.deploy_support import NO_VALUE, TEMPLATE, as_list, load_builder, load_template, statements
 
 REPO = Path(__file__).resolve().parent.parent
 FUNCTION_ARN = {
@@ -126,7 +127,7 @@ def test_the_function_runs_the_handler_on_the_runtime_the_zip_is_built_for(templ
     architecture = template["Parameters"]["Architecture"]
     assert architecture["Default"] == "x86_64"
     assert set(architecture["AllowedValues"]) == set(load_builder().PLATFORMS)  # the builder builds each
-    assert (props["MemorySize"], props["Timeout"]) == (512, 60)
+    assert props["MemorySize"] == 512
     assert (TEMPLATE.parent / props["CodeUri"]).resolve() == load_builder().DEFAULT_OUT
     assert props["FunctionName"] == {"Ref": "FunctionName"}
     assert props["Role"] == {"Fn::GetAtt": ["FunctionRole", "Arn"]}
@@ -142,10 +143,18 @@ def test_the_function_environment_names_itself_without_a_circular_reference(temp
         "FLUX_EVENT_BUS": {"Ref": "EventBusName"},
         "FLUX_TRUST_BODY_USER": "false",
         "FLUX_DATABASE_SECRET_ARN": {"Ref": "DatabaseSecretArn"},
+        "FLUX_DEAD_LETTER_ARN": {"Fn::GetAtt": ["DeadLetterQueue", "Arn"]},
+        "FLUX_TRACING": {"Fn::If": ["UseTracing", "true", "false"]},
         "POWERTOOLS_SERVICE_NAME": "flux-control",
         "POWERTOOLS_METRICS_NAMESPACE": "FluxControl",
     }
-    assert depends_on(template, "Function") == {"FunctionRole", "SchedulerRole", "ScheduleGroup", "LogGroup"}
+    assert depends_on(template, "Function") == {
+        "FunctionRole",
+        "SchedulerRole",
+        "ScheduleGroup",
+        "LogGroup",
+        "DeadLetterQueue",
+    }
     assert [name for name in template["Resources"] if name in depends_on(template, name)] == []
     assert template["Resources"]["ScheduleGroup"]["Properties"]["Name"] == {"Ref": "ScheduleGroupName"}
     assert template["Parameters"]["ScheduleGroupName"]["Default"] == "flux-control"
@@ -184,7 +193,7 @@ def test_state_change_rules_send_the_final_states_the_runtime_settles_to_the_fun
     ]
 
 
-def test_the_scheduler_role_is_assumable_by_the_scheduler_and_invokes_only_this_function(
+def test_the_scheduler_role_is_assumable_by_the_scheduler_and_invokes_only_this_function_or_dead_letters(
     template: dict[str, Any],
 ) -> None:
     role = template["Resources"]["SchedulerRole"]["Properties"]
@@ -199,7 +208,13 @@ def test_the_scheduler_role_is_assumable_by_the_scheduler_and_invokes_only_this_
             "Effect": "Allow",
             "Action": "lambda:InvokeFunction",
             "Resource": FUNCTION_ARN,
-        }
+        },
+        {
+            "Sid": "UndeliveredToTheDeadLetterQueue",
+            "Effect": "Allow",
+            "Action": "sqs:SendMessage",
+            "Resource": {"Fn::GetAtt": ["DeadLetterQueue", "Arn"]},
+        },
     ]
 
 
@@ -214,14 +229,19 @@ def test_the_sweep_runs_every_five_minutes_with_the_sweep_action(template: dict[
     assert props["Target"]["RoleArn"] == {"Fn::GetAtt": ["SchedulerRole", "Arn"]}
 
 
-def test_the_log_group_is_the_functions_with_a_retention(template: dict[str, Any]) -> None:
-    (log_group,) = resources(template, "AWS::Logs::LogGroup").values()
+def test_the_log_group_is_the_functions_with_a_retention_and_json_logs(template: dict[str, Any]) -> None:
+    log_group = template["Resources"]["LogGroup"]
     assert log_group["Properties"] == {
         "LogGroupName": {"Fn::Sub": "/aws/lambda/${FunctionName}"},
         "RetentionInDays": {"Ref": "LogRetentionDays"},
     }
     assert template["Parameters"]["LogRetentionDays"]["Default"] == 30
-    assert template["Resources"]["Function"]["DependsOn"] == "LogGroup"
+    assert template["Resources"]["Function"]["Properties"]["LoggingConfig"] == {
+        "LogFormat": "JSON",
+        "LogGroup": {"Ref": "LogGroup"},  # created before the function: it is referenced
+        "ApplicationLogLevel": "INFO",
+        "SystemLogLevel": "WARN",
+    }
 
 
 #: Each statement of the function's policy and the condition it exists under: the listed targets and
@@ -238,6 +258,8 @@ FUNCTION_STATEMENTS = {
     "StartListedStateMachines": "HasStateMachines",
     "SendToListedQueues": "HasQueues",
     "InvokeListedFunctions": "HasTargetFunctions",
+    "FailedInvocationsToTheDeadLetterQueue": None,
+    "WriteTraces": "UseTracing",
     "AttachToVpc": "InVpc",
 }
 
@@ -264,14 +286,16 @@ def test_each_statement_of_the_function_policy_exists_under_its_condition(
 def test_no_resource_is_a_bare_star_except_the_vpc_attachment_aws_requires(
     function_statements: dict[str, tuple[str | None, dict[str, Any]]],
 ) -> None:
-    """ec2:CreateNetworkInterface and friends support no resource-level permissions: Lambda's VPC
-    attachment needs them on "*", and only when the function runs in a VPC. Nothing else may.
+    """ec2:CreateNetworkInterface and friends, and X-Ray's actions, support no resource-level
+    permissions: Lambda's VPC attachment needs them on "*", only when the function runs in a VPC, and
+    tracing only when it is on. Nothing else may.
     """
     stars = {
         sid for sid, (_, statement) in function_statements.items() if "*" in as_list(statement["Resource"])
     }
-    assert stars == {"AttachToVpc"}
+    assert stars == {"AttachToVpc", "WriteTraces"}
     assert function_statements["AttachToVpc"][0] == "InVpc"
+    assert function_statements["WriteTraces"][0] == "UseTracing"
 
 
 def test_each_statement_is_limited_to_this_stacks_resources_or_the_listed_ones(
@@ -298,6 +322,7 @@ def test_each_statement_is_limited_to_this_stacks_resources_or_the_listed_ones(
     assert resource["StartListedStateMachines"] == {"Ref": "StateMachineArns"}
     assert resource["SendToListedQueues"] == {"Ref": "QueueArns"}
     assert resource["InvokeListedFunctions"] == {"Ref": "TargetFunctionArns"}
+    assert resource["FailedInvocationsToTheDeadLetterQueue"] == {"Fn::GetAtt": ["DeadLetterQueue", "Arn"]}
 
 
 def test_the_listed_targets_default_to_none_so_nothing_is_granted_unasked(template: dict[str, Any]) -> None:
@@ -348,6 +373,195 @@ def test_the_outputs_give_the_api_url_and_the_function_arn(template: dict[str, A
 
 
 # --- the builder, fast parts ---------------------------------------------------------------------------
+
+
+# --- hardening: time limits, dead letters, concurrency, tracing, alarms, checkov ------------------------
+
+
+def test_an_api_request_never_outlives_api_gateway(template: dict[str, Any]) -> None:
+    """API Gateway gives up after 29 s: the function's own limit, and its AWS calls', are shorter."""
+    from controller.aws.clients import CLIENT_SETTINGS
+
+    props = template["Resources"]["Function"]["Properties"]
+    assert props["Timeout"] < 29
+    assert CLIENT_SETTINGS["connect_timeout"] + CLIENT_SETTINGS["read_timeout"] < props["Timeout"]
+    integration = template["Resources"]["Api"]["Properties"]["DefinitionBody"]["paths"]["/{proxy+}"][
+        "x-amazon-apigateway-any-method"
+    ]["x-amazon-apigateway-integration"]
+    assert integration["timeoutInMillis"] == 29000
+
+
+def test_everything_that_delivers_to_the_function_has_a_dead_letter_queue(template: dict[str, Any]) -> None:
+    queue = {"Fn::GetAtt": ["DeadLetterQueue", "Arn"]}
+    function = template["Resources"]["Function"]["Properties"]
+    assert function["DeadLetterQueue"] == {"Type": "SQS", "TargetArn": queue}  # asynchronous invocations
+    for name in ("GlueJobStateRule", "StepFunctionsStateRule"):
+        (target,) = template["Resources"][name]["Properties"]["Targets"]
+        assert target["DeadLetterConfig"] == {"Arn": queue}, name
+    assert template["Resources"]["SweepSchedule"]["Properties"]["Target"]["DeadLetterConfig"] == {
+        "Arn": queue
+    }
+    # Run schedules are written by the code: it is told where to send what it cannot deliver.
+    assert function["Environment"]["Variables"]["FLUX_DEAD_LETTER_ARN"] == queue
+    (policy,) = template["Resources"]["SchedulerRole"]["Properties"]["Policies"]
+    assert {
+        "Sid": "UndeliveredToTheDeadLetterQueue",
+        "Effect": "Allow",
+        "Action": "sqs:SendMessage",
+        "Resource": queue,
+    } in policy["PolicyDocument"]["Statement"]
+    statement = template["Resources"]["DeadLetterQueuePolicy"]["Properties"]["PolicyDocument"]["Statement"][0]
+    assert statement["Principal"] == {"Service": "events.amazonaws.com"}
+    assert template["Resources"]["DeadLetterQueue"]["Properties"]["SqsManagedSseEnabled"] is True
+
+
+def test_a_run_schedule_names_the_dead_letter_queue_when_one_is_set() -> None:
+    from controller.aws.scheduler import EventBridgeScheduler
+    from controller.aws.settings import AwsSettings
+    from controller.runtime.ports import ScheduleRequest
+
+    class Recorder:
+        def __init__(self) -> None:
+            self.created: list[dict[str, Any]] = []
+
+        def create_schedule(self, **params: Any) -> None:
+            self.created.append(params)
+
+    settings = AwsSettings.from_env(
+        {"FLUX_FUNCTION_ARN": "arn:f", "FLUX_SCHEDULER_ROLE_ARN": "arn:r", "FLUX_DEAD_LETTER_ARN": "arn:dlq"}
+    )
+    recorder = Recorder()
+    request = ScheduleRequest("flux-run-1-t", 1, datetime(2030, 1, 1, tzinfo=UTC))
+    EventBridgeScheduler(settings, recorder).put(request)
+    EventBridgeScheduler(AwsSettings("g", "arn:f", "arn:r"), recorder).put(request)
+    assert recorder.created[0]["Target"]["DeadLetterConfig"] == {"Arn": "arn:dlq"}
+    assert "DeadLetterConfig" not in recorder.created[1]["Target"]
+
+
+def test_concurrency_is_reserved_and_its_connections_documented(template: dict[str, Any]) -> None:
+    parameter = template["Parameters"]["ReservedConcurrency"]
+    assert template["Resources"]["Function"]["Properties"]["ReservedConcurrentExecutions"] == {
+        "Ref": "ReservedConcurrency"
+    }
+    assert "6 database connections" in parameter["Description"] and "RDS Proxy" in parameter["Description"]
+    assert parameter["Default"] * 6 <= 100  # PostgreSQL's default max_connections, less room for CI
+
+
+def test_tracing_is_an_option_for_the_function_and_the_api(template: dict[str, Any]) -> None:
+    assert template["Conditions"]["UseTracing"] == {"Fn::Equals": [{"Ref": "Tracing"}, "Active"]}
+    assert template["Parameters"]["Tracing"]["Default"] == "Disabled"
+    props = template["Resources"]["Function"]["Properties"]
+    assert props["Tracing"] == {"Fn::If": ["UseTracing", "Active", "PassThrough"]}
+    assert props["Environment"]["Variables"]["FLUX_TRACING"] == {"Fn::If": ["UseTracing", "true", "false"]}
+    assert template["Resources"]["Api"]["Properties"]["TracingEnabled"] == {
+        "Fn::If": ["UseTracing", True, False]
+    }
+
+
+def test_the_api_writes_access_logs(template: dict[str, Any]) -> None:
+    setting = template["Resources"]["Api"]["Properties"]["AccessLogSetting"]
+    assert setting["DestinationArn"] == {"Fn::GetAtt": ["ApiAccessLogGroup", "Arn"]}
+    line = json.loads(setting["Format"])
+    assert {"requestId", "ip", "caller", "method", "path", "status", "latency"} <= set(line)
+    assert template["Resources"]["ApiGatewayAccount"]["Condition"] == "CreateApiGatewayCloudWatchRole"
+
+
+#: Each alarm: the metric it watches.
+ALARMS = {
+    "FailedRunsAlarm": ("FluxControl", "RunsFailed"),
+    "SweepErrorsAlarm": ("FluxControl", "SweepErrors"),
+    "DeadLettersAlarm": ("AWS/SQS", "ApproximateNumberOfMessagesVisible"),
+    "Api5xxAlarm": ("AWS/ApiGateway", "5XXError"),
+}
+
+
+def test_the_alarms_watch_failed_runs_sweep_errors_dead_letters_and_5xx(template: dict[str, Any]) -> None:
+    alarms = resources(template, "AWS::CloudWatch::Alarm")
+    assert {
+        name: (a["Properties"]["Namespace"], a["Properties"]["MetricName"]) for name, a in alarms.items()
+    } == ALARMS
+    for alarm in alarms.values():
+        props = alarm["Properties"]
+        assert props["AlarmActions"] == {"Fn::If": ["HasAlarmTopic", [{"Ref": "AlarmTopicArn"}], NO_VALUE]}
+        assert (props["Threshold"], props["TreatMissingData"]) == (1, "notBreaching")
+        if props["Namespace"] == "FluxControl":  # the function's own EMF metrics: its service dimension
+            assert props["Dimensions"] == [{"Name": "service", "Value": "flux-control"}]
+
+
+def test_the_function_emits_the_metrics_the_alarms_watch(
+    engine: Any, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from controller.runtime import sweep
+    from tests.api_support import TABLES, manual
+    from tests.runtime_support import running_lambda
+
+    with running_lambda(engine, TABLES, monkeypatch) as flux:
+        glued = manual(flux, "tb_b", 202306)  # its Glue task starts, then the job fails
+        job_run = flux.ok("GET", f"/runs/{glued['id']}")["run"]["tasks"][0]["external_id"]
+        capsys.readouterr()
+        flux.invoke(
+            {"detail-type": "Glue Job State Change", "detail": {"jobRunId": job_run, "state": "FAILED"}}
+        )
+        emitted = _emf(capsys.readouterr().out)
+
+        def broken(_runtime: Any) -> Any:
+            raise RuntimeError("database gone")
+
+        monkeypatch.setattr(sweep, "sweep", broken)
+        with pytest.raises(RuntimeError, match="database gone"):  # raised again: the scheduler retries
+            flux.invoke({"flux_action": "sweep"})
+        emitted |= _emf(capsys.readouterr().out)
+    watched = {metric for namespace, metric in ALARMS.values() if namespace == "FluxControl"}
+    assert watched <= emitted, (watched, emitted)
+
+
+def _emf(output: str) -> set[str]:
+    """The metric names of the EMF lines in ``output`` whose namespace is FluxControl, with the service
+    dimension the alarms name."""
+    names: set[str] = set()
+    for line in output.splitlines():
+        if not line.startswith('{"_aws"'):
+            continue
+        document = json.loads(line)
+        for directive in document["_aws"]["CloudWatchMetrics"]:
+            if directive["Namespace"] == "FluxControl" and ["service"] in directive["Dimensions"]:
+                assert document["service"] == "flux-control"
+                names |= {m["Name"] for m in directive["Metrics"] if document.get(m["Name"])}
+    return names
+
+
+CHECKOV = REPO / ".venv" / "tools" / "checkov" / "bin" / "checkov"
+
+
+def test_checkov_passes_and_every_skip_gives_its_reason() -> None:
+    """Installed by `make install` in a venv of its own (it pins an older boto3 than the project's)."""
+    checkov = shutil.which("checkov") or (str(CHECKOV) if CHECKOV.exists() else None)
+    assert checkov, f"checkov is not installed: run `make install` (it installs {CHECKOV})"
+    done = subprocess.run(
+        [checkov, "-f", str(TEMPLATE), "--framework", "cloudformation", "--output", "json"],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
+    )
+    report = json.loads(done.stdout)
+    failed = [(c["check_id"], c["resource"]) for c in report["results"]["failed_checks"]]
+    assert failed == [], failed
+    assert report["summary"]["passed"] > 20
+    skipped = {c["check_id"] for c in report["results"]["skipped_checks"]}
+    # The checks the issue names pass outright: dead-letter queues, concurrency, access logs.
+    assert not skipped & {"CKV_AWS_116", "CKV_AWS_115", "CKV_AWS_76"}
+    for resource in template_resources_with_skips():
+        for skip in resource:
+            assert len(skip.get("comment", "")) > 30, skip
+
+
+def template_resources_with_skips() -> list[list[dict[str, Any]]]:
+    return [
+        body["Metadata"]["checkov"]["skip"]
+        for body in load_template()["Resources"].values()
+        if "checkov" in body.get("Metadata", {})
+    ]
 
 
 # --- the database URL from Secrets Manager ---------------------------------------------------------------

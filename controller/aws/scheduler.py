@@ -59,6 +59,8 @@ class EventBridgeScheduler:
                 "RetryPolicy": dict(RETRY_POLICY),
             },
         }
+        if self._settings.dead_letter_arn:  # a fire never delivered is kept, not dropped
+            params["Target"]["DeadLetterConfig"] = {"Arn": self._settings.dead_letter_arn}
         try:
             self.client.create_schedule(**params)
         except ClientError as error:

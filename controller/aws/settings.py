@@ -26,11 +26,14 @@ class AwsSettings:
     function_arn: str = ""
     scheduler_role_arn: str = ""
     event_bus: str = DEFAULT_EVENT_BUS
+    #: Where EventBridge Scheduler sends a run's fire it could not deliver (empty: nowhere).
+    dead_letter_arn: str = ""
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> AwsSettings:
-        """The settings from ``FLUX_SCHEDULE_GROUP``, ``FLUX_FUNCTION_ARN``, ``FLUX_SCHEDULER_ROLE_ARN``
-        and ``FLUX_EVENT_BUS`` (``os.environ`` unless given); empty values count as unset.
+        """The settings from ``FLUX_SCHEDULE_GROUP``, ``FLUX_FUNCTION_ARN``, ``FLUX_SCHEDULER_ROLE_ARN``,
+        ``FLUX_EVENT_BUS`` and ``FLUX_DEAD_LETTER_ARN`` (``os.environ`` unless given); empty values count
+        as unset.
         """
         env = os.environ if environ is None else environ
         return cls(
@@ -38,6 +41,7 @@ class AwsSettings:
             function_arn=env.get("FLUX_FUNCTION_ARN", "").strip(),
             scheduler_role_arn=env.get("FLUX_SCHEDULER_ROLE_ARN", "").strip(),
             event_bus=env.get("FLUX_EVENT_BUS", "").strip() or DEFAULT_EVENT_BUS,
+            dead_letter_arn=env.get("FLUX_DEAD_LETTER_ARN", "").strip(),
         )
 
     def require_schedule_target(self) -> tuple[str, str]:
