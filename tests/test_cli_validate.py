@@ -10,6 +10,8 @@ import pytest
 from click.testing import CliRunner
 
 from controller.cli import main
+from controller.cli.annotations import github_annotation
+from controller.problems import Location, Problem
 from tests.conftest import REPO_ROOT, WriteDefs
 
 BROKEN = {
@@ -138,3 +140,36 @@ def test_every_command_has_help_with_examples() -> None:
         assert result.exit_code == 0, path
         assert "Examples:" in result.output, f"flux-control {' '.join(path)} --help has no examples"
         assert f"flux-control {' '.join(path)}" in result.output.split("Examples:")[1], path
+
+
+def test_github_format_annotates_each_problem_at_its_file_and_line(
+    write_defs: WriteDefs, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    root = write_defs(BROKEN)
+    monkeypatch.chdir(root.parent)
+    result = CliRunner().invoke(main, ["validate", str(root.resolve()), "--format", "github"])
+    assert result.exit_code == 1
+    assert result.output.splitlines() == [
+        "::error file=defs/a.yaml,line=4,col=8,title=flux-control validate (schema-type)"
+        "::'owner' must be a string, got number 1",
+        "::error file=defs/b.yaml,line=4,col=34,title=flux-control validate (unknown-dependency)"
+        "::unknown dependency 'nope'",
+        "Invalid: 2 problems in 2 files; nothing was written.",
+    ]
+
+
+def test_github_format_escapes_what_would_end_a_command() -> None:
+    """A message or path from a file cannot end the command early nor start a second one on a new line."""
+    problem = Problem(Location("odd,dir/a:b.yaml", 2, 3), "100% wrong\n::add-mask::x", code="c")
+    annotation = github_annotation(problem, workspace=Path("/nowhere"))
+    assert "\n" not in annotation
+    assert annotation == (
+        "::error file=odd%2Cdir/a%3Ab.yaml,line=2,col=3,title=flux-control validate (c)"
+        "::100%25 wrong\\n::add-mask::x"
+    )
+
+
+def test_github_format_when_valid_prints_only_the_summary() -> None:
+    result = CliRunner().invoke(main, ["validate", str(REPO_ROOT / "definitions"), "--format", "github"])
+    assert result.exit_code == 0, result.output
+    assert result.output == "Valid: 7 tables, 5 dependencies, 4 tasks in 5 files.\n"

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import click
 
+from controller.cli.annotations import github_annotation
 from controller.cli.options import ByteSize, format_option
 from controller.terminal_text import printable
 from controller.validation import ValidationResult, validate_directory
@@ -19,7 +20,7 @@ from controller.yaml_documents import DEFAULT_MAX_FILE_BYTES
     default="definitions",
     type=click.Path(exists=True, file_okay=True, dir_okay=True, path_type=Path),
 )
-@format_option("text", "json")
+@format_option("text", "json", "github")
 @click.option(
     "--max-file-size",
     type=ByteSize(),
@@ -31,17 +32,24 @@ def validate(directory: Path, output_format: str, max_file_size: int) -> None:
     """Check every definition file under DIRECTORY (default: definitions/).
 
     Prints one line per problem as path:line:col: message, all of them at once, then a summary.
-    Exits 0 when the definitions are valid, 1 otherwise. Nothing is written anywhere.
+    Exits 0 when the definitions are valid, 1 otherwise. Nothing is written anywhere. With
+    ``--format github`` each problem is a workflow command that GitHub Actions shows as an annotation
+    on the file and line (paths relative to the current directory, the repository root in a workflow).
 
     \b
     Examples:
       flux-control validate
       flux-control validate path/to/definitions --format json
       flux-control validate --max-file-size 256KiB
+      flux-control validate definitions --format github
     """
     result = validate_directory(directory, max_file_bytes=max_file_size)
     if output_format == "json":
         click.echo(json.dumps(_as_json(result), indent=2))
+    elif output_format == "github":
+        for problem in result.problems:
+            click.echo(github_annotation(problem, workspace=Path.cwd()))
+        _print_summary(result)
     else:
         _print_text(result)
     if not result.valid:
@@ -51,6 +59,10 @@ def validate(directory: Path, output_format: str, max_file_size: int) -> None:
 def _print_text(result: ValidationResult) -> None:
     for problem in result.problems:
         click.echo(printable(str(problem)))
+    _print_summary(result)
+
+
+def _print_summary(result: ValidationResult) -> None:
     counts = result.summary()
     if result.valid:
         click.secho(
