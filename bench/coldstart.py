@@ -107,11 +107,11 @@ def _script(imports: list[str]) -> str:
     return _IMPORT.format(imports=lines, watched=_WATCHED, mark=MARK)
 
 
-def _requests_script(events: list[dict[str, Any]]) -> str:
+def requests_script(events: list[dict[str, Any]]) -> str:
     return textwrap.dedent(_FIRST_REQUEST).format(events=json.dumps(events), watched=_WATCHED, mark=MARK)
 
 
-def _events(method: str, path: str, bodies: list[Any]) -> list[dict[str, Any]]:
+def proxy_events(method: str, path: str, bodies: list[Any]) -> list[dict[str, Any]]:
     from controller.local.http import to_event
 
     return [
@@ -142,13 +142,16 @@ def _environment(workdir: str, aws: dict[str, str]) -> dict[str, str]:
     return env
 
 
-def _once(script: str, env: dict[str, str]) -> dict[str, Any]:
+def measure_once(
+    script: str, env: dict[str, str], *, cwd: Path = REPO, flags: tuple[str, ...] = ()
+) -> dict[str, Any]:
+    """Run ``script`` in a fresh interpreter (with ``flags``) and return the result it prints after MARK."""
     done = subprocess.run(
-        [sys.executable, "-c", script],
+        [sys.executable, *flags, "-c", script],
         capture_output=True,
         text=True,
         env=env,
-        cwd=REPO,
+        cwd=cwd,
         timeout=300,
         check=False,
     )
@@ -163,17 +166,17 @@ def _interleaved(cases: dict[str, Case], repeat: int) -> dict[str, list[dict[str
     """``repeat`` runs of each case, taking turns so that all of them see the same machine."""
     for label, (script, environment) in cases.items():
         say(f"{label}: warm-up (bytecode caches)")
-        _once(script, environment())
+        measure_once(script, environment())
     results: dict[str, list[dict[str, Any]]] = {label: [] for label in cases}
     for attempt in range(repeat):
         for label, (script, environment) in cases.items():
             say(f"{label}: {attempt + 1}/{repeat}")
-            results[label].append(_once(script, environment()))
+            results[label].append(measure_once(script, environment()))
     return results
 
 
 @contextlib.contextmanager
-def _local_aws() -> Iterator[Any]:
+def local_aws() -> Iterator[Any]:
     """moto's server on a free localhost port for the child processes; this process's environment is
     restored afterwards (starting the server points it at the server)."""
     from controller.local.aws import LocalAws, free_port
@@ -192,7 +195,7 @@ def _local_aws() -> Iterator[Any]:
                 os.environ[name] = value
 
 
-def _template_database(workdir: str) -> Path:
+def template_database(workdir: str) -> Path:
     """A migrated SQLite database with :data:`TABLES` applied, copied afresh for each process."""
     from bench.runtime_setup import apply_definitions, table_doc
     from controller.db.engine import make_engine
@@ -209,7 +212,7 @@ def _template_database(workdir: str) -> Path:
     return path
 
 
-def _registration_environment(
+def registration_environment(
     base: dict[str, str], template: Path, workdir: str, local: Any
 ) -> Callable[[], dict[str, str]]:
     """Each run: its own copy of the template database and its own schedule group (run ids repeat)."""
@@ -243,9 +246,9 @@ def run(quick: bool, kinds: list[str], workdir: str) -> list[Table]:
     """Cold start figures (``kinds`` is unused: the first requests run on SQLite)."""
     del kinds
     repeat = 2 if quick else 5
-    with _local_aws() as local:
+    with local_aws() as local:
         env = _environment(workdir, local.environment())
-        template = _template_database(workdir)
+        template = template_database(workdir)
         registrations = [
             {"data": [{"table_name": TABLES[0], "partitions": [{"partition_name": "dt", "value": day}]}]}
             for day in REGISTERED_DAYS
@@ -255,12 +258,12 @@ def run(quick: bool, kinds: list[str], workdir: str) -> list[Table]:
                 "import boto3": (_script(["boto3"]), lambda: env),
                 "import the runtime dependencies": (_script(list(DEPENDENCIES)), lambda: env),
                 "import controller.lambda_function + GET /health": (
-                    _requests_script(_events("GET", "/health", [None, None])),
+                    requests_script(proxy_events("GET", "/health", [None, None])),
                     lambda: env,
                 ),
                 "import controller.lambda_function + POST /register_execution": (
-                    _requests_script(_events("POST", "/register_execution", registrations)),
-                    _registration_environment(env, template, workdir, local),
+                    requests_script(proxy_events("POST", "/register_execution", registrations)),
+                    registration_environment(env, template, workdir, local),
                 ),
             },
             repeat,

@@ -26,17 +26,16 @@ import zipfile
 from collections.abc import Callable
 from pathlib import Path
 from types import ModuleType
-from typing import Any
 
 from bench.coldstart import (
-    MARK,
     REGISTERED_DAYS,
     TABLES,
-    _events,
-    _local_aws,
-    _registration_environment,
-    _requests_script,
-    _template_database,
+    local_aws,
+    measure_once,
+    proxy_events,
+    registration_environment,
+    requests_script,
+    template_database,
 )
 from bench.common import Table
 
@@ -100,25 +99,6 @@ def _sdk(before: Path, workdir: Path) -> Path:
     return sdk
 
 
-def _once(script: str, env: dict[str, str], cwd: Path) -> dict[str, Any]:
-    import json
-
-    done = subprocess.run(
-        [sys.executable, "-S", "-c", script],
-        capture_output=True,
-        text=True,
-        env=env,
-        cwd=cwd,
-        timeout=300,
-        check=False,
-    )
-    for line in done.stdout.splitlines():
-        if line.startswith(MARK):
-            result: dict[str, Any] = json.loads(line[len(MARK) :])
-            return result
-    raise RuntimeError(f"cold start subprocess failed ({done.returncode}): {done.stderr.strip()[-2000:]}")
-
-
 def run(quick: bool, kinds: list[str], workdir: str) -> list[Table]:
     """Sizes and cold starts of both packagings (``kinds`` is unused: SQLite, moto)."""
     del kinds
@@ -133,7 +113,7 @@ def run(quick: bool, kinds: list[str], workdir: str) -> list[Table]:
         tree.chmod(0o555)  # read-only, as /var/task
     sizes = {"before": _sizes(before, work / "before.zip"), "after": _sizes(after, work / "after.zip")}
     paths = {"before": str(before), "after": f"{after}{os.pathsep}{sdk}"}
-    with _local_aws() as local:
+    with local_aws() as local:
         base = {
             "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
             "HOME": str(work),
@@ -141,17 +121,17 @@ def run(quick: bool, kinds: list[str], workdir: str) -> list[Table]:
             "POWERTOOLS_METRICS_NAMESPACE": "FluxControl",
             **local.environment(),
         }
-        template = _template_database(str(work))
+        template = template_database(str(work))
         registrations = [
             {"data": [{"table_name": TABLES[0], "partitions": [{"partition_name": "dt", "value": day}]}]}
             for day in REGISTERED_DAYS
         ]
         payload = {"data": [{"name": "tb_x", "partitions": [{"name": "dt", "type": "date"}]}]}
         scripts = {
-            "GET /health": (_requests_script(_events("GET", "/health", [None, None])), None),
-            "POST /tables": (_requests_script(_events("POST", "/tables", [payload, payload])), "tables"),
+            "GET /health": (requests_script(proxy_events("GET", "/health", [None, None])), None),
+            "POST /tables": (requests_script(proxy_events("POST", "/tables", [payload, payload])), "tables"),
             "POST /register_execution": (
-                _requests_script(_events("POST", "/register_execution", registrations)),
+                requests_script(proxy_events("POST", "/register_execution", registrations)),
                 "registration",
             ),
         }
@@ -159,7 +139,7 @@ def run(quick: bool, kinds: list[str], workdir: str) -> list[Table]:
         environments: dict[str, Callable[[], dict[str, str]]] = {}
         for packaging, path in paths.items():
             env = {**base, "PYTHONPATH": path, "FLUX_DATABASE_URL": f"sqlite:///{work / 'tables.db'}"}
-            environments[f"{packaging}:registration"] = _registration_environment(
+            environments[f"{packaging}:registration"] = registration_environment(
                 env, template, str(work), local
             )
             environments[f"{packaging}:tables"] = _copy_of(template, work, env, packaging)
@@ -169,7 +149,7 @@ def run(quick: bool, kinds: list[str], workdir: str) -> list[Table]:
                 for packaging in paths:
                     say(f"{packaging} {label}: {attempt + 1}/{repeat}")
                     environment = environments[f"{packaging}:{kind or 'plain'}"]()
-                    result = _once(script, environment, work)
+                    result = measure_once(script, environment, cwd=work, flags=("-S",))
                     measured.setdefault((packaging, label), []).append(result["import"] + result["first"])
     return [_table(sizes, measured, repeat)]
 
