@@ -4,9 +4,6 @@ and falls back to the job summary for forks. Its steps' scripts and the report s
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -129,15 +126,12 @@ def test_the_last_step_fails_the_job_naming_both_outcomes(tmp_path: Path) -> Non
 
 @pytest.fixture
 def report(tmp_path: Path) -> Report:
-    """Run plan_report.py in ``tmp_path`` as the workflow does; return (report.md, job summary)."""
+    """Run the report step in ``tmp_path`` as the workflow does; return (report.md, job summary)."""
 
     def run(**env: str) -> tuple[str, str]:
         summary = tmp_path / "summary.md"
         summary.write_text("", encoding="utf-8")
         environment = {
-            **os.environ,
-            # flux-control from this interpreter's environment, as `pip install -e .` puts it on PATH.
-            "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
             "HEAD_SHA": HEAD,
             "BASE_REF": "main",
             "GITHUB_STEP_SUMMARY": str(summary),
@@ -146,15 +140,9 @@ def report(tmp_path: Path) -> Report:
             "GITHUB_RUN_ID": "42",
             **env,
         }
-        result = subprocess.run(
-            [sys.executable, str(SCRIPTS / "plan_report.py")],
-            cwd=tmp_path,
-            env=environment,
-            capture_output=True,
-            text=True,
-            timeout=60,
-            check=False,
-        )
+        # The step's own command, its script taken from this checkout (tmp_path holds only its inputs).
+        command = step(_jobs()["plan"], "Write the report (also to the job summary)")["run"]
+        result = run_step(command.replace(".github/scripts/", f"{SCRIPTS}/"), tmp_path, env=environment)
         assert result.returncode == 0, result.stderr
         return (tmp_path / "report.md").read_text(encoding="utf-8"), summary.read_text(encoding="utf-8")
 

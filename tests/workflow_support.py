@@ -89,7 +89,9 @@ def run_step(
     """Run a step's ``run:`` script as the runner does (``bash -e``), in ``cwd``.
 
     ``fakes`` maps a command name to the body of a bash script put first on PATH in its place (a
-    ``flux-control`` that fails, say), so the step's own shell logic is what is tested.
+    ``flux-control`` that fails, say), so the step's own shell logic is what is tested. After them on
+    PATH comes this interpreter's ``bin``: the real ``flux-control``, as ``pip install -e .`` leaves it
+    for the steps that follow.
     """
     bin_dir = cwd / ".fake-bin"
     bin_dir.mkdir(exist_ok=True)
@@ -99,7 +101,8 @@ def run_step(
         path.chmod(0o755)
     script_file = cwd / ".step.sh"
     script_file.write_text(script, encoding="utf-8")
-    environment = {**os.environ, **env, "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}"}
+    path = os.pathsep.join([str(bin_dir), str(Path(sys.executable).parent), os.environ["PATH"]])
+    environment = {**os.environ, **env, "PATH": path}
     return subprocess.run(
         ["bash", "-e", str(script_file)],
         cwd=cwd,
