@@ -12,19 +12,16 @@ first event that needs them (see :mod:`controller.api.app` and :mod:`controller.
 
 from __future__ import annotations
 
-import json
 import os
 import time
 from typing import Any
-
-from aws_lambda_powertools.metrics import MetricUnit
 
 from controller.api.app import app
 from controller.api.identity import caller_identity, resolved_caller
 from controller.api.refusals import refused
 from controller.local.context import LocalContext
-from controller.telemetry import SERVICE, logger, metrics, route_module_loggers
-from controller.wiring import runtime, truthy
+from controller.telemetry import SERVICE, count, logger, metrics, route_module_loggers
+from controller.wiring import dependencies, truthy
 
 GLUE_EVENT = "Glue Job State Change"
 STEP_FUNCTIONS_EVENT = "Step Functions Execution Status Change"
@@ -43,33 +40,33 @@ def lambda_handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
 @metrics.log_metrics
 def _handle(event: dict[str, Any], context: Any) -> dict[str, Any]:
     logger.append_keys(name="%(name)s")  # which logger wrote a record (cleared with the last state)
-    _count("Invocations")
+    count("Invocations")
     if "httpMethod" in event and "requestContext" in event:
         return _http(event, context)
     action = event.get("flux_action")
     if action == "fire":
-        from controller.runtime import dispatch  # lazy: see the module docstring
+        from controller.services import firing  # lazy: see the module docstring
 
         logger.set_correlation_id(f"run-{event.get('run_id')}")
-        outcome = dispatch.fire(runtime(), int(event["run_id"]))
+        outcome = firing.fire(dependencies(), int(event["run_id"]))
         logger.info("fire", extra={"run_id": event["run_id"], "outcome": outcome})
-        _count(
+        count(
             "RunsDispatched"
             if outcome == "running"
             else "FiresIgnored"
             if outcome.startswith("ignored")
             else ""
         )
-        _count("RunsFailed" if outcome.startswith("failed") else "")
+        count("RunsFailed" if outcome.startswith("failed") else "")
         return {"status": outcome}
     if action == "sweep":
-        from controller.runtime import sweep  # lazy: see the module docstring
+        from controller.services import sweep  # lazy: see the module docstring
 
         logger.set_correlation_id(f"sweep-{getattr(context, 'aws_request_id', '')}")
         try:
-            counts = sweep.sweep(runtime())
+            counts = sweep.sweep(dependencies())
         except Exception:
-            _count("SweepErrors")  # alarmed on (deploy/template.yaml); the scheduler retries it
+            count("SweepErrors")  # alarmed on (deploy/template.yaml); the scheduler retries it
             logger.exception("the sweep failed")
             raise
         return {"status": "swept", **counts}
@@ -87,7 +84,7 @@ def traced(handler: Any) -> Any:
     lengthen every cold start."""
     if not truthy(os.environ.get("FLUX_TRACING")):
         return handler
-    from aws_lambda_powertools import Tracer
+    from aws_lambda_powertools import Tracer  # its X-Ray SDK only when tracing is on
 
     return Tracer(service=SERVICE).capture_lambda_handler(handler)
 
@@ -116,12 +113,11 @@ def _http(event: dict[str, Any], context: Any) -> dict[str, Any]:
             "caller": caller,
         },
     )
-    _count_api(event, response)
     return response
 
 
 def _state_change(detail_type: str, detail: dict[str, Any]) -> str:
-    from controller.runtime import completion  # lazy: see the module docstring
+    from controller.services import completion  # lazy: see the module docstring
 
     if detail_type == GLUE_EVENT:
         source, external_id, state = "glue", detail.get("jobRunId"), detail.get("state")
@@ -132,19 +128,7 @@ def _state_change(detail_type: str, detail: dict[str, Any]) -> str:
     if not external_id or not state:
         logger.warning("state change without an id or a state ignored", extra={"detail_type": detail_type})
         return "ignored: incomplete event"
-    outcome = completion.task_state_changed(runtime(), source, str(external_id), str(state), message)
+    outcome = completion.task_state_changed(dependencies(), source, str(external_id), str(state), message)
     logger.info("task state change", extra={"external_id": external_id, "state": state, "outcome": outcome})
-    _count("RunsSucceeded" if outcome == "run succeeded" else "RunsFailed" if outcome == "run failed" else "")
+    count("RunsSucceeded" if outcome == "run succeeded" else "RunsFailed" if outcome == "run failed" else "")
     return outcome
-
-
-def _count(name: str, value: float = 1) -> None:
-    if name:
-        metrics.add_metric(name=name, unit=MetricUnit.Count, value=value)
-
-
-def _count_api(event: dict[str, Any], response: dict[str, Any]) -> None:
-    if event.get("path") == "/register_execution" and response.get("statusCode") == 200:
-        body = json.loads(response.get("body") or "{}")
-        _count("Registrations", len(body.get("executions", [])))
-        _count("RunsOpenedOrPushed", len(body.get("runs", [])))

@@ -1,6 +1,6 @@
 """The reconciler: plan, apply and drift between definitions in Git and the database.
 
-This is the imperative shell around the pure planner (:mod:`controller.plans`): it reads the
+This is the imperative shell around the pure planner (:mod:`controller.core.plans`): it reads the
 database, asks the planner, enforces the safety rails, and writes in one transaction.
 """
 
@@ -14,6 +14,17 @@ from sqlalchemy import Engine
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session
 
+from controller.core.gc_pause import gc_paused
+from controller.core.plans import (
+    History,
+    Plan,
+    TableAction,
+    TableState,
+    apply_actions,
+    digest,
+    make_plan,
+    state_of,
+)
 from controller.db.definitions_store import (
     DatabaseState,
     RevisionInfo,
@@ -25,18 +36,7 @@ from controller.db.definitions_store import (
 from controller.db.engine import read_only
 from controller.db.locks import acquire_apply_lock, is_lock_timeout, sqlite_lock_wait
 from controller.db.migrate import SchemaStatus, schema_status, upgrade_in
-from controller.gc_pause import gc_paused
-from controller.plans import (
-    History,
-    Plan,
-    TableAction,
-    TableState,
-    apply_actions,
-    digest,
-    make_plan,
-    state_of,
-)
-from controller.validation import ValidationResult
+from controller.files.validation import ValidationResult
 
 DEFAULT_LOCK_TIMEOUT = 60.0
 

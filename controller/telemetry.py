@@ -13,6 +13,7 @@ import logging
 
 from aws_lambda_powertools import Logger, Metrics
 from aws_lambda_powertools.logging.utils import copy_config_to_registered_loggers
+from aws_lambda_powertools.metrics import MetricUnit
 
 SERVICE = "flux-control"
 #: The parent of every module logger of the project.
@@ -27,3 +28,9 @@ def route_module_loggers() -> None:
     loggers created later are children of ``flux_control`` and propagate to it)."""
     logging.getLogger(MODULE_LOGGERS)  # registered, so that Powertools finds it
     copy_config_to_registered_loggers(source_logger=logger, include={MODULE_LOGGERS})
+
+
+def count(name: str, value: float = 1) -> None:
+    """Add ``value`` to the count metric ``name`` of this invocation (an empty name counts nothing)."""
+    if name:
+        metrics.add_metric(name=name, unit=MetricUnit.Count, value=value)

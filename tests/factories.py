@@ -7,11 +7,11 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Engine, event
+from sqlalchemy import event
 
-from controller.plans import TableState, state_of
-from controller.specs import TableSpec
-from controller.validation import validate_directory
+from controller.core.plans import TableState, state_of
+from controller.core.specs import TableSpec
+from controller.files.validation import validate_directory
 
 
 def table_doc(name: str, **fields: Any) -> dict[str, Any]:
@@ -71,18 +71,32 @@ def desired_from(root: Path) -> dict[str, TableState]:
 
 
 class StatementLog:
-    """Every SQL statement an engine sends while attached (a ``before_cursor_execute`` listener)."""
+    """Every SQL statement sent while attached, by each target: a store (its ``listeners``; ``BEGIN``
+    and ``COMMIT`` left out, as SQLAlchemy's cursor events leave them out) or an engine
+    (``before_cursor_execute``)."""
 
-    def __init__(self, engine: Engine) -> None:
-        self.engine = engine
+    def __init__(self, *targets: Any) -> None:
+        self.targets = targets
         self.statements: list[str] = []
 
     def __enter__(self) -> StatementLog:
-        event.listen(self.engine, "before_cursor_execute", self._record)
+        for target in self.targets:
+            if hasattr(target, "listeners"):
+                target.listeners.append(self._heard)
+            else:
+                event.listen(target, "before_cursor_execute", self._record)
         return self
 
     def __exit__(self, *exc: object) -> None:
-        event.remove(self.engine, "before_cursor_execute", self._record)
+        for target in self.targets:
+            if hasattr(target, "listeners"):
+                target.listeners.remove(self._heard)
+            else:
+                event.remove(target, "before_cursor_execute", self._record)
+
+    def _heard(self, statement: str, _connection: Any) -> None:
+        if statement.split()[0].upper() not in ("BEGIN", "COMMIT"):
+            self.statements.append(" ".join(statement.split()))
 
     def _record(self, _conn: Any, _cursor: Any, statement: str, *_args: Any) -> None:
         self.statements.append(" ".join(statement.split()))

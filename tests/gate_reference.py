@@ -1,6 +1,6 @@
 """A brute-force reference model of gates and keys (DESIGN §4), for the property tests.
 
-Written from DESIGN's text, not from ``controller.gates``: it enumerates every combination instead
+Written from DESIGN's text, not from ``controller.core.gates``: it enumerates every combination instead
 of building keys incrementally, and it imports nothing from ``controller``. Definitions are the same
 dicts that are validated and applied; values are canonicalised by type as §4 "Partition key" says.
 

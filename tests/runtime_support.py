@@ -27,7 +27,7 @@ from controller.lambda_function import lambda_handler
 from controller.local.aws import ensure_schedule_group
 from controller.local.http import to_event
 from controller.reconciler import apply
-from controller.runtime.context import Runtime
+from controller.services.dependencies import Dependencies
 from tests.factories import states
 
 ACCOUNT = "123456789012"
@@ -53,7 +53,7 @@ class Clock:
 class Lambda:
     """The handler with moto behind it; ``call`` sends API Gateway REST proxy events."""
 
-    runtime: Runtime
+    deps: Dependencies
     clock: Clock
     requests: int = field(default=0)
 
@@ -125,12 +125,15 @@ def running_lambda(
         _create_targets(definitions)
         apply(engine, desired=states(definitions), revision="test", actor="test", now=START)
         clock = Clock()
-        runtime = Runtime(engine, scheduler, AwsTaskStarter(), EventBridgePublisher(settings), clock=clock)
-        wiring.use(runtime)
+        deps = wiring.dependencies_for(
+            engine, scheduler, AwsTaskStarter(), EventBridgePublisher(settings), clock=clock
+        )
+        wiring.use(deps)
         try:
-            yield Lambda(runtime, clock)
+            yield Lambda(deps, clock)
         finally:
             wiring.use(None)
+            deps.store.close()
             clients.client.cache_clear()
 
 

@@ -42,7 +42,7 @@ def test_approving_without_a_caller_identity_is_403(flux: Lambda) -> None:
 
 
 def test_the_body_user_is_ignored_unless_the_deployment_trusts_it(flux: Lambda) -> None:
-    assert flux.runtime.trust_body_user is False
+    assert flux.deps.trust_body_user is False
     run = manual(flux, "tb_gated", 202305)
     body = {"approval_status_id": run["approval_id"], "user": "ana"}
     status, error = error_of(flux, "POST", "/approve", body)
@@ -55,7 +55,7 @@ def test_the_body_user_is_ignored_unless_the_deployment_trusts_it(flux: Lambda) 
 
 
 def test_a_trusted_body_user_counts_as_the_approver(flux: Lambda) -> None:
-    flux.runtime.trust_body_user = True
+    flux.deps.trust_body_user = True
     run = manual(flux, "tb_gated", 202305)
     status, answer = flux.call(
         "POST", "/approve", {"approval_status_id": run["approval_id"], "user": "ana", "comment": "ok"}

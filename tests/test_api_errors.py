@@ -227,7 +227,7 @@ def test_a_repeated_idempotency_key_returns_the_first_result_and_writes_nothing(
     )
 
     flux.clock.advance(120)  # a push would move fire_at to 12:07
-    with StatementLog(engine) as log:
+    with StatementLog(engine, flux.deps.store) as log:
         again = flux.ok("POST", "/register_execution", {"data": [keyed]})
     assert again == first
     assert again["executions"][0]["id"] == execution["id"]

@@ -144,7 +144,7 @@ def _seed(flux: Lambda) -> None:
 
     The body's ``user`` is trusted (as by ``serve``), so generated approvals can be decided.
     """
-    flux.runtime.trust_body_user = True
+    flux.deps.trust_body_user = True
     boto3.client("sqs", region_name=REGION).create_queue(QueueName=QUEUE_NAME)
     register(flux, item("tb_a", ano_mes=202401), item("tb_typed", dt="2024-01-31", n=1))
     for month in (202401, 202402, 202403):

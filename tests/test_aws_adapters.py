@@ -20,8 +20,9 @@ from controller.aws.events import EventBridgePublisher, PublishError
 from controller.aws.scheduler import EventBridgeScheduler
 from controller.aws.settings import AwsSettings, MissingSetting
 from controller.aws.tasks import AwsTaskStarter, execution_arn
+from controller.core.effects import ScheduleRequest, TaskRequest, TaskStartError
+from controller.core.runs import RunEvent
 from controller.local.aws import ensure_schedule_group
-from controller.runtime.ports import RunEvent, ScheduleRequest, TaskRequest, TaskStartError
 
 ACCOUNT = "123456789012"
 SETTINGS = AwsSettings(

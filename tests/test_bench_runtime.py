@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -62,3 +63,80 @@ def test_cpu_split_quick_on_postgresql(tmp_path: Path, postgres_admin: object) -
     for row in table.rows[:3]:
         assert _numeric(row[client]) and row[client] > 0, row
         assert _numeric(row[server]), row  # a number, not "n/a": the backends were found in /proc
+
+
+class _Sent:
+    """What psycopg connections are asked to send, as the driver sees it: per statement, its text, the
+    ``prepare`` option, how many parameters, and whether the connection is in autocommit."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[str, object, int | None, bool]] = []
+
+    def spy(self, execute: Any) -> Any:
+        def recording(connection: Any, query: Any, params: Any = None, **options: Any) -> Any:
+            count = None if params is None else len(params)
+            self.calls.append((str(query), options.get("prepare"), count, connection.autocommit))
+            return execute(connection, query, params, **options)
+
+        return recording
+
+
+@pytest.mark.postgresql
+def test_the_floor_sends_what_the_postgresql_store_sends_for_one_registration(
+    tmp_path: Path, postgres_admin: object, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The floor is honest: per registration, the PostgreSQL store's statement texts (its listeners
+    heard them), in order, with the same BEGIN/COMMIT framing and after-commit record_done, the same
+    prepare options, parameter counts and autocommit connection, from psycopg alone."""
+    import psycopg
+
+    from bench.common import database
+    from bench.runtime_floor import DEPENDENT, connect, table_ids
+    from bench.runtime_floor import register as floor_register
+    from bench.runtime_setup import (
+        apply_definitions,
+        closing_store,
+        fan_out_definitions,
+        in_memory_runtime,
+        load_history,
+        measured_days,
+    )
+    from controller.db.engine import make_engine
+    from controller.services.registration import ExecutionInput, register_executions
+
+    assert fan_out_definitions(1)[-1]["name"] == DEPENDENT
+    days = measured_days(0, 3)
+    heard: list[str] = []
+    by_store, by_floor = _Sent(), _Sent()
+    execute = psycopg.Connection.execute
+    with database("postgresql", str(tmp_path)) as url:
+        engine = make_engine(url)
+        try:
+            apply_definitions(engine, fan_out_definitions(1))
+            load_history(engine, 10, days)
+            with closing_store(in_memory_runtime(engine)) as deps:
+                first = [ExecutionInput("source", {"dt": days[0].isoformat()}, "bench")]
+                register_executions(deps, first, None)  # warm-up: the definitions cached
+                deps.store.listeners.append(lambda statement, _connection: heard.append(statement))
+                monkeypatch.setattr(psycopg.Connection, "execute", by_store.spy(execute))
+                item = [ExecutionInput("source", {"dt": days[1].isoformat()}, "bench")]
+                answer = register_executions(deps, item, None)
+                monkeypatch.setattr(psycopg.Connection, "execute", execute)
+            assert [run["table_name"] for run in answer["runs"]] == [DEPENDENT]
+            found = table_ids(url, ["source", "reference", DEPENDENT])
+            ids = {"source": found["source"], "reference": found["reference"], "dependent": found[DEPENDENT]}
+            with connect(url) as connection:
+                monkeypatch.setattr(psycopg.Connection, "execute", by_floor.spy(execute))
+                floor_register(connection, ids, days[2], 0)
+                monkeypatch.setattr(psycopg.Connection, "execute", execute)
+                state = connection.execute(
+                    "SELECT status, schedule_name IS NOT NULL FROM runs WHERE partition_key = %s",
+                    (f'[["dt","{days[2].isoformat()}"]]',),
+                ).fetchall()
+        finally:
+            engine.dispose()
+    assert heard[0] == "BEGIN" and heard[-2] == "COMMIT" and "pg_advisory_xact_lock" in heard[1]
+    assert [text for text, *_ in by_store.calls] == heard  # the listeners heard every statement sent
+    assert [text for text, *_ in by_floor.calls] == heard
+    assert by_floor.calls == by_store.calls
+    assert state == [("scheduled", True)]  # the floor's registration did what the store's does

@@ -12,8 +12,8 @@ import pytest
 
 from bench.__main__ import parse_args, run_module
 from bench.generate import change_fraction, write_definitions
+from controller.files.validation import validate_directory
 from controller.reconciler import desired_states
-from controller.validation import validate_directory
 
 REPO = Path(__file__).resolve().parent.parent
 NUMBER = re.compile(r"^-?[\d,]+(\.\d+)?$")

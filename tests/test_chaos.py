@@ -22,15 +22,16 @@ import pytest
 from sqlalchemy import Engine, func, select
 from sqlalchemy.orm import Session
 
+from controller import wiring
+from controller.core.effects import ScheduleRequest, TaskRequest, TaskStartError
+from controller.core.errors import ServiceError
+from controller.core.runs import DISPATCHING, FAILED, OPEN_STATES, SCHEDULED, SUCCEEDED, RunEvent
 from controller.db.engine import make_engine
-from controller.db.runtime_models import ApprovalRow, ExecutionRow, RunEventRow, RunRow, TaskDispatchRow
+from controller.db.run_models import ApprovalRow, ExecutionRow, RunEventRow, RunRow, TaskDispatchRow
 from controller.reconciler import apply
-from controller.runs import DISPATCHING, FAILED, OPEN_STATES, SCHEDULED, SUCCEEDED
-from controller.runtime import approvals, completion, dispatch, run_actions, sweep
-from controller.runtime.context import Runtime
-from controller.runtime.errors import RuntimeProblem
-from controller.runtime.ports import RunEvent, ScheduleRequest, TaskRequest, TaskStartError
-from controller.runtime.registration import ExecutionInput, register_executions
+from controller.services import approvals, completion, firing, run_actions, sweep
+from controller.services.dependencies import Dependencies
+from controller.services.registration import ExecutionInput, register_executions
 from tests.conftest import postgres_schema
 from tests.factories import states, table_doc
 
@@ -156,7 +157,8 @@ class ChaosClock:
 
 @dataclass
 class Soak:
-    runtime: Runtime
+    deps: Dependencies
+    engine: Engine
     clock: ChaosClock
     tasks: FlakyTasks
     accepted: set[int] = field(default_factory=set)
@@ -165,14 +167,14 @@ class Soak:
     lock: threading.Lock = field(default_factory=threading.Lock)
 
     def ids(self, query: Any) -> list[Any]:
-        with Session(self.runtime.engine) as session:
+        with Session(self.engine) as session:
             return list(session.execute(query).all())
 
     def register(self, rng: random.Random) -> None:
         table, k = rng.choice(["up_a", "up_b"]), rng.randrange(KEYS)
         idempotency = rng.choice([None, f"{table}-{k}-{rng.randrange(2)}"])
         item = ExecutionInput(table, {"k": k}, "chaos", idempotency_key=idempotency)
-        self._keep(register_executions(self.runtime, [item], None))
+        self._keep(register_executions(self.deps, [item], None))
 
     def fire(self, rng: random.Random) -> None:
         due = self.ids(
@@ -180,13 +182,13 @@ class Soak:
         )
         for (run_id,) in rng.sample(due, min(2, len(due))):
             for _ in range(rng.choice([1, 1, 2])):  # a schedule may fire twice
-                dispatch.fire(self.runtime, run_id)
+                firing.fire(self.deps, run_id)
 
     def approve(self, rng: random.Random) -> None:
         pending = self.ids(select(ApprovalRow.id).where(ApprovalRow.status == "pending").limit(20))
         if pending:
             (approval_id,) = rng.choice(pending)
-            approvals.decide(self.runtime, approval_id, "alice", rng.random() < 0.8, "chaos")
+            approvals.decide(self.deps, approval_id, "alice", rng.random() < 0.8, "chaos")
 
     def complete(self, rng: random.Random) -> None:
         started = self.ids(
@@ -201,21 +203,21 @@ class Soak:
         if kind == "glue":
             state = rng.choice(["SUCCEEDED"] * 4 + ["FAILED", "RUNNING"])
             for _ in range(rng.choice([1, 1, 2])):  # duplicate deliveries
-                completion.task_state_changed(self.runtime, "glue", external_id, state, None)
+                completion.task_state_changed(self.deps, "glue", external_id, state, None)
         else:  # an SQS consumer reports back by registering the run's execution
             item = ExecutionInput("approved", dict(partitions), "consumer", run_id=run_id)
-            self._keep(register_executions(self.runtime, [item], None))
+            self._keep(register_executions(self.deps, [item], None))
 
     def retry(self, rng: random.Random) -> None:
         failed = self.ids(select(RunRow.id).where(RunRow.status == FAILED).limit(20))
         if failed:
-            run_actions.retry_run(self.runtime, rng.choice(failed)[0], "chaos retry")
+            run_actions.retry_run(self.deps, rng.choice(failed)[0], "chaos retry")
 
     def tick(self, rng: random.Random) -> None:
         self.clock.advance(rng.uniform(10, 40))
 
     def sweep(self, rng: random.Random) -> None:
-        sweep.sweep(self.runtime)
+        sweep.sweep(self.deps)
 
     def _keep(self, result: dict[str, Any]) -> None:
         with self.lock:
@@ -237,7 +239,7 @@ class Soak:
             name, action = rng.choices(choices, weights)[0]
             try:
                 action(rng)
-            except RuntimeProblem:
+            except ServiceError:
                 pass  # a 4xx the API would answer (decided meanwhile, not failed any more, …): expected
             except BaseException as exc:  # anything else would be a 5xx: collected, asserted below
                 self.errors.append(exc)
@@ -255,13 +257,13 @@ def chaos_url(postgres_admin: Engine) -> Iterator[str]:
 
 def test_chaos_soak_keeps_every_invariant(chaos_url: str) -> None:
     engine = make_engine(chaos_url, pool_size=WORKERS + 2, max_overflow=4)
+    faults = Faults()
+    scheduler, tasks, events = FlakyScheduler(faults), FlakyTasks(faults), FlakyEvents(faults)
+    clock = ChaosClock()
+    deps = wiring.dependencies_for(engine, scheduler, tasks, events, clock=clock)
     try:
         apply(engine, desired=states(TABLES), revision="chaos", actor="test", now=START)
-        faults = Faults()
-        scheduler, tasks, events = FlakyScheduler(faults), FlakyTasks(faults), FlakyEvents(faults)
-        clock = ChaosClock()
-        runtime = Runtime(engine, scheduler, tasks, events, clock=clock)
-        soak = Soak(runtime, clock, tasks)
+        soak = Soak(deps, engine, clock, tasks)
         deadline = time.monotonic() + DURATION
         threads = [threading.Thread(target=soak.worker, args=(i, deadline)) for i in range(WORKERS)]
         for thread in threads:
@@ -274,9 +276,10 @@ def test_chaos_soak_keeps_every_invariant(chaos_url: str) -> None:
         faults.on = False  # the final repair: AWS is back
         for _ in range(2):
             clock.advance(3600)
-            sweep.sweep(runtime)
+            sweep.sweep(deps)
         check_invariants(engine, soak, scheduler, events)
     finally:
+        deps.store.close()
         engine.dispose()
 
 

@@ -1,4 +1,4 @@
-"""``flux-control graph`` and ``controller.graphs``: edges, optional and approval marks, focus, changed."""
+"""``flux-control graph`` and ``controller.core.graphs``: edges, optional and approval marks, focus, changed."""
 
 from __future__ import annotations
 
@@ -6,8 +6,8 @@ import pytest
 from click.testing import CliRunner
 
 from controller.cli import main
-from controller.graphs import build, dot, mermaid
-from controller.specs import DependencySpec, TableSpec
+from controller.core.graphs import build, dot, mermaid
+from controller.core.specs import DependencySpec, TableSpec
 from tests.conftest import REPO_ROOT, WriteDefs
 
 DEFINITIONS = str(REPO_ROOT / "definitions")
@@ -122,7 +122,7 @@ def test_help_has_examples() -> None:
     assert "--focus TABLE" in result.output
 
 
-# --- controller.graphs directly ------------------------------------------------------------------
+# --- controller.core.graphs directly ------------------------------------------------------------------
 
 
 def _table(name: str, *upstream: str, optional: tuple[str, ...] = (), approval: bool = False) -> TableSpec:

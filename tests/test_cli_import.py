@@ -12,7 +12,7 @@ from click.testing import CliRunner, Result
 
 from controller.cli import main
 from controller.cli.importer import render_table
-from controller.yaml_documents import parse_bytes
+from controller.files.yaml_documents import parse_bytes
 from tests.conftest import REPO_ROOT
 
 FIXTURE = REPO_ROOT / "tests" / "fixtures" / "original_payload.json"

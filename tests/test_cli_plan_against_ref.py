@@ -10,7 +10,7 @@ import pytest
 from click.testing import CliRunner
 
 from controller.cli import main
-from controller.git_source import read_revision
+from controller.files.git_source import read_revision
 from tests.factories import table_doc, write_tables
 
 

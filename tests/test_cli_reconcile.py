@@ -11,8 +11,8 @@ from sqlalchemy import Engine, select, text
 from sqlalchemy.orm import Session
 
 from controller.cli import main
-from controller.db.models import ReconcileRevision
-from controller.db.runtime_models import ExecutionRow
+from controller.db.definition_models import ReconcileRevision
+from controller.db.run_models import ExecutionRow
 from tests.conftest import REPO_ROOT
 from tests.factories import table_doc, write_tables
 

@@ -11,7 +11,7 @@ from click.testing import CliRunner
 
 from controller.cli import main
 from controller.cli.annotations import github_annotation
-from controller.problems import Location, Problem
+from controller.core.problems import Location, Problem
 from tests.conftest import REPO_ROOT, WriteDefs
 
 BROKEN = {

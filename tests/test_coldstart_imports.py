@@ -28,9 +28,9 @@ DEFERRED = (
     "alembic",
     "aws_xray_sdk",
     "controller.db.base",
-    "controller.runtime.context",
-    "controller.runtime.registration",
-    "controller.validation",
+    "controller.services.dependencies",
+    "controller.services.registration",
+    "controller.files.validation",
     "controller.api.tables_payload",
 )
 
@@ -88,8 +88,8 @@ def test_the_openapi_document_needs_no_runtime_module() -> None:
         ("from controller.aws.clients import client; client('sqs')", ["boto3"]),
         ("import controller.wiring", []),
         (
-            "from controller.wiring import runtime; runtime()",
-            ["sqlalchemy", "controller.db.base", "controller.runtime.context"],
+            "from controller.wiring import dependencies; dependencies()",
+            ["sqlalchemy", "controller.db.base", "controller.services.dependencies"],
         ),
     ],
 )
@@ -110,7 +110,7 @@ def test_checking_a_tables_payload_never_loads_the_yaml_reader(tmp_path: Path) -
     setup = (
         "from sqlalchemy import create_engine\n"
         "from controller.db.base import Base\n"
-        "import controller.db.models, controller.db.runtime_models\n"
+        "import controller.db.definition_models, controller.db.run_models\n"
         f"Base.metadata.create_all(create_engine({url!r}))\n"
     )
     event = to_event(
@@ -132,7 +132,7 @@ def test_checking_a_tables_payload_never_loads_the_yaml_reader(tmp_path: Path) -
         code, FLUX_DATABASE_URL=url, POWERTOOLS_METRICS_DISABLED="true", AWS_DEFAULT_REGION="us-east-1"
     )
     assert "yaml" not in loaded
-    assert {"jsonschema", "jinja2", "controller.validation"} <= set(loaded)
+    assert {"jsonschema", "jinja2", "controller.files.validation"} <= set(loaded)
 
 
 def test_the_tracer_is_loaded_only_when_tracing_is_on(tmp_path: Path) -> None:

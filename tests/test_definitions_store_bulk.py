@@ -15,10 +15,10 @@ from typing import Any
 from sqlalchemy import Engine, delete, insert, select
 from sqlalchemy.orm import Session
 
+from controller.core.plans import TableState, digest, make_plan
+from controller.db.definition_models import PartitionRow, TableRow, TaskRow
 from controller.db.definitions_store import read_state
 from controller.db.migrate import upgrade
-from controller.db.models import PartitionRow, TableRow, TaskRow
-from controller.plans import TableState, digest, make_plan
 from controller.reconciler import apply, plan
 from tests.factories import StatementLog, generated, states, table_doc
 

@@ -22,9 +22,9 @@ from sqlalchemy import make_url, text
 from controller import wiring
 from controller.aws.clients import client
 from controller.aws.secrets import SecretFormatError, database_url_from_secret, runtime_database_url
+from controller.core.effects import schedule_name
 from controller.lambda_function import GLUE_EVENT, STEP_FUNCTIONS_EVENT
-from controller.runtime.completion import GLUE_FAILURE, GLUE_SUCCESS, SFN_FAILURE, SFN_SUCCESS
-from controller.runtime.ports import schedule_name
+from controller.services.completion import GLUE_FAILURE, GLUE_SUCCESS, SFN_FAILURE, SFN_SUCCESS
 from tests.conftest import POSTGRES_URL
 from tests.deploy_support import NO_VALUE, TEMPLATE, as_list, load_builder, load_template, statements
 
@@ -418,7 +418,7 @@ def test_everything_that_delivers_to_the_function_has_a_dead_letter_queue(templa
 def test_a_run_schedule_names_the_dead_letter_queue_when_one_is_set() -> None:
     from controller.aws.scheduler import EventBridgeScheduler
     from controller.aws.settings import AwsSettings
-    from controller.runtime.ports import ScheduleRequest
+    from controller.core.effects import ScheduleRequest
 
     class Recorder:
         def __init__(self) -> None:
@@ -491,7 +491,7 @@ def test_the_alarms_watch_failed_runs_sweep_errors_dead_letters_and_5xx(template
 def test_the_function_emits_the_metrics_the_alarms_watch(
     engine: Any, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    from controller.runtime import sweep
+    from controller.services import sweep
     from tests.api_support import TABLES, manual
     from tests.runtime_support import running_lambda
 
@@ -658,14 +658,18 @@ def test_new_connections_use_the_rotated_credentials_without_a_redeploy(
         monkeypatch.setenv("FLUX_DATABASE_SECRET_ARN", arn)
         monkeypatch.setenv("FLUX_SECRET_MAX_AGE", "0")
         wiring.use(None)
-        engine = wiring.runtime().engine
-        with engine.connect() as held:
-            assert held.execute(text("SELECT current_user")).scalar() == first.username
+        store = wiring.dependencies().store
+
+        def current_user(tx: Any, _after: Any) -> str:
+            return str(tx.connection.execute("SELECT current_user").fetchone()[0])
+
+        with store.session() as held:
+            assert held.transact(current_user)[0] == first.username
             rotated = first.set(username="flux_rotated", password="rotated-pw")
             aws.put_secret_value(SecretId=arn, SecretString=rotated.render_as_string(hide_password=False))
-            with engine.connect() as fresh:  # the pool has no idle connection: a new one
-                assert fresh.execute(text("SELECT current_user")).scalar() == "flux_rotated"
-        engine.dispose()
+            with store.session() as fresh:  # the pool has no idle connection: a new one
+                assert fresh.transact(current_user)[0] == "flux_rotated"
+        store.close()
     finally:
         wiring.use(None)
         with postgres_admin.connect() as connection:

@@ -29,16 +29,15 @@ from botocore.loaders import JSONFileLoader
 from botocore.retries.standard import ExponentialBackoff
 from moto.core.botocore_stubber import MockRawResponse
 from moto.core.models import botocore_stubber
-from sqlalchemy import Engine, event, func, select, text
+from sqlalchemy import Engine, func, select, text
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session
 
 from controller.aws import clients, tasks
-from controller.db.runtime_models import ExecutionRow, RunEventRow, RunRow
+from controller.db.run_models import ExecutionRow, RunEventRow, RunRow
 from controller.reconciler import apply
-from controller.runtime import dispatch, registration
-from controller.runtime import effects as runtime_effects
-from controller.runtime.opening import open_or_push
+from controller.services import after_commit, firing, registering, registration
+from controller.services.opening import open_or_push
 from tests.factories import states, table_doc
 from tests.runtime_support import (
     ACCOUNT,
@@ -749,16 +748,16 @@ def test_completion_events_that_arrive_while_the_run_is_still_dispatching_are_no
     assert flux.invoke(sfn_event(arn, "SUCCEEDED")) == {"status": "task settled; run is failed"}
 
     # Both tasks finish before the dispatch ends (each right after its start is recorded).
-    original = dispatch._record_start
+    original = firing.record_start
 
-    def recorded_then_finished(runtime: Any, request: Any, external_id: str) -> None:
-        original(runtime, request, external_id)
+    def recorded_then_finished(deps: Any, session: Any, request: Any, external_id: str) -> None:
+        original(deps, session, request, external_id)
         finished = glue_event(BOTH_JOB, external_id, "SUCCEEDED")
         if request.type == "step_function":
             finished = sfn_event(external_id, "SUCCEEDED")
         during.append(flux.invoke(finished)["status"])
 
-    monkeypatch.setattr(dispatch, "_record_start", recorded_then_finished)
+    monkeypatch.setattr(firing, "record_start", recorded_then_finished)
     quick = manual(flux, "both", "2026-11-26")
     assert during[2:] == ["task succeeded; the run waits for its other tasks"] * 2
     assert (quick["status"], run_of(flux, quick["id"])["status"]) == ("succeeded", "succeeded")
@@ -785,6 +784,7 @@ class ConnectionDropper:
         self.drops = 0
 
     def drop(self, connection: Any) -> None:
+        """Drop ``connection``: a transaction's (its ``.connection``), or one a store listener heard."""
         self.drops += 1
         if self.admin is None:
             raise OperationalError(
@@ -793,7 +793,7 @@ class ConnectionDropper:
                 sqlite3.OperationalError("disk I/O error"),
                 connection_invalidated=True,
             )
-        pid = connection.exec_driver_sql("SELECT pg_backend_pid()").scalar()
+        pid = connection.info.backend_pid  # the PostgreSQL store's psycopg connection
         with self.admin.connect() as admin:
             assert admin.execute(text("SELECT pg_terminate_backend(:pid, 5000)"), {"pid": pid}).scalar()
 
@@ -811,13 +811,13 @@ def drop_before_opening_runs(
     original = open_or_push
     runs: list[int] = []
 
-    def dropping(session: Session, *args: Any, **kwargs: Any) -> Any:
+    def dropping(tx: Any, *args: Any, **kwargs: Any) -> Any:
         runs.append(1)
         if dropper.drops < times:
-            dropper.drop(session.connection())
-        return original(session, *args, **kwargs)
+            dropper.drop(tx.connection)
+        return original(tx, *args, **kwargs)
 
-    monkeypatch.setattr(registration, "open_or_push", dropping)
+    monkeypatch.setattr(registering, "open_or_push", dropping)
     return runs
 
 
@@ -854,25 +854,28 @@ def test_a_connection_lost_while_committing_is_not_retried_and_the_repeat_is_ide
     flux: Lambda, engine: Engine, dropper: ConnectionDropper
 ) -> None:
     commits = 0
+    marked: set[int] = set()
 
-    def on_commit(connection: Any) -> None:
+    def on_commit(statement: str, connection: Any) -> None:
         nonlocal commits
+        if statement != "COMMIT":
+            return
         commits += 1
-        if dropper.drops == 0 and connection.info.get("dropping"):
+        if dropper.drops == 0 and id(connection) in marked:
             dropper.drop(connection)
 
-    event.listen(engine, "commit", on_commit)
+    flux.deps.store.listeners.append(on_commit)
     original = registration.register_in
 
-    def marking(session: Session, *args: Any, **kwargs: Any) -> Any:
-        session.connection().info["dropping"] = True
-        return original(session, *args, **kwargs)
+    def marking(tx: Any, *args: Any, **kwargs: Any) -> Any:
+        marked.add(id(tx.connection))
+        return original(tx, *args, **kwargs)
 
     body = {"data": [{"table_name": "up", "partitions": partitions(dt=DAY), "idempotency_key": "k-1"}]}
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(registration, "register_in", marking)
         status, error = error_answer(flux, "POST", "/register_execution", body)
-    event.remove(engine, "commit", on_commit)
+    flux.deps.store.listeners.remove(on_commit)
     assert (status, error["code"]) == (503, "unavailable")
     assert "may or may not have been written" in error["message"]
     assert dropper.drops == 1
@@ -892,7 +895,7 @@ def test_a_connection_lost_after_commit_keeps_the_answer_and_the_sweep_repairs(
         )
 
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(runtime_effects, "_record_done", lost)
+        patch.setattr(after_commit, "record_done", lost)
         run = register(flux)  # committed, schedule written, event published: only the bookkeeping failed
     assert run["status"] == "scheduled"
     assert counts(engine) == (1, 1)

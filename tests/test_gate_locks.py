@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from controller.gates import Execution, GateLock, Graph, gate_locks
+from controller.core.gates import Execution, GateLock, Graph, gate_locks
 from tests.test_gates import DAY, NEXT_DAY, dep, part, spec
 
 DAILY = [part("dt", "date")]

@@ -24,19 +24,20 @@ from hypothesis import given, note, settings
 from hypothesis import strategies as st
 from sqlalchemy import Engine, event, select
 
+from controller import wiring
+from controller.core.effects import ScheduleRequest, TaskRequest
+from controller.core.gates import Execution, Graph, openings
+from controller.core.plans import state_of
+from controller.core.runs import RunEvent
+from controller.core.specs import TableSpec
 from controller.db.base import Base
+from controller.db.definition_models import TableRow
 from controller.db.migrate import upgrade
-from controller.db.models import TableRow
-from controller.db.runtime_models import RunRow
-from controller.gates import Execution, Graph, openings
-from controller.plans import state_of
+from controller.db.run_models import RunRow
+from controller.files.validation import validate_sources
+from controller.files.yaml_documents import parse_bytes
 from controller.reconciler import apply
-from controller.runtime.context import Runtime
-from controller.runtime.ports import RunEvent, ScheduleRequest, TaskRequest
-from controller.runtime.registration import ExecutionInput, register_executions
-from controller.specs import TableSpec
-from controller.validation import validate_sources
-from controller.yaml_documents import parse_bytes
+from controller.services.registration import ExecutionInput, register_executions
 from tests.gate_reference import FrozenKey, Registered, freeze, key_of, opened_by, tables_from
 
 START = datetime(2026, 11, 29, 12, 0, tzinfo=UTC)
@@ -195,7 +196,7 @@ def check_against_database(engine: Engine, documents: list[dict[str, Any]], requ
     specs = validated_specs(documents)
     reset(engine)
     apply(engine, desired={s.name: state_of(s) for s in specs}, revision="model", actor="model", now=START)
-    runtime = Runtime(engine, Scheduler(), Tasks(), Events(), clock=lambda: START)
+    deps = wiring.dependencies_for(engine, Scheduler(), Tasks(), Events(), clock=lambda: START)
     tables = tables_from(documents)
     history: list[Registered] = []
     everything: set[tuple[str, FrozenKey]] = set()
@@ -207,7 +208,7 @@ def check_against_database(engine: Engine, documents: list[dict[str, Any]], requ
         history.extend(batch)  # the items of one request see each other
         expected = set().union(*(opened_by(tables, e, history) for e in batch))
         answer = register_executions(
-            runtime, [ExecutionInput(t, values, "model") for t, values in request], user="model"
+            deps, [ExecutionInput(t, values, "model") for t, values in request], user="model"
         )
         assert [(e["table_name"], freeze(e["partitions"])) for e in answer["executions"]] == [
             (e.table, e.key) for e in batch
@@ -264,7 +265,7 @@ def test_registrations_open_the_runs_the_reference_model_predicts(migrated: Engi
 def test_gate_logic_agrees_with_the_reference_model(
     scenario: tuple[list[dict[str, Any]], list[Request]],
 ) -> None:
-    """``controller.gates.openings`` given every execution registered so far (no probes, no database)."""
+    """``controller.core.gates.openings`` given every execution registered so far (no probes, no database)."""
     documents, requests = scenario
     describe(documents, requests)
     graph = Graph(validated_specs(documents))

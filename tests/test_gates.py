@@ -14,8 +14,8 @@ from typing import Any
 
 import pytest
 
-import controller.gates
-from controller.gates import (
+import controller.core.gates
+from controller.core.gates import (
     DependencyStatus,
     Execution,
     Graph,
@@ -26,8 +26,8 @@ from controller.gates import (
     openings,
     probes,
 )
-from controller.keys import Key, key_text, make_key
-from controller.specs import TableSpec
+from controller.core.keys import Key, key_text, make_key
+from controller.core.specs import TableSpec
 
 # --- helpers -----------------------------------------------------------------------------------------
 
@@ -701,7 +701,7 @@ def test_one_registration_opens_every_dependent_once_all_are_satisfied() -> None
 
 
 def test_at_most_max_openings_are_allowed(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(controller.gates, "MAX_OPENINGS", 3)
+    monkeypatch.setattr(controller.core.gates, "MAX_OPENINGS", 3)
     registry = config_table()
     for day in ("2024-05-01", "2024-05-02", "2024-05-03"):
         registry.execution("tb_u", dt=day)
@@ -709,7 +709,7 @@ def test_at_most_max_openings_are_allowed(monkeypatch: pytest.MonkeyPatch) -> No
 
 
 def test_more_than_max_openings_raise(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(controller.gates, "MAX_OPENINGS", 3)
+    monkeypatch.setattr(controller.core.gates, "MAX_OPENINGS", 3)
     registry = config_table()
     for day in ("2024-05-01", "2024-05-02", "2024-05-03", "2024-05-04"):
         registry.execution("tb_u", dt=day)
@@ -719,7 +719,7 @@ def test_more_than_max_openings_raise(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def test_the_guard_counts_openings_of_every_dependent(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(controller.gates, "MAX_OPENINGS", 2)
+    monkeypatch.setattr(controller.core.gates, "MAX_OPENINGS", 2)
     registry = fan_out()
     registry.execution("tb_v", ano_mes=202305)
     execution = registry.execution("tb_u", ano_mes=202305)

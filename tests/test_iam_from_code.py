@@ -125,7 +125,7 @@ def every_kind_of_event(flux: Lambda, engine: Engine, monkeypatch: pytest.Monkey
     monkeypatch.setenv("FLUX_DATABASE_SECRET_ARN", secret["ARN"])
     wiring.use(None)
     assert lambda_handler(api_event("GET", "/runs"), None)["statusCode"] == 200
-    wiring.use(flux.runtime)
+    wiring.use(flux.deps)
     # Registrations open (CreateSchedule) and push (UpdateSchedule) a run; events go out (PutEvents).
     item = {"table_name": "up", "partitions": partitions(mes=202305)}
     [run] = flux.ok("POST", "/register_execution", {"data": [item]})["runs"]

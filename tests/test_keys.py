@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from controller.keys import (
+from controller.core.keys import (
     InvalidPartition,
     Key,
     agrees,
@@ -17,7 +17,7 @@ from controller.keys import (
     key_text,
     make_key,
 )
-from controller.specs import PartitionSpec, TableSpec
+from controller.core.specs import PartitionSpec, TableSpec
 
 
 def partition(name: str, kind: str, *, required: bool = True) -> PartitionSpec:

@@ -154,7 +154,7 @@ def test_the_function_modules_leave_out_the_command_line_and_the_migrations() ->
     used = load_builder().function_modules(REPO_ROOT)
     assert {
         "controller/lambda_function.py",
-        "controller/runtime/registration.py",
+        "controller/services/registration.py",
         "controller/api/tables_payload.py",
     } <= used
     assert not [m for m in used if m.startswith(("controller/cli/", "controller/db/migrations/"))]
@@ -228,7 +228,7 @@ PROBE = """
 import json, sys
 from sqlalchemy import create_engine
 from controller.db.base import Base
-import controller.db.models, controller.db.runtime_models
+import controller.db.definition_models, controller.db.run_models
 import sqlalchemy.dialects.postgresql.psycopg, psycopg  # the dialect and the driver of production
 Base.metadata.create_all(create_engine(sys.argv[1]))
 from controller.lambda_function import lambda_handler

@@ -109,7 +109,7 @@ def test_module_loggers_write_the_same_json_with_their_extra_fields_and_exceptio
     def refuse(_request: Any) -> None:
         raise RuntimeError("scheduler is down")
 
-    monkeypatch.setattr(flux.runtime.scheduler, "put", refuse)
+    monkeypatch.setattr(flux.deps.scheduler, "put", refuse)
     event = api_event("POST", "/register_execution", {"data": [item("tb_a", ano_mes=202306)]})
     event["requestContext"]["requestId"] = "api-req-2"
     records(output)

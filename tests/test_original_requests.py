@@ -20,7 +20,7 @@ from click.testing import CliRunner
 from sqlalchemy import Engine
 
 from controller.cli import main
-from controller.validation import validate_directory
+from controller.files.validation import validate_directory
 from tests.conftest import REPO_ROOT
 from tests.runtime_support import REGION, Lambda, glue_event, running_lambda
 
@@ -59,7 +59,7 @@ def test_the_table_payload_is_checked_as_sent(engine: Engine, monkeypatch: pytes
 
 @pytest.mark.parametrize("trusted", [True, False], ids=["serve (body user)", "AWS (authorizer)"])
 def test_register_then_approve_as_the_old_readme_shows(flux: Lambda, trusted: bool) -> None:
-    flux.runtime.trust_body_user = trusted
+    flux.deps.trust_body_user = trusted
     caller = None if trusted else "lrcxpnu"  # in AWS the identity comes from the authorizer
     registered = flux.ok("POST", "/register_execution", REQUESTS["register_execution"], user=caller)
     assert registered["executions"] == [

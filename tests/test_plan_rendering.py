@@ -7,9 +7,9 @@ from typing import Any
 
 import pytest
 
-from controller.plan_rendering import MARKDOWN_LIMIT, plan_lines, render_markdown, render_text
-from controller.plans import History, Plan, TableState, make_plan, state_of
-from controller.specs import TableSpec
+from controller.cli.plan_rendering import MARKDOWN_LIMIT, plan_lines, render_markdown, render_text
+from controller.core.plans import History, Plan, TableState, make_plan, state_of
+from controller.core.specs import TableSpec
 
 ANSI = "\x1b["
 CLOSING = "```\n\n</details>\n"

@@ -10,8 +10,7 @@ from typing import Any
 
 import pytest
 
-from controller.plan_documents import PlanFileError, read_plan_file, write_plan_file
-from controller.plans import (
+from controller.core.plans import (
     PLAN_FORMAT_VERSION,
     FieldChange,
     History,
@@ -23,7 +22,8 @@ from controller.plans import (
     make_plan,
     state_of,
 )
-from controller.specs import TableSpec
+from controller.core.specs import TableSpec
+from controller.files.plan_documents import PlanFileError, read_plan_file, write_plan_file
 
 #: A table with one of everything, used as the "before" side of field-level diffs.
 FULL: dict[str, Any] = {

@@ -11,12 +11,12 @@ from alembic.runtime.migration import MigrationContext
 from sqlalchemy import Engine, event, func, select, text
 from sqlalchemy.orm import Session
 
+from controller.core.plans import TableState, digest
 from controller.db.base import Base
+from controller.db.definition_models import AuditEntry, ReconcileRevision, TableRow
 from controller.db.definitions_store import read_state
 from controller.db.migrate import upgrade
-from controller.db.models import AuditEntry, ReconcileRevision, TableRow
-from controller.db.runtime_models import ExecutionRow
-from controller.plans import TableState, digest
+from controller.db.run_models import ExecutionRow
 from controller.reconciler import ApplyOutcome, ReconcileError, apply, plan
 from tests.factories import StatementLog, generated, states, table_doc
 

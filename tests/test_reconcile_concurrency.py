@@ -16,10 +16,10 @@ from sqlalchemy import Engine, create_engine, func, select, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Session
 
+from controller.core.plans import digest
+from controller.db.definition_models import ReconcileRevision
 from controller.db.definitions_store import read_state
 from controller.db.locks import ADVISORY_KEY
-from controller.db.models import ReconcileRevision
-from controller.plans import digest
 from controller.reconciler import ReconcileError, apply
 from tests.factories import generated, states, table_doc, write_tables
 

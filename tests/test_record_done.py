@@ -4,15 +4,17 @@ fire time written) and the outbox batch published; one statement on PostgreSQL, 
 from __future__ import annotations
 
 from datetime import timedelta
+from typing import Any
 
 from sqlalchemy import Engine, select
 from sqlalchemy.orm import Session
 
-from controller.db.run_store import record_done
-from controller.db.runtime_models import RunEventRow, RunRow
+from controller import wiring
+from controller.core.effects import ScheduleRequest
+from controller.db.run_models import RunEventRow, RunRow
 from controller.reconciler import apply
-from controller.runtime.context import Runtime
-from controller.runtime.registration import ExecutionInput, register_executions
+from controller.services.dependencies import Dependencies
+from controller.services.registration import ExecutionInput, register_executions
 from tests.factories import StatementLog, states, table_doc
 from tests.runtime_support import START
 
@@ -43,20 +45,29 @@ def sent(log: StatementLog) -> list[str]:
     return [s for s in log.statements if not s.startswith("BEGIN")]
 
 
-def opened(engine: Engine, days: list[str]) -> list[tuple[int, object]]:
+def opened(engine: Engine, days: list[str]) -> tuple[Dependencies, list[tuple[Any, ...]]]:
     apply(engine, desired=states(TABLES), revision="t", actor="t", now=START)
-    runtime = Runtime(engine, Quiet(), Quiet(), Quiet(), clock=lambda: START)  # type: ignore[arg-type]
+    deps = wiring.dependencies_for(engine, Quiet(), Quiet(), Quiet(), clock=lambda: START)  # type: ignore[arg-type]
     for day in days:
-        register_executions(runtime, [ExecutionInput("up", {"dt": day}, "test")], None)
+        register_executions(deps, [ExecutionInput("up", {"dt": day}, "test")], None)
     with Session(engine) as session:
-        return [tuple(r) for r in session.execute(select(RunRow.id, RunRow.fire_at).order_by(RunRow.id))]
+        runs = [tuple(r) for r in session.execute(select(RunRow.id, RunRow.fire_at).order_by(RunRow.id))]
+    return deps, runs
+
+
+def record(deps: Dependencies, synced: list[tuple[Any, ...]], batch: str | None) -> StatementLog:
+    """``record_done`` of (run id, fire time, schedule name) on a session of the store, logged."""
+    requests = [ScheduleRequest(name, run_id, fire_at) for run_id, fire_at, name in synced]
+    with deps.store.session() as session, StatementLog(deps.store) as log:
+        session.record_done(requests, batch, START)
+    deps.store.close()
+    return log
 
 
 def test_written_schedules_are_marked_only_at_the_fire_time_written(engine: Engine) -> None:
-    (first, fire_at), (second, _) = opened(engine, ["2026-01-01", "2026-01-02"])
+    deps, [(first, fire_at), (second, _)] = opened(engine, ["2026-01-01", "2026-01-02"])
     stale = START + timedelta(seconds=1)  # the run was pushed after this schedule was written
-    with engine.connect() as connection, StatementLog(engine) as log:
-        record_done(connection, [(first, fire_at, "s-1"), (second, stale, "s-2")], None, START)
+    log = record(deps, [(first, fire_at, "s-1"), (second, stale, "s-2")], None)
     assert len(sent(log)) == 1  # one UPDATE (an executemany on SQLite)
     with Session(engine) as session:
         rows = dict(session.execute(select(RunRow.id, RunRow.scheduled_fire_at).order_by(RunRow.id)).all())
@@ -64,11 +75,10 @@ def test_written_schedules_are_marked_only_at_the_fire_time_written(engine: Engi
 
 
 def test_the_published_batch_is_marked_with_the_schedules_in_one_go(engine: Engine) -> None:
-    ((run_id, fire_at),) = opened(engine, ["2026-01-01"])
+    deps, [(run_id, fire_at)] = opened(engine, ["2026-01-01"])
     with Session(engine) as session:
         batch = session.execute(select(RunEventRow.batch)).scalar_one()
-    with engine.connect() as connection, StatementLog(engine) as log:
-        record_done(connection, [(run_id, fire_at, "s-1")], batch, START)
+    log = record(deps, [(run_id, fire_at, "s-1")], batch)
     assert len(sent(log)) == (1 if engine.dialect.name == "postgresql" else 2)
     with Session(engine) as session:
         assert session.execute(select(RunEventRow.published_at)).scalar_one() == START
@@ -76,7 +86,6 @@ def test_the_published_batch_is_marked_with_the_schedules_in_one_go(engine: Engi
 
 
 def test_nothing_to_record_sends_nothing(engine: Engine) -> None:
-    opened(engine, [])
-    with engine.connect() as connection, StatementLog(engine) as log:
-        record_done(connection, [], None, START)
+    deps, _ = opened(engine, [])
+    log = record(deps, [], None)
     assert len(sent(log)) == 0

@@ -1,22 +1,24 @@
 """The registration's statements: definitions cached per process but checked in the gate-lock statement,
 multi-row shapes (several items, partitions omitted), and what each statement leaves in the tables.
-On PostgreSQL these are the driver-level statements of ``controller.db.runtime_sql``; on SQLite, Core."""
+On PostgreSQL these are the driver-level statements of ``controller.db.postgresql_statements``; on SQLite, Core."""
 
 from __future__ import annotations
 
-from datetime import timedelta
+from collections.abc import Callable, Iterator
+from datetime import datetime, timedelta
 from typing import Any
 
 import pytest
 from sqlalchemy import Engine, select
 from sqlalchemy.orm import Session
 
-from controller.db import runtime_sql
-from controller.db.runtime_models import ExecutionRow, ExecutionValueRow, RunEventRow, RunRow, RunTriggerRow
+from controller import wiring
+from controller.core.errors import NotFound
+from controller.db import postgresql_statements
+from controller.db.run_models import ExecutionRow, ExecutionValueRow, RunEventRow, RunRow, RunTriggerRow
 from controller.reconciler import apply
-from controller.runtime.context import Runtime
-from controller.runtime.errors import NotFound
-from controller.runtime.registration import ExecutionInput, register_executions
+from controller.services.dependencies import Dependencies
+from controller.services.registration import ExecutionInput, register_executions
 from tests.factories import StatementLog, states, table_doc
 from tests.runtime_support import START
 
@@ -40,15 +42,28 @@ class Ports:
         pass
 
 
-def runtime_for(engine: Engine) -> Runtime:
-    return Runtime(engine, Ports(), Ports(), Ports(), clock=lambda: START)  # type: ignore[arg-type]
+_made: list[Dependencies] = []
+
+
+@pytest.fixture(autouse=True)
+def _close_stores() -> Iterator[None]:
+    """Each test's stores are closed after it (the PostgreSQL store holds connections of its own)."""
+    yield
+    while _made:
+        _made.pop().store.close()
+
+
+def runtime_for(engine: Engine, clock: Callable[[], datetime] = lambda: START) -> Dependencies:
+    deps = wiring.dependencies_for(engine, Ports(), Ports(), Ports(), clock=clock)  # type: ignore[arg-type]
+    _made.append(deps)
+    return deps
 
 
 def applied(engine: Engine, documents: list[dict[str, Any]], revision: str) -> None:
     apply(engine, desired=states(documents), revision=revision, actor="t", now=START, allow_delete=True)
 
 
-def register(runtime: Runtime, *items: tuple[str, dict[str, Any]]) -> dict[str, Any]:
+def register(runtime: Dependencies, *items: tuple[str, dict[str, Any]]) -> dict[str, Any]:
     return register_executions(runtime, [ExecutionInput(t, p, "test") for t, p in items], "tester")
 
 
@@ -92,7 +107,7 @@ def test_unchanged_definitions_cost_no_statement_of_their_own(engine: Engine) ->
     applied(engine, [table_doc("a", partitions=DAILY), downstream], "one")
     runtime = runtime_for(engine)
     register(runtime, ("a", {"dt": "2026-01-01"}))
-    with StatementLog(engine) as log:
+    with StatementLog(runtime.store) as log:
         register(runtime, ("a", {"dt": "2026-01-02"}))
     revisions = [s for s in log.statements if "reconcile_revisions" in s]
     assert len(revisions) == 1
@@ -166,7 +181,7 @@ def test_a_pushed_run_records_its_trigger_and_its_new_fire_time(engine: Engine) 
     )
     applied(engine, [table_doc("a", partitions=DAILY), downstream], "one")
     clock = [START]
-    runtime = Runtime(engine, Ports(), Ports(), Ports(), clock=lambda: clock[0])  # type: ignore[arg-type]
+    runtime = runtime_for(engine, lambda: clock[0])
     first = register(runtime, ("a", {"dt": "2026-01-01"}))
     clock[0] = START + timedelta(seconds=60)
     second = register(runtime, ("a", {"dt": "2026-01-01"}))
@@ -195,8 +210,8 @@ def test_a_request_past_the_parameter_limit_is_sent_in_batches_with_the_same_out
     days = [f"2026-01-0{day}" for day in range(1, 9)]
     register(runtime, *(("r", {"dt": day}) for day in days))
     register(runtime, ("a", {"dt": days[0]}))  # opens d0..d2 for the first day: pushed below
-    monkeypatch.setattr(runtime_sql, "MAX_PARAMETERS", 20)
-    with StatementLog(engine) as log:
+    monkeypatch.setattr(postgresql_statements, "MAX_PARAMETERS", 20)
+    with StatementLog(runtime.store) as log:
         answer = register(runtime, *(("a", {"dt": day}) for day in days))
     ids = [e["id"] for e in answer["executions"]]
     assert len(set(ids)) == len(days) and ids == sorted(ids)

@@ -8,10 +8,10 @@ import pytest
 from sqlalchemy import Engine, insert, select
 from sqlalchemy.orm import Session
 
-from controller.db.models import TableRow
-from controller.db.runtime_models import ExecutionRow, ExecutionValueRow
-from controller.keys import key_text
-from controller.runtime.registration import ExecutionInput, register_executions
+from controller.core.keys import key_text
+from controller.db.definition_models import TableRow
+from controller.db.run_models import ExecutionRow, ExecutionValueRow
+from controller.services.registration import ExecutionInput, register_executions
 from tests.factories import StatementLog, table_doc
 from tests.runtime_support import running_lambda
 
@@ -82,14 +82,14 @@ def measure(
 ) -> tuple[int, int, int]:
     """(SQL statements, schedule calls, runs opened) of one registration of ``source``."""
     with running_lambda(engine, fan_out(dependents), monkeypatch) as flux:
-        register_executions(flux.runtime, [ExecutionInput("reference", {"dt": "2026-11-28"}, "test")], None)
+        register_executions(flux.deps, [ExecutionInput("reference", {"dt": "2026-11-28"}, "test")], None)
         for table in ("source", "reference"):
             add_history(engine, table, history)
-        scheduler = CountingScheduler(flux.runtime.scheduler)
-        flux.runtime.scheduler = scheduler
-        with StatementLog(engine) as log:
+        scheduler = CountingScheduler(flux.deps.scheduler)
+        flux.deps.scheduler = scheduler
+        with StatementLog(flux.deps.store) as log:
             result = register_executions(
-                flux.runtime, [ExecutionInput("source", {"dt": "2026-11-28"}, "test")], None
+                flux.deps, [ExecutionInput("source", {"dt": "2026-11-28"}, "test")], None
             )
         return len(log.statements), scheduler.calls, len(result["runs"])
 

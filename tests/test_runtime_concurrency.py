@@ -11,10 +11,10 @@ import pytest
 from sqlalchemy import Engine, func, select
 from sqlalchemy.orm import Session
 
+from controller.core.runs import OPEN_STATES
 from controller.db.engine import make_engine
-from controller.db.runtime_models import ExecutionRow, RunRow
-from controller.runs import OPEN_STATES
-from controller.runtime.registration import ExecutionInput, register_executions
+from controller.db.run_models import ExecutionRow, RunRow
+from controller.services.registration import ExecutionInput, register_executions
 from tests.factories import table_doc
 from tests.runtime_support import GROUP, REGION, Lambda, running_lambda
 
@@ -63,7 +63,7 @@ def test_eight_workers_registering_both_upstreams_open_exactly_one_run_per_key(
             barrier.wait()
             try:
                 register_executions(
-                    flux.runtime, [ExecutionInput(table, {"k": round_}, f"worker-{index}")], None
+                    flux.deps, [ExecutionInput(table, {"k": round_}, f"worker-{index}")], None
                 )
             except BaseException as exc:  # collected and asserted below: no caller may see an error
                 errors.append(exc)

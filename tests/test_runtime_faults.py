@@ -11,8 +11,8 @@ import pytest
 from sqlalchemy import Engine, select
 from sqlalchemy.orm import Session
 
-from controller.db.runtime_models import RunEventRow, RunRow
-from controller.runtime.ports import ScheduleRequest
+from controller.core.effects import ScheduleRequest
+from controller.db.run_models import RunEventRow, RunRow
 from tests.factories import table_doc
 from tests.runtime_support import REGION, Lambda, partitions, running_lambda, schedule_of, schedules
 
@@ -80,8 +80,8 @@ def _synced(engine: Engine, run_id: int) -> bool:
 def test_a_failed_schedule_write_is_retried_by_the_sweep_and_the_run_fires_once(
     flux: Lambda, engine: Engine
 ) -> None:
-    real = flux.runtime.scheduler
-    flux.runtime.scheduler = FlakyScheduler(real, failures=1)
+    real = flux.deps.scheduler
+    flux.deps.scheduler = FlakyScheduler(real, failures=1)
     run = _register(flux)  # still 200: the database has the run
     assert run["status"] == "scheduled"
     assert schedules() == []
@@ -100,7 +100,7 @@ def test_a_failed_schedule_write_is_retried_by_the_sweep_and_the_run_fires_once(
 
 
 def test_an_overdue_run_whose_schedule_never_existed_is_fired_by_the_sweep(flux: Lambda) -> None:
-    flux.runtime.scheduler = FlakyScheduler(flux.runtime.scheduler, failures=10)
+    flux.deps.scheduler = FlakyScheduler(flux.deps.scheduler, failures=10)
     run = _register(flux)
     flux.clock.advance(600 + 180)  # past the fire time and the grace period
     assert flux.invoke({"flux_action": "sweep"})["overdue_fired"] == 1
@@ -113,9 +113,9 @@ def test_an_overdue_run_whose_schedule_never_existed_is_fired_by_the_sweep(flux:
 def test_events_that_could_not_be_published_stay_in_the_outbox_until_the_sweep(
     flux: Lambda, engine: Engine
 ) -> None:
-    real = flux.runtime.events
+    real = flux.deps.events
     broken = BrokenPublisher()
-    flux.runtime.events = broken
+    flux.deps.events = broken
     _register(flux)
     assert broken.calls == 1
     with Session(engine) as session:
@@ -125,7 +125,7 @@ def test_events_that_could_not_be_published_stay_in_the_outbox_until_the_sweep(
             .all()
         )
     assert [(d["table"], d["old_state"], d["new_state"]) for d in pending] == [("down", None, "scheduled")]
-    flux.runtime.events = real
+    flux.deps.events = real
     flux.clock.advance(60)
     assert flux.invoke({"flux_action": "sweep"})["events_published"] == 1
     with Session(engine) as session:
@@ -135,15 +135,15 @@ def test_events_that_could_not_be_published_stay_in_the_outbox_until_the_sweep(
 def test_a_sweep_whose_publish_fails_still_repairs_the_rest_and_keeps_the_outbox(
     flux: Lambda, engine: Engine
 ) -> None:
-    real_events, real_scheduler = flux.runtime.events, flux.runtime.scheduler
-    flux.runtime.events = BrokenPublisher()
-    flux.runtime.scheduler = FlakyScheduler(real_scheduler, failures=1)
+    real_events, real_scheduler = flux.deps.events, flux.deps.scheduler
+    flux.deps.events = BrokenPublisher()
+    flux.deps.scheduler = FlakyScheduler(real_scheduler, failures=1)
     run = _register(flux)  # its schedule is not written, its event not published
     flux.clock.advance(60)
     counts = flux.invoke({"flux_action": "sweep"})
     assert counts["schedules_written"] == 1 and counts["events_published"] == 0
     assert schedule_of(run["id"], "down")["ScheduleExpression"] == "at(2026-11-29T12:10:00)"
-    flux.runtime.events = real_events
+    flux.deps.events = real_events
     assert flux.invoke({"flux_action": "sweep"})["events_published"] == 1
 
 

@@ -10,9 +10,9 @@ import jsonschema_rs
 import pytest
 from jsonschema import Draft202012Validator
 
-from controller import schema
-from controller.schema import schema_problems, table_schema, table_validator
-from controller.yaml_documents import parse_bytes
+from controller.files import schema
+from controller.files.schema import schema_problems, table_schema, table_validator
+from controller.files.yaml_documents import parse_bytes
 from tests.conftest import REPO_ROOT
 from tests.test_validation_catalogue import CASES
 

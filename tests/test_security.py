@@ -31,10 +31,10 @@ from sqlalchemy.exc import OperationalError
 
 from controller import wiring
 from controller.cli import main
-from controller.db.runtime_models import ApprovalRow, ExecutionRow, RunRow
+from controller.core.errors import ServiceError
+from controller.db.run_models import ApprovalRow, ExecutionRow, RunRow
+from controller.files.validation import validate_directory
 from controller.lambda_function import lambda_handler
-from controller.runtime.errors import RuntimeProblem
-from controller.validation import validate_directory
 from tests.api_support import MONTH, TABLES, api_event, error_of, glue_runs, manual, run_detail, send
 from tests.factories import StatementLog, table_doc, write_tables
 from tests.runtime_support import (
@@ -216,13 +216,13 @@ def test_a_blank_identity_is_no_identity_even_where_anyone_may_decide(flux: Lamb
         status, raw = decide(flux, "/approve", body, **context)
         assert status == 403, (context, raw)
         assert "no caller identity" in json.loads(raw)["error"]["message"]
-    flux.runtime.trust_body_user = True
+    flux.deps.trust_body_user = True
     status, raw = decide(flux, "/approve", {**body, "user": "   "})
     assert status == 403, raw
     assert run_detail(flux, run["id"])["approval"]["status"] == "pending"
 
     # A blank claim does not hide a real identity behind it either.
-    flux.runtime.trust_body_user = False
+    flux.deps.trust_body_user = False
     context = {"authorizer": {"claims": {"cognito:username": " ", "email": "zoe@example.com"}}}
     status, raw = decide(flux, "/approve", body, **context)
     assert status == 200, raw
@@ -255,7 +255,7 @@ def test_identities_from_the_body_or_headers_are_ignored_outside_trusted_mode(
             flux, api_event("POST", "/register_execution", body, **(claims(user) if user else {}))
         )
         assert status == 200, raw
-    flux.runtime.trust_body_user = True
+    flux.deps.trust_body_user = True
     body = {"data": [{"table_name": "tb_a", "partitions": partitions(ano_mes=202303)}], "user": "ana"}
     assert send(flux, api_event("POST", "/register_execution", body, **claims("zoe")))[0] == 200
     with engine.connect() as connection:
@@ -420,7 +420,7 @@ def test_the_size_limit_counts_bytes_and_comes_before_any_database_work(flux: La
 
     over = body("é" * (limit // 2))  # fewer characters than the limit, more bytes
     assert len(over) < limit < len(over.encode())
-    with StatementLog(engine) as log:
+    with StatementLog(engine, flux.deps.store) as log:
         for method, path in [
             ("POST", "/runs"),
             ("POST", "/register_execution"),
@@ -700,7 +700,7 @@ def test_an_unreachable_database_leaks_neither_its_url_nor_its_password(
             assert_no_secret(response["body"])
             assert "Traceback" not in response["body"] and 'File "' not in response["body"]
         # The scheduler's events have no HTTP answer: the error goes to Lambda, which logs it.
-        with pytest.raises((OperationalError, RuntimeProblem)) as raised:  # the driver's, or a 503
+        with pytest.raises((OperationalError, ServiceError)) as raised:  # the driver's, or a 503
             lambda_handler({"flux_action": "sweep"}, None)
         assert_no_secret("".join(traceback.format_exception(raised.value)))
     # What went wrong is logged for operators (a 500's stack trace with its reference), and no record
@@ -718,7 +718,7 @@ def test_an_unreachable_database_leaks_neither_its_url_nor_its_password(
 def test_an_exception_inside_a_route_answers_only_a_reference(
     flux: Lambda, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from controller.runtime import queries
+    from controller.services import queries
 
     def broken(*_args: Any, **_kwargs: Any) -> Any:
         raise RuntimeError("internal detail: column runs.partition_key, /srv/app/controller/x.py line 7")

@@ -19,9 +19,9 @@ from typing import Any
 import boto3
 import pytest
 
+from controller.core.plans import TableState
 from controller.db.engine import make_engine
 from controller.local.aws import free_port
-from controller.plans import TableState
 from controller.reconciler import apply
 from tests.conftest import REPO_ROOT
 from tests.factories import desired_from, states, table_doc

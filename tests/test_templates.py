@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from jinja2.exceptions import SecurityError, UndefinedError
 
-from controller.templates import render, render_params, template_errors
+from controller.core.templates import render, render_params, template_errors
 
 PARTITIONS = {"dt": "date", "regiao": "string"}
 

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from controller.validation import validate_directory
+from controller.files.validation import validate_directory
 from tests.conftest import WriteDefs
 
 UPSTREAM = """

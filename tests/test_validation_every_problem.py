@@ -7,7 +7,7 @@ from __future__ import annotations
 from click.testing import CliRunner
 
 from controller.cli import main
-from controller.validation import validate_directory
+from controller.files.validation import validate_directory
 from tests.conftest import WriteDefs
 
 A_ON_A_CYCLE = """

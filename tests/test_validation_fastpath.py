@@ -10,9 +10,9 @@ import pytest
 import yaml
 
 from bench.generate import write_definitions
-from controller.gc_pause import gc_paused
-from controller.validation import validate_directory
-from controller.yaml_documents import _compose_all, definition_files, iter_definition_files, parse_bytes
+from controller.core.gc_pause import gc_paused
+from controller.files.validation import validate_directory
+from controller.files.yaml_documents import _compose_all, definition_files, iter_definition_files, parse_bytes
 
 # Plain scalars for every implicit resolver of PyYAML (and near misses), quoted and plain.
 SCALARS = [
@@ -193,7 +193,7 @@ def test_listing_is_rglob_filtered_and_sorted(tmp_path: Path, monkeypatch: pytes
 
 
 def test_generated_set_is_valid_and_its_specs_match_a_plain_validation(tmp_path: Path) -> None:
-    from controller.specs import TableSpec
+    from controller.core.specs import TableSpec
 
     write_definitions(tmp_path, 300, seed=5)
     result = validate_directory(tmp_path)

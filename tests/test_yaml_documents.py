@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from controller.yaml_documents import MAX_DEPTH, iter_definition_files, parse_bytes, read_file
+from controller.files.yaml_documents import MAX_DEPTH, iter_definition_files, parse_bytes, read_file
 
 
 def test_values_are_plain_python_and_keep_their_source_text_types() -> None:

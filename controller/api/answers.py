@@ -12,7 +12,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from controller.specs import TableSpec
+from controller.core.specs import TableSpec
 
 Partitions = dict[str, int | str]
 _RUN = {

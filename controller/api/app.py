@@ -34,10 +34,10 @@ from controller.api.models import (
     TablesPayload,
     as_mapping,
 )
-from controller.problems import json_path
-from controller.runtime.errors import RuntimeProblem
-from controller.telemetry import logger
-from controller.wiring import runtime
+from controller.core.errors import ServiceError
+from controller.core.problems import json_path
+from controller.telemetry import count, logger
+from controller.wiring import dependencies
 
 #: A run id in a path: a positive BIGINT (a larger integer names no run and cannot be bound in a query).
 RunId = Annotated[int, Path(ge=1, le=MAX_ID)]
@@ -116,8 +116,8 @@ def error_response(
     return Response(status_code=status, content_type="application/json", body=json.dumps(body))
 
 
-@app.exception_handler(RuntimeProblem)
-def _problem(exc: RuntimeProblem) -> Response[str]:
+@app.exception_handler(ServiceError)
+def _problem(exc: ServiceError) -> Response[str]:
     return error_response(exc.status, exc.code, exc.message, exc.details)
 
 
@@ -169,7 +169,7 @@ def _unexpected(exc: Exception) -> Response[str]:
 
 def _identity(body_user: str | None) -> str | None:
     context = app.current_event.raw_event.get("requestContext") or {}
-    identity = caller_identity(context, body_user, runtime().trust_body_user)
+    identity = caller_identity(context, body_user, dependencies().trust_body_user)
     resolved_caller.set(identity)
     return identity
 
@@ -188,7 +188,7 @@ def health() -> dict[str, str]:
 )
 def register_execution(body: RegisterRequest) -> dict[str, Any]:
     """Register that tables produced partitions (all items or none); opens the gates that opens."""
-    from controller.runtime import registration  # lazy: see the module docstring
+    from controller.services import registration  # lazy: see the module docstring
 
     items = [
         registration.ExecutionInput(
@@ -201,30 +201,36 @@ def register_execution(body: RegisterRequest) -> dict[str, Any]:
         )
         for item in body.data
     ]
-    return registration.register_executions(runtime(), items, _identity(body.user))
+    result = registration.register_executions(dependencies(), items, _identity(body.user))
+    # Counted here, where the answer is still a dict (not parsed again from the response body).
+    count("Registrations", len(result["executions"]))
+    count("RunsOpenedOrPushed", len(result["runs"]))
+    return result
 
 
 @route("POST", "/approve", answers.Decided, "approve", "Approve a pending approval")
 def approve(body: DecisionRequest) -> dict[str, Any]:
-    from controller.runtime import approvals  # lazy: see the module docstring
+    from controller.services import approvals  # lazy: see the module docstring
 
-    return approvals.decide(runtime(), body.approval_status_id, _identity(body.user), True, body.comment)
+    return approvals.decide(dependencies(), body.approval_status_id, _identity(body.user), True, body.comment)
 
 
 @route("POST", "/reject", answers.Decided, "reject", "Reject a pending approval")
 def reject(body: DecisionRequest) -> dict[str, Any]:
-    from controller.runtime import approvals  # lazy: see the module docstring
+    from controller.services import approvals  # lazy: see the module docstring
 
-    return approvals.decide(runtime(), body.approval_status_id, _identity(body.user), False, body.comment)
+    return approvals.decide(
+        dependencies(), body.approval_status_id, _identity(body.user), False, body.comment
+    )
 
 
 @route("GET", "/approvals", answers.Approvals, "listApprovals", "List approvals, newest first")
 def list_approvals(
     status: Annotated[str | None, Query()] = "pending", limit: Annotated[int, Query()] = 100
 ) -> dict[str, Any]:
-    from controller.runtime import queries  # lazy: see the module docstring
+    from controller.services import queries  # lazy: see the module docstring
 
-    return queries.list_approvals(runtime(), status, limit)
+    return queries.list_approvals(dependencies(), status, limit)
 
 
 @route("GET", "/runs", answers.Runs, "listRuns", "List runs, newest first")
@@ -233,71 +239,73 @@ def list_runs(
     status: Annotated[str | None, Query()] = None,
     limit: Annotated[int, Query()] = 100,
 ) -> dict[str, Any]:
-    from controller.runtime import queries  # lazy: see the module docstring
+    from controller.services import queries  # lazy: see the module docstring
 
-    return queries.list_runs(runtime(), table, status, limit)
+    return queries.list_runs(dependencies(), table, status, limit)
 
 
 @route("GET", "/runs/<run_id>", answers.RunWithDetail, "getRun", "Get a run with its tasks and triggers")
 def get_run(run_id: RunId) -> dict[str, Any]:
-    from controller.runtime import queries  # lazy: see the module docstring
+    from controller.services import queries  # lazy: see the module docstring
 
-    return queries.get_run(runtime(), run_id)
+    return queries.get_run(dependencies(), run_id)
 
 
 @route("POST", "/runs", answers.OneRun, "startManualRun", "Open a manual run (backfill, re-run)")
 def manual_run(body: ManualRunRequest) -> dict[str, Any]:
     """Open the run of (table, key) now: skips the gate and the debounce, not the approval."""
-    from controller.runtime import run_actions  # lazy: see the module docstring
+    from controller.services import run_actions  # lazy: see the module docstring
 
     return {
-        "run": run_actions.manual_run(runtime(), body.table_name, as_mapping(body.partitions), body.reason)
+        "run": run_actions.manual_run(
+            dependencies(), body.table_name, as_mapping(body.partitions), body.reason
+        )
     }
 
 
 @route("POST", "/runs/<run_id>/cancel", answers.OneRun, "cancelRun", "Cancel an open run")
 def cancel_run(run_id: RunId, body: ReasonRequest) -> dict[str, Any]:
-    from controller.runtime import run_actions  # lazy: see the module docstring
+    from controller.services import run_actions  # lazy: see the module docstring
 
-    return {"run": run_actions.cancel_run(runtime(), run_id, body.reason)}
+    return {"run": run_actions.cancel_run(dependencies(), run_id, body.reason)}
 
 
 @route("POST", "/runs/<run_id>/retry", answers.OneRun, "retryRun", "Retry a failed run as its next attempt")
 def retry_run(run_id: RunId, body: ReasonRequest) -> dict[str, Any]:
-    from controller.runtime import run_actions  # lazy: see the module docstring
+    from controller.services import run_actions  # lazy: see the module docstring
 
-    return {"run": run_actions.retry_run(runtime(), run_id, body.reason)}
+    return {"run": run_actions.retry_run(dependencies(), run_id, body.reason)}
 
 
 @route("POST", "/runs/<run_id>/fail", answers.OneRun, "failRun", "Report that a run's task failed")
 def fail_run(run_id: RunId, body: FailRequest) -> dict[str, Any]:
     """A task reports failure (the path for SQS and Lambda tasks)."""
-    from controller.runtime import completion  # lazy: see the module docstring
+    from controller.services import completion  # lazy: see the module docstring
 
-    return {"run": completion.fail_run(runtime(), run_id, body.reason, body.token)}
+    return {"run": completion.fail_run(dependencies(), run_id, body.reason, body.token)}
 
 
 @route("GET", "/executions", answers.Executions, "listExecutions", "List executions, newest first")
 def list_executions(
     table: Annotated[str | None, Query()] = None, limit: Annotated[int, Query()] = 100
 ) -> dict[str, Any]:
-    from controller.runtime import queries  # lazy: see the module docstring
+    from controller.services import queries  # lazy: see the module docstring
 
-    return queries.list_executions(runtime(), table, limit)
+    return queries.list_executions(dependencies(), table, limit)
 
 
 @route("GET", "/tables", answers.Tables, "listTables", "List the tables as reconciled")
 def list_tables() -> dict[str, Any]:
-    from controller.runtime import queries  # lazy: see the module docstring
+    from controller.services import queries  # lazy: see the module docstring
 
-    return queries.list_tables(runtime())
+    return queries.list_tables(dependencies())
 
 
 @route("GET", "/tables/<name>", answers.OneTable, "getTable", "Get one table as reconciled")
 def get_table(name: str) -> dict[str, Any]:
-    from controller.runtime import queries  # lazy: see the module docstring
+    from controller.services import queries  # lazy: see the module docstring
 
-    return queries.list_tables(runtime(), name)
+    return queries.list_tables(dependencies(), name)
 
 
 @route(
@@ -316,7 +324,7 @@ def post_tables(body: TablesPayload) -> dict[str, Any]:
     from controller.api.tables_payload import check_payload
 
     # The payload as sent (the model checked its shape): problems are located in it.
-    return check_payload(runtime(), app.current_event.json_body)
+    return check_payload(dependencies(), app.current_event.json_body)
 
 
 @route("GET", "/openapi.json", answers.Document, "getOpenApiDocument", "Get this OpenAPI document")

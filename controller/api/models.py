@@ -20,7 +20,7 @@ from pydantic import (
 )
 from pydantic_core import PydanticCustomError
 
-from controller.payloads import PayloadError, payload_documents
+from controller.core.payloads import PayloadError, payload_documents
 
 _TEXT = 256
 #: The largest id a row can have (ids are BIGINT identities, from 1). A larger integer names no row and

@@ -9,7 +9,7 @@ import binascii
 import json
 from typing import Any
 
-from controller.runtime.errors import TooLarge
+from controller.core.errors import TooLarge
 
 MAX_BODY_BYTES = 256 * 1024
 

@@ -5,23 +5,19 @@ from __future__ import annotations
 import re
 from typing import Any
 
-from sqlalchemy.orm import Session
-
-from controller.db.definitions_store import read_state
-from controller.db.engine import read_only
-from controller.payloads import PayloadDocument, PayloadError, payload_documents
-from controller.plans import make_plan, state_of
-from controller.problems import Problem
-from controller.runtime.context import Runtime
-from controller.runtime.errors import BadRequest
-from controller.validation import validate_documents
+from controller.core.errors import BadRequest
+from controller.core.payloads import PayloadDocument, PayloadError, payload_documents
+from controller.core.plans import make_plan, state_of
+from controller.core.problems import Problem
+from controller.files.validation import validate_documents
+from controller.services.dependencies import Dependencies
 
 #: Problems in reconciled tables (not in the payload) are located as ``database:NAME.field``.
 DATABASE_ROOT = "database:"
 _NUMBER = re.compile(r"(\d+)")
 
 
-def check_payload(runtime: Runtime, payload: Any) -> dict[str, Any]:
+def check_payload(deps: Dependencies, payload: Any) -> dict[str, Any]:
     """The validation result of the payload's tables among the current ones, and the plan they imply.
 
     Definitions change through Git: this answers what a pull request with these tables would do.
@@ -31,8 +27,7 @@ def check_payload(runtime: Runtime, payload: Any) -> dict[str, Any]:
         documents = payload_documents(payload)
     except PayloadError as exc:
         raise BadRequest(str(exc)) from None
-    with Session(read_only(runtime.engine)) as session:
-        current = read_state(session).tables
+    current, _ = deps.reads.definitions()
     names = {document.data.get("name") for document in documents}
     others = [
         PayloadDocument(_definition(state), root=f"{DATABASE_ROOT}{name}")

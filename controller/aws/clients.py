@@ -46,7 +46,7 @@ def maybe_applied(error: BaseException) -> bool:
     validation, access), a failure to connect (``ConnectTimeoutError``, ``EndpointConnectionError``:
     nothing was sent) and errors raised before sending.
     """
-    from botocore.exceptions import ClientError, HTTPClientError
+    from botocore.exceptions import ClientError, HTTPClientError  # botocore loads with the first client
 
     if isinstance(error, ClientError):
         status = error.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
@@ -62,7 +62,7 @@ def _no_retry_when_maybe_applied(
     It runs before botocore's retry handler (it is registered on the more specific event); raising
     ends the call with that error, returning None lets botocore decide (retry or give up).
     """
-    from botocore.exceptions import ClientError
+    from botocore.exceptions import ClientError  # botocore loads with the first client
 
     if caught_exception is not None and maybe_applied(caught_exception):
         raise caught_exception

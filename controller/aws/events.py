@@ -8,7 +8,7 @@ from typing import Any
 
 from controller.aws.clients import client as default_client
 from controller.aws.settings import AwsSettings
-from controller.runtime.ports import RunEvent
+from controller.core.runs import RunEvent
 
 SOURCE = "flux-control"
 DETAIL_TYPE = "Run State Change"
@@ -26,7 +26,7 @@ class PublishError(RuntimeError):
 
 
 class EventBridgePublisher:
-    """The runtime's :class:`~controller.runtime.ports.EventPublisher` on EventBridge ``PutEvents``."""
+    """The runtime's :class:`~controller.services.ports.EventPublisher` on EventBridge ``PutEvents``."""
 
     def __init__(self, settings: AwsSettings, client: Any | None = None) -> None:
         self._settings = settings

@@ -10,7 +10,7 @@ from botocore.exceptions import ClientError
 
 from controller.aws.clients import client as default_client
 from controller.aws.settings import AwsSettings
-from controller.runtime.ports import ScheduleRequest
+from controller.core.effects import ScheduleRequest
 
 #: EventBridge Scheduler retries delivery to the Lambda for up to a day; the sweep catches the rest.
 RETRY_POLICY = {"MaximumRetryAttempts": 10, "MaximumEventAgeInSeconds": 86400}
@@ -29,7 +29,7 @@ def error_code(error: ClientError) -> str:
 
 
 class EventBridgeScheduler:
-    """The runtime's :class:`~controller.runtime.ports.Scheduler` on EventBridge Scheduler."""
+    """The runtime's :class:`~controller.services.ports.Scheduler` on EventBridge Scheduler."""
 
     def __init__(self, settings: AwsSettings, client: Any | None = None) -> None:
         self._settings = settings

@@ -2,7 +2,7 @@
 
 A task is started once per run attempt, even when AWS fails in a way that leaves open whether it
 acted (a read timeout, a 5xx answer) and the call is repeated. Each start carries the attempt's
-token (:attr:`~controller.runtime.ports.TaskRequest.token`):
+token (:attr:`~controller.services.ports.TaskRequest.token`):
 
 - Step Functions: the execution name is derived from it; a repeat answers with the same execution
   (same name and input) or ``ExecutionAlreadyExists``, which is taken as started.
@@ -31,7 +31,7 @@ from botocore.exceptions import BotoCoreError, ClientError
 
 from controller.aws.clients import client as default_client
 from controller.aws.clients import maybe_applied
-from controller.runtime.ports import TaskRequest, TaskStartError
+from controller.core.effects import TaskRequest, TaskStartError
 
 ClientFactory = Callable[[str], Any]
 logger = logging.getLogger("flux_control.aws")
@@ -113,7 +113,7 @@ def _aws_error(request: TaskRequest, error: ClientError | BotoCoreError) -> Task
 
 
 class AwsTaskStarter:
-    """The runtime's :class:`~controller.runtime.ports.TaskStarter`: one AWS call per task.
+    """The runtime's :class:`~controller.services.ports.TaskStarter`: one AWS call per task.
 
     AWS refusals (``ClientError``, ``BotoCoreError``) become :class:`TaskStartError` with the AWS code
     and message verbatim; anything else propagates.

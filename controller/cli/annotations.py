@@ -4,7 +4,7 @@ A runner turns each such line of a step's output into an annotation on the pull 
 file and line it names. The escaping follows the runner's own (``toolkit/packages/core/src/command.ts``):
 a message may hold any text once ``%``, CR and LF are escaped; a property value also escapes ``:`` and
 ``,``, which would otherwise end it. Control characters are first shown escaped, as in the text format
-(:func:`~controller.terminal_text.printable`): a line break read from a definition file must not start
+(:func:`~controller.core.terminal_text.printable`): a line break read from a definition file must not start
 a workflow command of its own.
 """
 
@@ -12,8 +12,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from controller.problems import Problem
-from controller.terminal_text import printable
+from controller.core.problems import Problem
+from controller.core.terminal_text import printable
 
 
 def github_annotation(problem: Problem, *, workspace: Path) -> str:

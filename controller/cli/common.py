@@ -16,12 +16,12 @@ from sqlalchemy import Engine
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import SQLAlchemyError
 
+from controller.core.terminal_text import printable
 from controller.db.engine import DEFAULT_DATABASE_URL, database_url, make_engine, safe_url
-from controller.git_source import GitError
-from controller.plan_documents import PlanFileError
+from controller.files.git_source import GitError
+from controller.files.plan_documents import PlanFileError
+from controller.files.validation import ValidationResult
 from controller.reconciler import ReconcileError
-from controller.terminal_text import printable
-from controller.validation import ValidationResult
 
 F = TypeVar("F", bound=Callable[..., Any])
 

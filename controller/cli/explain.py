@@ -7,10 +7,11 @@ import json
 import click
 
 from controller.cli.common import database_option, friendly_errors, open_reader
-from controller.keys import InvalidPartition
+from controller.core.errors import ServiceError
+from controller.core.keys import InvalidPartition
+from controller.db.reads import SqlReads
 from controller.reconciler import definitions_applied
-from controller.runtime.errors import RuntimeProblem
-from controller.runtime.explain import explain, render
+from controller.services.explain import explain, render
 
 NOTHING_APPLIED = "no definitions applied: run `flux-control apply` first"
 
@@ -56,8 +57,8 @@ def explain_command(table: str, partitions: dict[str, str], database_url: str, o
     if not definitions_applied(engine):
         raise click.ClickException(NOTHING_APPLIED)
     try:
-        result = explain(engine, table, partitions)
-    except (RuntimeProblem, InvalidPartition) as exc:
+        result = explain(SqlReads(engine), table, partitions)
+    except (ServiceError, InvalidPartition) as exc:
         raise click.ClickException(str(exc)) from None
     if output_format == "json":
         click.echo(json.dumps(result.as_dict(), indent=2, ensure_ascii=False))

@@ -8,8 +8,8 @@ import click
 
 from controller.cli.common import directory_argument, report_invalid
 from controller.cli.options import format_option
-from controller.graphs import dot, mermaid
-from controller.validation import validate_directory
+from controller.core.graphs import dot, mermaid
+from controller.files.validation import validate_directory
 
 
 @click.command("graph")

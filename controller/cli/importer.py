@@ -12,10 +12,10 @@ from typing import Any
 import click
 import yaml
 
-from controller.payloads import PayloadError, payload_tables
-from controller.plans import LIST_FIELDS, SCALAR_FIELDS
-from controller.terminal_text import printable
-from controller.validation import ValidationResult, validate_directory
+from controller.core.payloads import PayloadError, payload_tables
+from controller.core.plans import LIST_FIELDS, SCALAR_FIELDS
+from controller.core.terminal_text import printable
+from controller.files.validation import ValidationResult, validate_directory
 
 SCHEMA_FILE = Path("schemas") / "table.schema.json"
 _NAME = re.compile(r"^[a-z][a-z0-9_]{0,127}$")

@@ -11,7 +11,6 @@ from pathlib import Path
 
 import click
 
-from controller import graphs
 from controller.cli.common import (
     colour,
     database_option,
@@ -23,15 +22,16 @@ from controller.cli.common import (
     resolve_actor,
     resolve_revision,
 )
+from controller.cli.plan_rendering import render_markdown, render_text
+from controller.core import graphs
+from controller.core.plans import Plan, TableState, make_plan
+from controller.core.specs import TableSpec
+from controller.core.terminal_text import printable
 from controller.db.definitions_store import WRITE_STEPS, RevisionInfo
-from controller.git_source import read_revision
-from controller.plan_documents import read_plan_file, write_plan_file
-from controller.plan_rendering import render_markdown, render_text
-from controller.plans import Plan, TableState, make_plan
+from controller.files.git_source import read_revision
+from controller.files.plan_documents import read_plan_file, write_plan_file
+from controller.files.validation import ValidationResult, validate_directory, validate_sources
 from controller.reconciler import DEFAULT_LOCK_TIMEOUT, apply, desired_states, plan
-from controller.specs import TableSpec
-from controller.terminal_text import printable
-from controller.validation import ValidationResult, validate_directory, validate_sources
 
 
 def _valid(directory: Path) -> ValidationResult:

@@ -50,7 +50,7 @@ def serve_command(
       flux-control apply definitions && flux-control serve
       flux-control serve --port 9000 --task-delay 2
     """
-    from controller.local.aws import LocalAws, free_port
+    from controller.local.aws import LocalAws, free_port  # moto and boto3: only serve needs them
 
     local = LocalAws(aws_port or free_port())
     local.start()
@@ -64,10 +64,12 @@ def serve_command(
 
 
 def _run(local: Any, host: str, port: int, task_delay: float, tick: float) -> None:
+    # The database and the handler load here, not for every flux-control command.
     from sqlalchemy.orm import Session
 
     from controller import wiring
     from controller.db.definitions_store import read_state
+    from controller.db.engine import database_url, make_engine
     from controller.db.migrate import schema_status, upgrade
     from controller.lambda_function import lambda_handler
     from controller.local.http import make_server
@@ -80,12 +82,13 @@ def _run(local: Any, host: str, port: int, task_delay: float, tick: float) -> No
     )
 
     wiring.use(None)
-    runtime = wiring.runtime()
-    with runtime.engine.connect() as connection:
+    # serve's own engine for the schema and its stand-ins; the handler builds its dependencies itself.
+    engine = make_engine(database_url())
+    with engine.connect() as connection:
         empty = schema_status(connection).empty
     if empty:
-        upgrade(runtime.engine)
-    with Session(runtime.engine) as session:
+        upgrade(engine)
+    with Session(engine) as session:
         tables = read_state(session).tables
     group = os.environ.get("FLUX_SCHEDULE_GROUP") or "flux-control"
     created = local.create_resources(group, tables.values())
@@ -103,7 +106,7 @@ def _run(local: Any, host: str, port: int, task_delay: float, tick: float) -> No
         tick,
         stop,
         "completion",
-        lambda: finish_started_tasks(runtime.engine, invoke, task_delay, datetime.now(UTC)),
+        lambda: finish_started_tasks(engine, invoke, task_delay, datetime.now(UTC)),
     )
     sqs = local.client("sqs")
     queues = sorted({t["target"] for table in tables.values() for t in table["tasks"] if t["type"] == "sqs"})
@@ -113,7 +116,7 @@ def _run(local: Any, host: str, port: int, task_delay: float, tick: float) -> No
         tick,
         stop,
         "functions",
-        lambda: receive_invocations(runtime.engine, invoke, task_delay, datetime.now(UTC), invoked),
+        lambda: receive_invocations(engine, invoke, task_delay, datetime.now(UTC), invoked),
     )
     every(30.0, stop, "sweep", lambda: invoke({"flux_action": "sweep"}))
     server = make_server(host, port, invoke)

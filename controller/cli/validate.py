@@ -9,9 +9,9 @@ import click
 
 from controller.cli.annotations import github_annotation
 from controller.cli.options import ByteSize, format_option
-from controller.terminal_text import printable
-from controller.validation import ValidationResult, validate_directory
-from controller.yaml_documents import DEFAULT_MAX_FILE_BYTES
+from controller.core.terminal_text import printable
+from controller.files.validation import ValidationResult, validate_directory
+from controller.files.yaml_documents import DEFAULT_MAX_FILE_BYTES
 
 
 @click.command()

@@ -1,6 +1,6 @@
 """Reading and writing table definitions in bulk: a constant number of statements for any N.
 
-Reads return the same plain states that :func:`controller.plans.state_of` builds from YAML, so the
+Reads return the same plain states that :func:`controller.core.plans.state_of` builds from YAML, so the
 pure planner compares like with like.
 
 Both directions work on Core statements, not ORM objects: at 10,000 tables the ORM's per-row work
@@ -39,7 +39,8 @@ from sqlalchemy.orm import Session
 from sqlalchemy.sql.elements import ColumnElement
 from sqlalchemy.sql.selectable import TableValuedAlias
 
-from controller.db.models import (
+from controller.core.plans import History, TableAction, TableState, digest
+from controller.db.definition_models import (
     AuditEntry,
     DependencyRow,
     PartitionRow,
@@ -47,8 +48,7 @@ from controller.db.models import (
     TableRow,
     TaskRow,
 )
-from controller.db.runtime_models import ExecutionRow, RunRow
-from controller.plans import History, TableAction, TableState, digest
+from controller.db.run_models import ExecutionRow, RunRow
 
 _TABLES: Table = TableRow.__table__  # type: ignore[assignment]
 _PARTITIONS: Table = PartitionRow.__table__  # type: ignore[assignment]

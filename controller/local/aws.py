@@ -15,7 +15,7 @@ import boto3
 from botocore.exceptions import ClientError
 
 from controller.aws.scheduler import error_code
-from controller.plans import TableState
+from controller.core.plans import TableState
 
 ACCOUNT = "123456789012"
 REGION = "us-east-1"
@@ -35,6 +35,7 @@ class LocalAws:
     """moto's threaded server on ``port``; :meth:`environment` points boto3 at it."""
 
     def __init__(self, port: int) -> None:
+        # moto is a dev dependency: only serve's local AWS loads it.
         from moto.core.config import default_user_config
         from moto.server import ThreadedMotoServer
 

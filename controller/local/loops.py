@@ -19,10 +19,10 @@ from typing import Any
 from sqlalchemy import Engine, select
 from sqlalchemy.orm import Session
 
-from controller.db.models import TableRow
-from controller.db.runtime_models import RunRow, TaskDispatchRow
+from controller.core.effects import task_token
+from controller.db.definition_models import TableRow
+from controller.db.run_models import RunRow, TaskDispatchRow
 from controller.local.http import to_event
-from controller.runtime.ports import task_token
 
 logger = logging.getLogger("flux_control.local")
 Invoke = Callable[[dict[str, Any]], Any]

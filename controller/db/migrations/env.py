@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from alembic import context
 
-import controller.db.models
-import controller.db.runtime_models  # noqa: F401  (registers the runtime tables)
+import controller.db.definition_models
+import controller.db.run_models  # noqa: F401  (registers the runtime tables)
 from controller.db.base import Base
 
 connection = context.config.attributes["connection"]

@@ -1,0 +1,72 @@
+"""What a unit of work asks of the outside world, as plain values: schedules to write or delete, runs
+to fire at once, tasks to start, events to publish. Pure: adapters translate them into AWS calls.
+
+Nothing here runs before the transaction that decided it has committed (:class:`AfterCommit`).
+"""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from controller.core.keys import Key
+from controller.core.runs import RunEvent
+
+SCHEDULE_NAME_LIMIT = 64
+
+
+@dataclass(frozen=True, slots=True)
+class ScheduleRequest:
+    """A one-time schedule that fires run ``run_id`` at ``fire_at`` (aware, UTC)."""
+
+    name: str
+    run_id: int
+    fire_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class TaskRequest:
+    """One task of a run to start. ``params`` are already rendered. ``token`` is unique per run,
+    attempt and task, and deterministic: adapters use it where AWS offers idempotency."""
+
+    run_id: int
+    attempt: int
+    table: str
+    alias: str
+    type: str
+    target: str
+    partitions: Key
+    params: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def token(self) -> str:
+        return task_token(self.run_id, self.attempt, self.alias)
+
+
+class TaskStartError(Exception):
+    """A task could not be started; the message is the AWS error, shown to users as is."""
+
+
+def task_token(run_id: int, attempt: int, alias: str) -> str:
+    """The token task ``alias`` of run ``run_id``'s attempt ``attempt`` is started with (``flux.token``)."""
+    return f"flux-{run_id}-{attempt}-{alias}"
+
+
+def schedule_name(run_id: int, table: str) -> str:
+    """Deterministic, unique per run, at most 64 characters of [0-9A-Za-z_.-]."""
+    prefix = f"flux-run-{run_id}-"
+    return (prefix + table)[:SCHEDULE_NAME_LIMIT]
+
+
+@dataclass
+class AfterCommit:
+    """What to do in AWS once the transaction has committed (never before). ``events`` are also
+    written to the outbox under ``batch`` in that transaction, so none is lost if publishing fails."""
+
+    batch: str = field(default_factory=lambda: str(uuid.uuid4()))
+    schedule: list[ScheduleRequest] = field(default_factory=list)
+    unschedule: list[str] = field(default_factory=list)
+    fire_now: list[int] = field(default_factory=list)
+    events: list[RunEvent] = field(default_factory=list)

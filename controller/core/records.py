@@ -1,0 +1,100 @@
+"""The records the services write and read through a store, other than runs: executions to insert,
+runs to create and what triggered them, task dispatches, approvals. Plain values, no I/O."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from controller.core.keys import Key
+from controller.core.specs import TableSpec
+
+
+@dataclass(frozen=True, slots=True)
+class NewExecution:
+    """An execution to insert, with its partition values (name, value as text or None when omitted)."""
+
+    table_id: int
+    partition_key: str
+    partitions: Key
+    source: str
+    run_id: int | None
+    idempotency_key: str | None
+    values: list[tuple[str, str | None]]
+
+
+def partition_values(table: TableSpec, key: Key) -> list[tuple[str, str | None]]:
+    """One value per partition of the table: as text, or None when omitted (agrees with any value)."""
+    return [(p.name, None if key.get(p.name) is None else str(key[p.name])) for p in table.partitions]
+
+
+@dataclass(frozen=True, slots=True)
+class NewRun:
+    """A run to create (attempt 1, first and last triggered now)."""
+
+    table_id: int
+    partition_key: str
+    partitions: Key
+    status: str
+    fire_at: datetime | None
+
+
+@dataclass(frozen=True, slots=True)
+class Trigger:
+    """An execution that opened or pushed a run: an existing run by id, a new one by table and key."""
+
+    run_id: int | None
+    table_id: int
+    partition_key: str
+    execution_id: int
+
+
+@dataclass(frozen=True, slots=True)
+class StoredExecution:
+    """An execution found by its idempotency key."""
+
+    id: int
+    table_id: int
+    idempotency_key: str
+    partitions: Key
+
+
+@dataclass(frozen=True, slots=True)
+class Task:
+    """One task of a run as dispatched (``task_dispatches``): pending, started, succeeded or failed."""
+
+    id: int
+    run_id: int
+    attempt: int
+    alias: str
+    type: str
+    target: str
+    status: str
+    external_id: str | None
+    error: str | None
+    started_at: datetime | None
+    finished_at: datetime | None
+
+
+@dataclass(frozen=True, slots=True)
+class NewTask:
+    """A task dispatch to record before the task starts."""
+
+    alias: str
+    type: str
+    target: str
+    request: dict[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
+class Approval:
+    """A human decision on a run: pending until decided, or cancelled with its run."""
+
+    id: int
+    run_id: int
+    status: str
+    requested_at: datetime
+    decided_at: datetime | None
+    decided_by: str | None
+    comment: str | None

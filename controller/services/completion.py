@@ -1,0 +1,101 @@
+"""Completion: tasks settle from Glue / Step Functions events; a run ends when its tasks have.
+
+When every task of a run succeeded, the run succeeds and an execution of its table is registered
+for its key (source ``glue`` or ``step_function``), which cascades downstream. Duplicate and
+out-of-order events find the task already settled and change nothing.
+"""
+
+from __future__ import annotations
+
+import logging
+from datetime import datetime
+from typing import Any
+
+from controller.core.catalog import Catalog
+from controller.core.effects import AfterCommit
+from controller.core.errors import Conflict, NotFound
+from controller.core.runs import FAILED, IN_PROGRESS_STATES, RUNNING
+from controller.services.answers import run_summary
+from controller.services.dependencies import Dependencies
+from controller.services.firing import perform
+from controller.services.ports import Transaction
+from controller.services.registering import ExecutionInput, check_token, register_in
+from controller.services.transitions import move
+
+logger = logging.getLogger("flux_control.runtime")
+
+GLUE_SUCCESS, GLUE_FAILURE = {"SUCCEEDED"}, {"FAILED", "TIMEOUT", "STOPPED", "ERROR"}
+SFN_SUCCESS, SFN_FAILURE = {"SUCCEEDED"}, {"FAILED", "TIMED_OUT", "ABORTED"}
+
+
+def task_state_changed(
+    deps: Dependencies, source: str, external_id: str, state: str, message: str | None
+) -> str:
+    """Settle the task AWS knows as ``external_id`` (a JobRunId or an executionArn)."""
+    success, failure = (GLUE_SUCCESS, GLUE_FAILURE) if source == "glue" else (SFN_SUCCESS, SFN_FAILURE)
+    if state not in success | failure:
+        return f"ignored: {state} is not a final state"
+
+    def work(tx: Transaction, after: AfterCommit) -> str:
+        catalog = deps.catalog(tx)
+        return _settle(
+            tx, catalog, source, external_id, state in success, message or state, deps.clock(), after
+        )
+
+    return perform(deps, work)
+
+
+def _settle(
+    tx: Transaction,
+    catalog: Catalog,
+    source: str,
+    external_id: str,
+    succeeded: bool,
+    message: str,
+    now: datetime,
+    after: AfterCommit,
+) -> str:
+    task = tx.lock_task(external_id)
+    if task is None:
+        logger.warning("state change for an unknown task ignored", extra={"external_id": external_id})
+        return "ignored: unknown task"
+    if not tx.settle_task(task.id, succeeded, None if succeeded else message, now):
+        return f"ignored: task already {task.status}"
+    run = tx.lock_run(task.run_id)
+    assert run is not None
+    table = catalog.names.get(run.table_id, str(run.table_id))
+    if run.status not in IN_PROGRESS_STATES or run.attempt != task.attempt:
+        return f"task settled; run is {run.status}"
+    if not succeeded:
+        move(tx, after, run, FAILED, now, table, reason=f"task {task.alias} {message}")
+        return "run failed"
+    unfinished = [t for t in tx.tasks_of(run.id, run.attempt) if t.status != "succeeded"]
+    if unfinished or run.status != RUNNING:
+        return "task succeeded; the run waits for its other tasks"
+    item = ExecutionInput(table, dict(run.partitions), source, run_id=run.id)
+    register_in(tx, catalog, [item], None, now, after)
+    return "run succeeded"
+
+
+def fail_run(deps: Dependencies, run_id: int, reason: str | None, token: str | None = None) -> dict[str, Any]:
+    """``POST /runs/{id}/fail``: a task reports failure (the path for SQS and Lambda tasks); ``token``,
+    when given, must be one the run's current attempt started a task with."""
+
+    def work(tx: Transaction, after: AfterCommit) -> dict[str, Any]:
+        catalog = deps.catalog(tx)
+        run = tx.lock_run(run_id)
+        if run is None:
+            raise NotFound(f"unknown run {run_id}")
+        if run.status not in IN_PROGRESS_STATES:
+            raise Conflict(f"run {run_id} is {run.status}, not in progress")
+        if token is not None:
+            check_token(tx, run, token)
+        table = catalog.names.get(run.table_id, str(run.table_id))
+        now = deps.clock()
+        message = reason or "reported as failed"
+        failed = move(tx, after, run, FAILED, now, table, reason=message) or run
+        tx.settle_unfinished_tasks([run.id], "failed", message, now)
+        approval = tx.newest_approvals([run_id]).get(run_id)
+        return run_summary(failed.id, table, failed.partitions, failed.status, failed.fire_at, approval)
+
+    return perform(deps, work)

@@ -1,0 +1,169 @@
+"""Why a table did or did not run for a key: its gate, open run, debounce, approval and last runs."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from controller.core.errors import NotFound
+from controller.core.gates import Probe, gate, shared
+from controller.core.keys import Key, describe, key_text, make_key
+from controller.core.records import Approval
+from controller.core.runs import OPEN_STATES, Run, fire_time
+from controller.core.terminal_text import printable
+from controller.services.ports import Reads
+
+LAST_RUNS = 5
+
+
+@dataclass
+class Explanation:
+    table: str
+    key: Key
+    dependencies: list[dict[str, Any]] = field(default_factory=list)
+    gate_open: bool = False
+    open_run: dict[str, Any] | None = None
+    last_runs: list[dict[str, Any]] = field(default_factory=list)
+    requires_approval: bool = False
+    approvers: list[str] = field(default_factory=list)
+    debounce_seconds: int = 0
+    max_wait_seconds: int | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "table": self.table,
+            "partitions": self.key,
+            "gate": "open" if self.gate_open else "closed",
+            "dependencies": self.dependencies,
+            "open_run": self.open_run,
+            "last_runs": self.last_runs,
+            "requires_approval": self.requires_approval,
+            "approvers": self.approvers,
+            "debounce_seconds": self.debounce_seconds,
+            "max_wait_seconds": self.max_wait_seconds,
+        }
+
+
+def explain(reads: Reads, table: str, partitions: dict[str, Any]) -> Explanation:
+    """Explain (table, key) from the database as it is now; reads only."""
+    catalog = reads.catalog()
+    spec = catalog.table(table)
+    if spec is None:
+        raise NotFound(f"unknown table {table!r} (not in the database: was it applied?)")
+    key = make_key(spec, partitions)
+    probes = []
+    for dependency in spec.dependencies:
+        upstream = catalog.table(dependency.dependency_name)
+        if upstream is None:
+            continue
+        anchors = [(theirs, key[mine]) for mine, theirs in shared(spec, dependency, upstream) if mine in key]
+        probes.append(Probe(upstream.name, *anchors[0]) if anchors else Probe(upstream.name))
+    fetched = reads.probe(probes, catalog.ids, catalog.names)
+    statuses = gate(catalog.graph, spec, key, fetched)
+    found = sorted({s.satisfied_by.id for s in statuses if s.satisfied_by})
+    executions = {
+        execution_id: {
+            "id": execution_id,
+            "partitions": execution_key,
+            "source": source,
+            "registered_at": registered_at.isoformat(),
+        }
+        for execution_id, (execution_key, source, registered_at) in reads.executions_by_id(found).items()
+    }
+    result = Explanation(
+        table,
+        key,
+        requires_approval=spec.requires_approval,
+        approvers=list(spec.approvers),
+        debounce_seconds=spec.debounce_seconds,
+        max_wait_seconds=spec.max_wait_seconds,
+    )
+    for status in statuses:
+        execution = executions.get(status.satisfied_by.id) if status.satisfied_by else None
+        result.dependencies.append(
+            {
+                "dependency": status.dependency,
+                "required": status.required,
+                "present": execution is not None,
+                "execution": execution,
+            }
+        )
+    result.gate_open = bool(statuses) and all(d["present"] or not d["required"] for d in result.dependencies)
+    for run, approval in reads.runs_of_key(catalog.ids[table], key_text(key), LAST_RUNS):
+        entry = _run(run, approval)
+        if run.status in OPEN_STATES:
+            entry["debounce_fire_at"] = fire_time(
+                run.first_trigger_at, run.last_trigger_at, spec.debounce_seconds, spec.max_wait_seconds
+            ).isoformat()
+            result.open_run = entry
+        result.last_runs.append(entry)
+    return result
+
+
+def _run(run: Run, approval: Approval | None) -> dict[str, Any]:
+    return {
+        "id": run.id,
+        "status": run.status,
+        "attempt": run.attempt,
+        "manual": run.manual,
+        "first_trigger_at": run.first_trigger_at.isoformat(),
+        "last_trigger_at": run.last_trigger_at.isoformat(),
+        "fire_at": run.fire_at.isoformat() if run.fire_at else None,
+        "finished_at": run.finished_at.isoformat() if run.finished_at else None,
+        "error": run.error,
+        "approval": None
+        if approval is None
+        else {"id": approval.id, "status": approval.status, "decided_by": approval.decided_by},
+    }
+
+
+def render(explanation: Explanation) -> str:
+    """The explanation for a terminal; stored text in it (a source, an error) is shown escaped."""
+    e = explanation
+    lines = [f"{e.table} for {describe(e.key)}"]
+    if not e.dependencies:
+        lines.append("  gate: none (a root table: it runs only when registered or started by hand)")
+    else:
+        missing = [d["dependency"] for d in e.dependencies if d["required"] and not d["present"]]
+        lines.append("  gate: open" if e.gate_open else f"  gate: closed, waiting for {', '.join(missing)}")
+        lines.append("  dependencies:")
+        for d in e.dependencies:
+            kind = "required" if d["required"] else "optional"
+            if d["present"]:
+                x = d["execution"]
+                lines.append(
+                    f"    ✓ {d['dependency']} ({kind}): execution {x['id']} of {describe(x['partitions'])}, "
+                    f"registered {x['registered_at']} by {x['source']}"
+                )
+            else:
+                note = "missing" if d["required"] else "none (optional: does not block)"
+                lines.append(f"    ✗ {d['dependency']} ({kind}): {note}")
+    lines.append(
+        f"  debounce: {e.debounce_seconds}s after the last trigger"
+        + (f", at most {e.max_wait_seconds}s after the first" if e.max_wait_seconds is not None else "")
+    )
+    if e.requires_approval:
+        lines.append(
+            "  approval: required" + (f" (approvers: {', '.join(e.approvers)})" if e.approvers else "")
+        )
+    run = e.open_run
+    if run is None:
+        lines.append("  open run: none")
+    else:
+        lines.append(f"  open run: {run['id']} {run['status']}" + _run_detail(run))
+    if e.last_runs:
+        lines.append("  last runs:")
+        for r in e.last_runs:
+            end = f" finished {r['finished_at']}" if r["finished_at"] else ""
+            error = f": {r['error']}" if r["error"] else ""
+            lines.append(f"    {r['id']} {r['status']} (attempt {r['attempt']}){end}{error}")
+    return "\n".join(printable(line) for line in lines) + "\n"
+
+
+def _run_detail(run: dict[str, Any]) -> str:
+    if run["status"] == "awaiting_approval" and run["approval"]:
+        approval, due = run["approval"]["id"], run["debounce_fire_at"]
+        return f", approval {approval} pending (would fire at {due} once approved)"
+    if run["status"] == "scheduled":
+        return f", fires at {run['fire_at']} (last trigger {run['last_trigger_at']})"
+    return ""

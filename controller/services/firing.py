@@ -1,0 +1,79 @@
+"""Units of work and firing runs.
+
+:func:`perform` runs one unit of work in a transaction, then what it asked for after commit:
+schedules written and deleted, events published, and the runs it made due now fired. :func:`fire`
+fires a run in three units of work (claim, each task's start, settle: see
+:mod:`controller.services.dispatch`), starting its tasks in AWS between them, never inside one.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+from controller.core.effects import AfterCommit, TaskRequest, TaskStartError
+from controller.services import dispatch
+from controller.services.after_commit import carry_out
+from controller.services.dependencies import Dependencies
+from controller.services.ports import StoreSession, Transaction
+
+T = TypeVar("T")
+logger = logging.getLogger("flux_control.runtime")
+
+
+def perform(deps: Dependencies, work: Callable[[Transaction, AfterCommit], T]) -> T:
+    """Run ``work`` in one transaction, then carry out what it asked for; returns what ``work`` returned.
+
+    One connection serves both the transaction and the record of what AWS did after it: a second
+    checkout would cost another server process whose caches are cold.
+    """
+    with deps.store.session() as session:
+        result, after = session.transact(work)
+        carry_out(deps, after, session)
+    for run_id in after.fire_now:
+        fire(deps, run_id)
+    return result
+
+
+def fire(deps: Dependencies, run_id: int) -> str:
+    """Fire run ``run_id`` (a schedule, the sweep, or an immediate run); returns what happened."""
+    outcome, requests = perform(
+        deps, lambda tx, after: dispatch.claim(tx, deps.catalog(tx), run_id, deps.clock(), after)
+    )
+    if not requests:
+        return outcome
+    errors: dict[str, str] = {}
+    with deps.store.session() as session:
+        for request in requests:
+            try:
+                external_id = deps.tasks.start(request)
+            except TaskStartError as exc:
+                errors[request.alias] = str(exc)
+                logger.error(
+                    "task failed to start", extra={"run_id": run_id, "task": request.alias, "error": str(exc)}
+                )
+                continue
+            record_start(deps, session, request, external_id)
+    return perform(
+        deps,
+        lambda tx, after: dispatch.finish(tx, deps.catalog(tx), requests, errors, deps.clock(), after),
+    )
+
+
+def record_start(deps: Dependencies, session: StoreSession, request: TaskRequest, external_id: str) -> None:
+    """Commit a started task's external id at once, for its completion event to find."""
+    now = deps.clock()
+    session.transact(
+        lambda tx, _: tx.task_started(request.run_id, request.attempt, request.alias, external_id, now)
+    )
+
+
+def refreshed(deps: Dependencies, summary: dict[str, Any]) -> dict[str, Any]:
+    """``summary`` with the run's status and fire time as they are now (after an immediate fire)."""
+    with deps.store.session() as session:
+        state = session.run_state(summary["id"])
+    if state is None:
+        return summary
+    status, fire_at = state
+    return {**summary, "status": status, "fire_at": fire_at.isoformat() if fire_at else None}

@@ -1,0 +1,312 @@
+"""What the services need from the outside world, as small interfaces: the database (a store, one
+implementation per database, and the reads of the GET routes) and AWS (schedules, tasks, events).
+
+Adapters implement them structurally (no adapter imports this module); the services receive them in
+:class:`~controller.services.dependencies.Dependencies`. Every value crossing them is a core value.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Sequence
+from contextlib import AbstractContextManager
+from datetime import datetime
+from typing import Any, Protocol, TypeVar
+
+from controller.core.catalog import Catalog
+from controller.core.effects import AfterCommit, ScheduleRequest, TaskRequest
+from controller.core.gates import Execution, Probe
+from controller.core.records import Approval, NewExecution, NewRun, NewTask, StoredExecution, Task, Trigger
+from controller.core.runs import Run, RunChange, RunEvent
+
+T = TypeVar("T")
+#: A run's (table id, key text): unique among open runs.
+Pair = tuple[int, str]
+
+
+class Transaction(Protocol):
+    """The statements of one unit of work, inside its transaction. Reads marked "locked" hold their
+    rows until commit (``FOR UPDATE`` on PostgreSQL; SQLite's writers are serialised anyway)."""
+
+    def newest_revision(self) -> int | None:
+        """The newest reconcile revision's id: the version stamp of the definitions."""
+        ...
+
+    def load_catalog(self, revision: int | None) -> Catalog:
+        """The live definitions (read now, stamped ``revision``)."""
+        ...
+
+    def lock_gates(self, tables: Iterable[int], keys: Iterable[Pair] = ()) -> int | None:
+        """Serialise gate decisions on whole tables and on single keys of tables; returns the newest
+        reconcile revision (read in the same statement where the database allows)."""
+        ...
+
+    # executions
+    def insert_executions(
+        self, executions: Sequence[NewExecution], at: datetime, by: str | None
+    ) -> list[int]:
+        """Insert executions with their partition values; their ids in the order given."""
+        ...
+
+    def probe(
+        self, probes: Sequence[Probe], ids: dict[str, int], names: dict[int, str]
+    ) -> dict[str, list[Execution]]:
+        """Executions answering the probes, by table name (one statement whatever the history)."""
+        ...
+
+    def executions_by_idempotency_key(self, pairs: set[tuple[int, str]]) -> list[StoredExecution]:
+        """Executions of these (table id, idempotency key) pairs."""
+        ...
+
+    def runs_triggered_by(self, execution_ids: Sequence[int]) -> dict[int, list[Run]]:
+        """The runs each execution triggered (execution id → runs)."""
+        ...
+
+    def trigger_partitions(self, run_id: int) -> list[tuple[str, dict[str, Any]]]:
+        """(table name, partitions) of the executions that triggered a run, oldest first."""
+        ...
+
+    # runs
+    def lock_run(self, run_id: int) -> Run | None:
+        """A run, locked."""
+        ...
+
+    def lock_runs(self, run_ids: Iterable[int]) -> dict[int, Run]:
+        """Runs by id, locked."""
+        ...
+
+    def lock_open_runs(self, pairs: Iterable[Pair]) -> dict[Pair, tuple[Run, int | None]]:
+        """The open runs of these pairs, locked, each with its newest approval's id."""
+        ...
+
+    def run_of_key(self, table_id: int, partition_key: str, states: Sequence[str]) -> Run | None:
+        """A run of (table, key) in one of ``states`` (at most one is open)."""
+        ...
+
+    def insert_runs(
+        self,
+        runs: Sequence[NewRun],
+        triggers: Sequence[Trigger],
+        now: datetime,
+        *,
+        manual: bool,
+        reason: str | None,
+    ) -> dict[Pair, Run]:
+        """Create runs and record the triggers of new and existing runs; the new runs by pair."""
+        ...
+
+    def push_runs(self, changes: Sequence[dict[str, Any]]) -> None:
+        """Set columns other than the state (``id`` and the same columns in every change)."""
+        ...
+
+    def apply(self, change: RunChange) -> bool:
+        """Persist a state change with compare-and-set on ``change.expected``; False if the run moved."""
+        ...
+
+    def stuck_dispatching(self, before: datetime, limit: int) -> list[Run]:
+        """Runs dispatching since before ``before``."""
+        ...
+
+    def table_name(self, table_id: int) -> str | None:
+        """The name of a table, deleted or not."""
+        ...
+
+    # task dispatches
+    def add_tasks(self, run: Run, tasks: Sequence[NewTask]) -> None:
+        """Record a run's tasks as pending, for its current attempt."""
+        ...
+
+    def tasks_of(self, run_id: int, attempt: int) -> list[Task]:
+        """The tasks of an attempt, in the order they finished (unfinished last), then recorded."""
+        ...
+
+    def task_started(self, run_id: int, attempt: int, alias: str, external_id: str, at: datetime) -> None:
+        """A pending task started with ``external_id``."""
+        ...
+
+    def task_not_started(self, run_id: int, attempt: int, alias: str, error: str, at: datetime) -> None:
+        """A pending task failed to start."""
+        ...
+
+    def lock_task(self, external_id: str) -> Task | None:
+        """The task AWS knows as ``external_id``, locked."""
+        ...
+
+    def settle_task(self, task_id: int, succeeded: bool, error: str | None, at: datetime) -> bool:
+        """A started task ended; False if it was not started (already settled)."""
+        ...
+
+    def settle_unfinished_tasks(
+        self, run_ids: Sequence[int], status: str, error: str | None, at: datetime
+    ) -> None:
+        """Every pending or started task of these runs ends as ``status``."""
+        ...
+
+    # approvals
+    def request_approvals(self, run_ids: Sequence[int], at: datetime) -> dict[int, int]:
+        """A pending approval for each run (none twice); run id → its newest approval id."""
+        ...
+
+    def newest_approvals(self, run_ids: Sequence[int]) -> dict[int, int]:
+        """The newest approval of each run that has one, pending or decided."""
+        ...
+
+    def lock_approval(self, approval_id: int) -> Approval | None:
+        """An approval, locked."""
+        ...
+
+    def decide_approval(
+        self, approval_id: int, status: str, by: str, at: datetime, comment: str | None
+    ) -> bool:
+        """Compare-and-set a pending approval to ``status``; False if it was decided meanwhile."""
+        ...
+
+    def cancel_pending_approvals(self, run_id: int, at: datetime) -> None:
+        """The run's pending approval, if any, is cancelled."""
+        ...
+
+
+class SweepReads(Protocol):
+    """What the sweep looks for, outside any transaction."""
+
+    def unsynced_runs(self, after: datetime, limit: int) -> list[tuple[int, int, datetime]]:
+        """(id, table id, fire time) of scheduled runs firing after ``after`` whose schedule is not
+        written at their fire time."""
+        ...
+
+    def overdue_runs(self, before: datetime, limit: int) -> list[int]:
+        """Scheduled runs due before ``before``."""
+        ...
+
+    def unpublished_events(self, before: datetime, limit: int) -> list[tuple[int, RunEvent]]:
+        """(outbox id, event) of events written before ``before`` and not yet published, oldest first."""
+        ...
+
+    def mark_published(self, event_ids: Sequence[int], at: datetime) -> None:
+        """Outbox rows published."""
+        ...
+
+    def run_state(self, run_id: int) -> tuple[str, datetime | None] | None:
+        """A run's status and fire time as they are now."""
+        ...
+
+
+class StoreSession(SweepReads, Protocol):
+    """One database connection, held for a unit of work and what follows it."""
+
+    def transact(self, work: Callable[[Transaction, AfterCommit], T]) -> tuple[T, AfterCommit]:
+        """Run ``work`` in one transaction and write ``AfterCommit.events`` to the outbox with it;
+        run it again from scratch after a serialization conflict or a connection lost before COMMIT.
+
+        Raises :class:`~controller.core.errors.Unavailable` when the connection is lost while
+        committing (the outcome is unknown) or on every try.
+        """
+        ...
+
+    def record_done(self, synced: Sequence[ScheduleRequest], batch: str | None, now: datetime) -> None:
+        """After commit, outside a transaction: mark the runs whose schedule was written (where that
+        is still their fire time) and the outbox ``batch`` published, all or nothing."""
+        ...
+
+
+class Store(Protocol):
+    """The runtime's database (the write path): PostgreSQL or SQLite, chosen once in wiring.
+
+    ``listeners`` are called with (statement text, the connection it is sent on) before every
+    statement the store sends, ``COMMIT`` included: how tests count statements and inject faults.
+    """
+
+    listeners: list[Callable[[str, Any], None]]
+
+    def session(self) -> AbstractContextManager[StoreSession]:
+        """A connection for a unit of work and its bookkeeping after commit."""
+        ...
+
+    def close(self) -> None:
+        """Close every connection."""
+        ...
+
+
+class Scheduler(Protocol):
+    def put(self, request: ScheduleRequest) -> None:
+        """Create the schedule, or update it if it exists (idempotent)."""
+        ...
+
+    def delete(self, name: str) -> None:
+        """Delete the schedule; a schedule that does not exist is not an error."""
+        ...
+
+
+class TaskStarter(Protocol):
+    def start(self, request: TaskRequest) -> str:
+        """Start the task; return its external id (JobRunId, executionArn, MessageId, request id).
+
+        Raises :class:`~controller.core.effects.TaskStartError` when AWS refuses.
+        """
+        ...
+
+
+class EventPublisher(Protocol):
+    def publish(self, events: Sequence[RunEvent]) -> None:
+        """Publish events (in batches as the service allows); raises if any entry failed."""
+        ...
+
+
+# Names only the read port uses (kept with it, below the write-path ports).
+from controller.core.keys import Key  # noqa: E402
+from controller.core.plans import TableState  # noqa: E402
+
+#: (id, table name, partitions, source, registered_at, run id) of an execution.
+ExecutionEntry = tuple[int, str, Key, str, datetime, int | None]
+#: A run with its table name, newest approval, tasks (every attempt) and triggering executions
+#: (execution id, table name, partitions).
+RunDetail = tuple[Run, str, Approval | None, list[Task], list[tuple[int, str, Key]]]
+
+
+class Reads(Protocol):
+    """The reads of the GET routes and of ``explain``: each in a read-only transaction of its own,
+    with a constant number of statements whatever the history size."""
+
+    def catalog(self) -> Catalog:
+        """The live definitions, stamped with the newest reconcile revision."""
+        ...
+
+    def definitions(self) -> tuple[dict[str, TableState], tuple[str, datetime] | None]:
+        """The live definitions by name, and (Git revision, applied at) of the last reconcile."""
+        ...
+
+    def table_exists(self, name: str) -> bool:
+        """Whether the database ever had a table of this name (a deleted one keeps its history)."""
+        ...
+
+    def runs(self, table: str | None, status: str | None, limit: int) -> list[tuple[Run, str, int | None]]:
+        """The newest runs (of a table, in a state), newest first, each with its table name and its
+        newest approval's id (pending or decided; None when it never needed one)."""
+        ...
+
+    def run_detail(self, run_id: int) -> RunDetail | None:
+        """A run with its table name, its newest approval, its tasks (by attempt, then recorded) and
+        the executions that triggered it (oldest first); None for an unknown run."""
+        ...
+
+    def runs_of_key(self, table_id: int, partition_key: str, limit: int) -> list[tuple[Run, Approval | None]]:
+        """The last ``limit`` runs of (table, key), newest first, each with its newest approval."""
+        ...
+
+    def approvals(self, status: str | None, limit: int) -> list[tuple[Approval, str, Key]]:
+        """The newest approvals (in a state), newest first, each with its run's table name and
+        partitions."""
+        ...
+
+    def executions(self, table: str | None, limit: int) -> list[ExecutionEntry]:
+        """The newest executions (of a table), newest first."""
+        ...
+
+    def executions_by_id(self, ids: Sequence[int]) -> dict[int, tuple[Key, str, datetime]]:
+        """(partitions, source, registered at) of these executions, by id (unknown ids are left out)."""
+        ...
+
+    def probe(
+        self, probes: Sequence[Probe], ids: dict[str, int], names: dict[int, str]
+    ) -> dict[str, list[Execution]]:
+        """Executions answering the probes, by table name (one statement whatever the history)."""
+        ...

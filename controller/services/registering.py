@@ -1,0 +1,232 @@
+"""The registration inside a unit of work: record that tables produced partitions, complete the runs
+items name, and open the gates that opens. Used by ``register_execution`` and when a run succeeds.
+
+Items carrying a ``run_id`` complete that run (the path for SQS and Lambda tasks); items carrying an
+``idempotency_key`` seen before return the first registration and write nothing.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from controller.core.catalog import Catalog
+from controller.core.effects import AfterCommit, task_token
+from controller.core.errors import Conflict, Forbidden, NotFound, ServiceError, Unprocessable
+from controller.core.gates import Execution, GateLock, gate_locks, openings, probes
+from controller.core.keys import InvalidPartition, Key, key_text, make_key
+from controller.core.records import NewExecution, partition_values
+from controller.core.runs import IN_PROGRESS_STATES, SUCCEEDED, Run
+from controller.services.answers import run_summary
+from controller.services.opening import Wanted, open_or_push
+from controller.services.ports import Transaction
+from controller.services.transitions import move
+
+
+@dataclass(frozen=True, slots=True)
+class ExecutionInput:
+    table_name: str
+    partitions: dict[str, Any]
+    source: str
+    run_id: int | None = None
+    idempotency_key: str | None = None
+    #: With ``run_id``: the token the run's task was started with (checked when given).
+    token: str | None = None
+
+
+@dataclass(slots=True)
+class Prepared:
+    index: int
+    item: ExecutionInput
+    table_id: int
+    key: Key
+    execution_id: int | None = None
+    replay: dict[str, Any] | None = None  # an idempotent repeat: the first result
+
+
+class StaleCatalog(Exception):
+    """The cached definitions are older than the database's: decide again with the current ones."""
+
+
+def register_in(
+    tx: Transaction,
+    catalog: Catalog,
+    items: list[ExecutionInput],
+    user: str | None,
+    now: datetime,
+    after: AfterCommit,
+    *,
+    verified: bool = True,
+) -> dict[str, Any]:
+    """Register ``items`` in the caller's transaction; returns ``{"executions": […], "runs": […]}``.
+
+    ``verified=False``: ``catalog`` may be stale; :class:`StaleCatalog` is raised, before anything is
+    written, when it is (the gate-lock statement reads the newest revision) or when it refuses an item.
+    """
+    try:
+        prepared = [_prepare(catalog, index, item) for index, item in enumerate(items)]
+    except ServiceError:
+        if not verified:
+            raise StaleCatalog from None  # the table may be newer than the cached definitions
+        raise
+    _reject_repeated_keys(prepared)
+    _find_replays(tx, catalog, prepared)
+    fresh = [p for p in prepared if p.replay is None]
+    revision = _lock_gates(tx, catalog, fresh)
+    if not verified and revision != catalog.revision:
+        raise StaleCatalog
+    reruns = _complete_runs(tx, fresh, now, after)
+    ids = tx.insert_executions([_new_execution(catalog, p) for p in fresh], now, user)
+    for p, execution_id in zip(fresh, ids, strict=True):
+        p.execution_id = execution_id
+    wanted = _gate_openings(tx, catalog, fresh) + reruns
+    runs = open_or_push(tx, catalog, wanted, now, after) if wanted else []
+    executions = [p.replay["execution"] if p.replay else _execution_out(p) for p in prepared]
+    replayed_runs = [run for p in prepared if p.replay for run in p.replay["runs"]]
+    return {"executions": executions, "runs": runs + replayed_runs}
+
+
+def _lock_gates(tx: Transaction, catalog: Catalog, fresh: list[Prepared]) -> int | None:
+    """Lock the gates these executions may open; a completed run's table wholly (it may open again).
+    Returns the newest reconcile revision."""
+    locks = {GateLock(p.item.table_name) for p in fresh if p.item.run_id is not None} | {
+        lock for p in fresh for lock in gate_locks(catalog.graph, Execution(0, p.item.table_name, p.key))
+    }
+    return tx.lock_gates(
+        [catalog.ids[lock.table] for lock in locks if lock.key is None],
+        [(catalog.ids[lock.table], lock.key) for lock in locks if lock.key is not None],
+    )
+
+
+def _prepare(catalog: Catalog, index: int, item: ExecutionInput) -> Prepared:
+    table = catalog.table(item.table_name)
+    if table is None:
+        raise NotFound(f"data[{index}]: unknown table {item.table_name!r}", {"index": index})
+    try:
+        key = make_key(table, item.partitions)
+    except InvalidPartition as exc:
+        problem = NotFound if exc.status == 404 else Unprocessable
+        raise problem(f"data[{index}]: {exc}", {"index": index, "partition": exc.partition}) from None
+    return Prepared(index, item, catalog.ids[item.table_name], key)
+
+
+def _reject_repeated_keys(prepared: list[Prepared]) -> None:
+    seen: dict[tuple[int, str], int] = {}
+    for p in prepared:
+        if p.item.idempotency_key is None:
+            continue
+        first = seen.setdefault((p.table_id, p.item.idempotency_key), p.index)
+        if first != p.index:
+            raise Unprocessable(
+                f"data[{p.index}]: idempotency_key {p.item.idempotency_key!r} is also used by data[{first}]",
+                {"index": p.index},
+            )
+
+
+def _new_execution(catalog: Catalog, p: Prepared) -> NewExecution:
+    return NewExecution(
+        p.table_id,
+        key_text(p.key),
+        p.key,
+        p.item.source,
+        p.item.run_id,
+        p.item.idempotency_key,
+        partition_values(catalog.graph.tables[p.item.table_name], p.key),
+    )
+
+
+def _execution_out(p: Prepared) -> dict[str, Any]:
+    return {"id": p.execution_id, "table_name": p.item.table_name, "partitions": p.key}
+
+
+def _find_replays(tx: Transaction, catalog: Catalog, prepared: list[Prepared]) -> None:
+    """Items whose idempotency key was used before: answer with the first registration."""
+    keyed = {(p.table_id, p.item.idempotency_key): p for p in prepared if p.item.idempotency_key}
+    if not keyed:
+        return
+    found = {
+        (e.table_id, e.idempotency_key): e
+        for e in tx.executions_by_idempotency_key({(t, k) for t, k in keyed if k})
+        if (e.table_id, e.idempotency_key) in keyed
+    }
+    if not found:
+        return
+    by_execution = tx.runs_triggered_by([e.id for e in found.values()])
+    approvals = tx.newest_approvals([r.id for runs in by_execution.values() for r in runs])
+    for pair, execution in found.items():
+        p = keyed[pair]
+        runs = [
+            run_summary(
+                r.id,
+                catalog.names.get(r.table_id, ""),
+                r.partitions,
+                r.status,
+                r.fire_at,
+                approvals.get(r.id),
+            )
+            for r in by_execution.get(execution.id, [])
+        ]
+        out = {"id": execution.id, "table_name": p.item.table_name, "partitions": execution.partitions}
+        p.replay = {"execution": out, "runs": runs}
+
+
+def _gate_openings(tx: Transaction, catalog: Catalog, fresh: list[Prepared]) -> list[Wanted]:
+    executions = [
+        Execution(p.execution_id, p.item.table_name, p.key) for p in fresh if p.execution_id is not None
+    ]
+    wanted_probes = list(dict.fromkeys(probe for e in executions for probe in probes(catalog.graph, e)))
+    fetched = tx.probe(wanted_probes, catalog.ids, catalog.names) if wanted_probes else {}
+    # Executions of this request are visible to each other's gates.
+    for e in executions:
+        if e not in fetched.get(e.table, []):
+            fetched.setdefault(e.table, []).append(e)
+    try:
+        found = [o for e in executions for o in openings(catalog.graph, e, fetched)]
+    except ValueError as exc:
+        raise Unprocessable(str(exc)) from None
+    return [Wanted(o.dependent, o.key, o.triggers) for o in found]
+
+
+def _complete_runs(tx: Transaction, fresh: list[Prepared], now: datetime, after: AfterCommit) -> list[Wanted]:
+    """Items with a run_id complete that run: it must be this table's, for this key, in progress.
+
+    Returns the runs to open again: a trigger arrived while they were in progress.
+    """
+    targets = {p.item.run_id: p for p in fresh if p.item.run_id is not None}
+    if not targets:
+        return []
+    rows = tx.lock_runs(targets)
+    for run_id, p in targets.items():
+        _check_completable(tx, rows.get(run_id), run_id, p)
+    finished = list(targets)
+    tx.settle_unfinished_tasks(finished, "succeeded", None, now)
+    for run_id in finished:
+        move(tx, after, rows[run_id], SUCCEEDED, now, targets[run_id].item.table_name)
+    return [Wanted(targets[i].item.table_name, targets[i].key) for i in finished if rows[i].rerun_requested]
+
+
+def _check_completable(tx: Transaction, run: Run | None, run_id: int, p: Prepared) -> None:
+    where = f"data[{p.index}]"
+    if run is None:
+        raise NotFound(f"{where}: unknown run {run_id}", {"index": p.index})
+    if run.table_id != p.table_id or run.partition_key != key_text(p.key):
+        raise Unprocessable(
+            f"{where}: run {run_id} is not a run of {p.item.table_name} for these partitions",
+            {"index": p.index},
+        )
+    if run.status not in IN_PROGRESS_STATES:
+        raise Conflict(f"{where}: run {run_id} is {run.status}, not in progress", {"index": p.index})
+    if p.item.token is not None:
+        check_token(tx, run, p.item.token, where)
+
+
+def check_token(tx: Transaction, run: Run, token: str, where: str = "") -> None:
+    """Refuse ``token`` unless a task of ``run``'s current attempt was started with it."""
+    aliases = {task.alias for task in tx.tasks_of(run.id, run.attempt)}
+    if token not in {task_token(run.id, run.attempt, alias) for alias in aliases}:
+        prefix = f"{where}: " if where else ""
+        raise Forbidden(
+            f"{prefix}the token is not one of run {run.id}'s current attempt ({run.attempt}): "
+            "report with the flux.token the task was started with"
+        )
