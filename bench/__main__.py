@@ -7,6 +7,11 @@
 Each module exposes ``run(quick, kinds, workdir) -> list[Table]``. A module that is missing, or whose
 optional dependency is not installed, gets a line in the output saying so and why; one that fails
 gets its error there, and the command exits 1 after writing the rest.
+
+With ``--only``, the sections of the benchmarks not run are kept as the file had them: the new
+sections are spliced in, in the order of :data:`MODULES`. Every section says when, at which commit and
+in which mode it was measured (a kept section written before sections said so gets that line from the
+header it was written under).
 """
 
 from __future__ import annotations
@@ -191,19 +196,106 @@ def run_module(
     return lines, True
 
 
+# --- the results file -------------------------------------------------------------------------------
+
+MEASURED = "_Measured "
+
+
+def measured_line(when: str, commit: str, mode: str) -> str:
+    """The line under a section's title saying which run measured it."""
+    return f"{MEASURED}{when}, commit {commit}, mode {mode}._"
+
+
+def split_sections(text: str) -> tuple[list[str], list[tuple[str, list[str]]]]:
+    """A results file's header lines, and its ``## `` sections in order as (title, lines)."""
+    head: list[str] = []
+    sections: list[tuple[str, list[str]]] = []
+    for line in text.splitlines():
+        if line.startswith("## "):
+            sections.append((line[3:].strip(), [line]))
+        elif sections:
+            sections[-1][1].append(line)
+        else:
+            head.append(line)
+    return head, sections
+
+
+def _header_field(head: list[str], name: str) -> str:
+    prefix = f"- {name}: "
+    return next((line[len(prefix) :] for line in head if line.startswith(prefix)), "unknown")
+
+
+def _with_measured_line(lines: list[str], line: str) -> list[str]:
+    """A section with ``line`` under its title, unless it has such a line already."""
+    if any(existing.startswith(MEASURED) for existing in lines):
+        return lines
+    rest = lines[1:]
+    return [lines[0], "", line, *(rest if rest and not rest[0].strip() else ["", *rest])]
+
+
+def splice(previous: str | None, measured: dict[str, list[str]]) -> tuple[list[str], list[str]]:
+    """The sections of the new file, in the order of :data:`MODULES`: those measured now, the others as
+    ``previous`` had them (then any section of ``previous`` no benchmark names, at the end); and the
+    titles of the sections kept."""
+    head, old = split_sections(previous or "")
+    earlier = measured_line(
+        _header_field(head, "Date"), _header_field(head, "Commit"), _header_field(head, "Mode")
+    )
+    old_by_title = dict(old)
+    titles = {title: name for name, (_module, title) in MODULES.items()}
+    body: list[str] = []
+    kept: list[str] = []
+    for name, (_module, title) in MODULES.items():
+        if name in measured:
+            body += measured[name]
+        elif title in old_by_title:
+            body += _with_measured_line(_separated(old_by_title[title]), earlier)
+            kept.append(title)
+    for title, lines in old:
+        if title not in titles:
+            body += _with_measured_line(_separated(lines), earlier)
+            kept.append(title)
+    return body, kept
+
+
+def _separated(lines: list[str]) -> list[str]:
+    """A kept section's lines as they were, with a blank line after them if they end without one (the
+    last section of a file) so that the next section starts on its own."""
+    return lines if not lines[-1].strip() else [*lines, ""]
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(sys.argv[1:] if argv is None else argv)
     started = datetime.now(UTC)
     selected = [name for name in MODULES if name in args.only]
     document = header(args, started)
+    mode = "quick" if args.quick else "full"
+    this_run = measured_line(
+        f"{started:%Y-%m-%d %H:%M} UTC", git_commit(), f"{mode}; databases: {', '.join(args.databases)}"
+    )
+    measured: dict[str, list[str]] = {}
     ok = True
     with tempfile.TemporaryDirectory(prefix="flux-bench-") as workdir:
         for name in selected:
             directory = Path(workdir) / name
             directory.mkdir()
             lines, succeeded = run_module(name, args, str(directory))
-            document += lines
+            measured[name] = _with_measured_line(lines, this_run)
             ok &= succeeded
+    # A run of every benchmark writes a new file; one of some (--only) keeps the others' sections.
+    partial = len(selected) < len(MODULES) and args.out.exists()
+    previous = args.out.read_text(encoding="utf-8") if partial else None
+    body, kept = splice(previous, measured)
+    if kept:
+        document.insert(
+            len(document) - 1,
+            "- Sections: measured by this run: "
+            + ", ".join(MODULES[name][1] for name in selected)
+            + "; kept from the previous file (not measured by this run): "
+            + ", ".join(kept)
+            + ". Each section says which run measured it.",
+        )
+    document += body
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text("\n".join(document).rstrip("\n") + "\n", encoding="utf-8")
     say(f"wrote {args.out} ({'all ran' if ok else 'with failures'})")

@@ -274,7 +274,7 @@ def run(quick: bool, kinds: list[str], workdir: str) -> list[Table]:
         result["import+first"] = result["import"] + result["first"]
 
     def median(values: list[dict[str, Any]], key: str = "import") -> float:
-        return statistics.median(r[key] for r in values)
+        return float(statistics.median(r[key] for r in values))
 
     def runs(values: list[dict[str, Any]], key: str = "import") -> str:
         return " / ".join(f"{r[key]:.3f}" for r in values)
@@ -329,7 +329,8 @@ def run(quick: bool, kinds: list[str], workdir: str) -> list[Table]:
         "`import + first …` is the median of each process's sum. The registration processes each get a "
         f"fresh copy of a migrated SQLite database with `{TABLES[0]}` → `{TABLES[1]}` applied; registering "
         f"a day of `{TABLES[0]}` opens one run of `{TABLES[1]}`, so the first registration pays for the "
-        "deferred imports (runtime modules, SQLAlchemy ORM and models), building the runtime, opening the "
+        "deferred imports (the services and the store, SQLAlchemy ORM and models), building the services' "
+        "dependencies (`controller.wiring`: the store for the database, the AWS ports), opening the "
         "database, the transaction, and boto3 with its first `scheduler` and `events` clients "
         "(CreateSchedule, PutEvents) against moto's server on localhost (no network latency). On "
         "PostgreSQL it would also import `psycopg` (see its import alone above).",

@@ -12,7 +12,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol, Self
 
 from sqlalchemy import Engine, create_engine, event, text
 
@@ -74,22 +74,67 @@ def peak_memory(work: Callable[[], Any]) -> int:
         tracemalloc.stop()
 
 
+class Listened(Protocol):
+    """What sends statements and tells its listeners first: the runtime's stores (PostgreSQL's and
+    SQLite's), called with (statement text, connection) before every statement, BEGIN and COMMIT
+    included."""
+
+    listeners: list[Callable[[str, Any], None]]
+
+
+def transaction_control(statement: str) -> str | None:
+    """``"BEGIN"`` or ``"COMMIT"`` when ``statement`` is one (SQLite's ``BEGIN IMMEDIATE`` is a BEGIN),
+    else None."""
+    words = statement.split(maxsplit=1)
+    verb = words[0].upper() if words else ""
+    return verb if verb in ("BEGIN", "COMMIT") else None
+
+
 class StatementCounter:
-    """Counts SQL statements an engine sends while attached (one per execute/executemany)."""
+    """Counts the SQL statements sent while attached.
 
-    def __init__(self, engine: Engine) -> None:
-        self.engine = engine
-        self.count = 0
+    On a store (:class:`Listened`), through its ``listeners``: ``count`` is every statement but BEGIN
+    and COMMIT, ``begins`` the transactions begun, ``commits`` the COMMITs. On an engine (what the
+    reconciler uses), one per cursor execute (``before_cursor_execute``): SQLAlchemy begins and commits
+    through the DBAPI, not as statements, so ``begins`` and ``commits`` stay 0.
+    """
 
-    def __enter__(self) -> StatementCounter:
-        event.listen(self.engine, "before_cursor_execute", self._count)
+    def __init__(self, target: Engine | Listened) -> None:
+        self.target = target
+        self.count = self.begins = self.commits = 0
+
+    def __enter__(self) -> Self:
+        if isinstance(self.target, Engine):
+            event.listen(self.target, "before_cursor_execute", self._executed)
+        else:
+            self.target.listeners.append(self._heard)
         return self
 
     def __exit__(self, *exc: object) -> None:
-        event.remove(self.engine, "before_cursor_execute", self._count)
+        if isinstance(self.target, Engine):
+            event.remove(self.target, "before_cursor_execute", self._executed)
+        else:
+            self.target.listeners.remove(self._heard)
 
-    def _count(self, *_args: Any) -> None:
+    def _executed(self, *_args: Any) -> None:
         self.count += 1
+
+    def _heard(self, statement: str, connection: Any) -> None:
+        control = transaction_control(statement)
+        if control == "BEGIN":
+            self.begins += 1
+        elif control == "COMMIT":
+            self.commits += 1
+            self.committing(connection)
+        else:
+            self.count += 1
+            self.sending(statement, connection)
+
+    def sending(self, statement: str, connection: Any) -> None:
+        """Called before each statement but BEGIN and COMMIT (for subclasses)."""
+
+    def committing(self, connection: Any) -> None:
+        """Called before each COMMIT (for subclasses)."""
 
 
 @contextmanager

@@ -16,6 +16,7 @@ import json
 import random
 import re
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -248,6 +249,15 @@ _MARK = "revisão"
 _DESCRIPTION = re.compile(rb'^description: "(.*?)(?: \[' + _MARK.encode() + rb' \d+\])?"$', re.MULTILINE)
 
 
+def _described(suffix: bytes) -> Callable[[re.Match[bytes]], bytes]:
+    """A replacement of a description line: the description with ``suffix`` appended."""
+
+    def replace(match: re.Match[bytes]) -> bytes:
+        return b'description: "' + match[1] + suffix + b'"'
+
+    return replace
+
+
 def change_fraction(directory: str | Path, fraction: float, seed: int) -> list[Path]:
     """Edit ``fraction`` of the files under ``directory`` (at least one): a debounce or a description.
 
@@ -263,8 +273,7 @@ def change_fraction(directory: str | Path, fraction: float, seed: int) -> list[P
         if position % 2 == 0:
             data = _DEBOUNCE.sub(lambda m: b"debounce_seconds: %d" % _next_debounce(int(m[1])), data, count=1)
         else:
-            suffix = f" [{_MARK} {seed}]".encode()
-            data = _DESCRIPTION.sub(lambda m, s=suffix: b'description: "' + m[1] + s + b'"', data, count=1)
+            data = _DESCRIPTION.sub(_described(f" [{_MARK} {seed}]".encode()), data, count=1)
         path.write_bytes(data)
     return chosen
 

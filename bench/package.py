@@ -15,6 +15,7 @@ the median of several processes, taking turns.
 from __future__ import annotations
 
 import contextlib
+import functools
 import importlib.util
 import os
 import shutil
@@ -143,7 +144,7 @@ def run(quick: bool, kinds: list[str], workdir: str) -> list[Table]:
                 env, template, str(work), local
             )
             environments[f"{packaging}:tables"] = _copy_of(template, work, env, packaging)
-            environments[f"{packaging}:plain"] = lambda env=env: env
+            environments[f"{packaging}:plain"] = functools.partial(dict, env)
         for attempt in range(repeat):
             for label, (script, kind) in scripts.items():
                 for packaging in paths:

@@ -15,6 +15,7 @@ Dagster is an optional extra: ``pip install -e '.[bench]'``; without it the tabl
 from __future__ import annotations
 
 import contextlib
+import importlib
 import logging
 import os
 import random
@@ -36,10 +37,16 @@ HEADERS = ["system", "step", "seconds (median)", "samples", "asset partitions de
 GOAL_RATIO = 100
 
 
+def _dagster() -> Any:
+    """The ``dagster`` module, imported on use: an optional dependency (the bench extra), so typed as
+    Any here, for ``mypy bench`` to pass with or without it installed."""
+    return importlib.import_module("dagster")
+
+
 def run(quick: bool, kinds: list[str], workdir: str) -> list[Table]:
     """One table: Dagster's evaluations against Flux Control's registration of the same event."""
     try:
-        import dagster
+        dagster = _dagster()
     except ImportError:
         return [Table(TITLE, HEADERS, notes=[NOT_RUN])]
     count = QUICK_ASSETS if quick else ASSETS
@@ -157,29 +164,28 @@ def quiet_dagster() -> Iterator[None]:
 
 
 def dagster_definitions(dag: Sequence[Sequence[int]]) -> Any:
-    import dagster as dg
+    dg = _dagster()
 
     months = dg.StaticPartitionsDefinition([str(m) for m in MONTHS])
     eager = dg.AutomationCondition.eager()
 
     def asset(index: int) -> Any:
-        @dg.asset(
+        def materialize() -> None:
+            return None
+
+        return dg.asset(
             name=name(index),
             deps=[name(d) for d in dag[index]],
             partitions_def=months,
             automation_condition=eager,
-        )
-        def materialize() -> None:
-            return None
-
-        return materialize
+        )(materialize)
 
     return dg.Definitions(assets=[asset(i) for i in range(len(dag))])
 
 
 def measure_dagster(dag: Sequence[Sequence[int]], repeats: int) -> dict[str, Any]:
     """Seconds of each evaluation: first, decision after a root partition lands, idle tick."""
-    import dagster as dg
+    dg = _dagster()
 
     with quiet_dagster():
         defs = dagster_definitions(dag)
@@ -228,13 +234,13 @@ def flux_definitions(dag: Sequence[Sequence[int]]) -> list[dict[str, Any]]:
 
 def measure_flux(dag: Sequence[Sequence[int]], workdir: str) -> dict[str, Any]:
     """Seconds of ``register_executions`` of the root's partitions on SQLite (in-memory AWS ports)."""
+    from bench.runtime_setup import runtime_dependencies
+    from controller.core.plans import state_of
+    from controller.core.specs import TableSpec
     from controller.db.engine import make_engine
-    from controller.plans import state_of
     from controller.reconciler import apply
-    from controller.runtime.context import Runtime
-    from controller.runtime.registration import ExecutionInput, register_executions
-    from controller.runtime.sweep import sweep
-    from controller.specs import TableSpec
+    from controller.services.registration import ExecutionInput, register_executions
+    from controller.services.sweep import sweep
 
     documents = flux_definitions(dag)
     desired = {d["name"]: state_of(TableSpec.model_validate(d)) for d in documents}
@@ -242,7 +248,7 @@ def measure_flux(dag: Sequence[Sequence[int]], workdir: str) -> dict[str, Any]:
         engine = make_engine(url)
         try:
             apply(engine, desired=desired, revision="bench", actor="bench", now=datetime.now(UTC))
-            runtime = Runtime(engine, _NoScheduler(), _NoTasks(), _NoEvents())
+            runtime = runtime_dependencies(engine, _NoScheduler(), _NoTasks(), _NoEvents())
 
             def register(index: int, month: int) -> tuple[float, int]:
                 item = ExecutionInput(name(index), {"ano_mes": month}, "bench")
@@ -265,6 +271,7 @@ def measure_flux(dag: Sequence[Sequence[int]], workdir: str) -> dict[str, Any]:
             started = time.perf_counter()
             cascade_opened = sum(register(index, MONTHS[0])[1] for index in range(1, len(dag)))
             cascade = time.perf_counter() - started
+            runtime.store.close()
         finally:
             engine.dispose()
     return {

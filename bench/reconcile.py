@@ -27,10 +27,10 @@ from sqlalchemy import Engine
 
 from bench.common import StatementCounter, Table, database, peak_memory
 from bench.generate import change_fraction, write_definitions
+from controller.core.plans import Plan
 from controller.db.engine import make_engine
-from controller.plans import Plan
+from controller.files.validation import validate_directory
 from controller.reconciler import apply, desired_states, plan
-from controller.validation import validate_directory
 
 try:  # The floor is the C loader; the pure-Python one is ~10x slower and would flatter every ratio.
     from yaml import CSafeLoader

@@ -24,7 +24,7 @@ from datetime import date
 from pathlib import Path
 from typing import Any
 
-from bench.common import StatementCounter, Table, database
+from bench.common import Listened, StatementCounter, Table, database
 from bench.runtime_concurrency import concurrency
 from bench.runtime_cpu import cpu_split
 from bench.runtime_setup import (
@@ -34,6 +34,7 @@ from bench.runtime_setup import (
     PortCalls,
     apply_definitions,
     aws_environment,
+    closing_store,
     fan_out_definitions,
     in_memory_runtime,
     load_average,
@@ -41,6 +42,7 @@ from bench.runtime_setup import (
     measured_days,
     percentile,
     register_event,
+    runtime_dependencies,
 )
 
 FAN_OUTS = (1, 10, 100)
@@ -153,12 +155,15 @@ def run(quick: bool, kinds: list[str], workdir: str) -> list[Table]:
         "events of the registration are published in one port call after commit.",
         "AWS API requests: what boto3 sent (CreateSchedule per run, PutEvents per 10 events), so "
         "F + ceil(F/10) for F runs.",
-        "SQL statements include the check of the cached definitions (on PostgreSQL read by the gate-lock "
-        "statement), the transaction, and the updates after commit that mark the schedules synced and "
-        "the events published (one statement on PostgreSQL, two on SQLite); they depend on neither "
-        "fan-out nor history. On PostgreSQL the registration's statements are those of "
-        "`controller/db/runtime_sql.py`: an execution and its partition values in one, a run and its "
-        "triggers in one.",
+        "SQL statements: what the runtime's store sent, as its `listeners` saw them, BEGIN and COMMIT not "
+        "counted (nor SQLite's `BEGIN IMMEDIATE`): the check of the cached definitions (on PostgreSQL "
+        "read by the gate-lock statement), the transaction's statements, and after commit the record of "
+        "the schedules synced and the events published (`record_done`: one statement outside any "
+        "transaction on PostgreSQL, two in a transaction of their own on SQLite); they depend on neither "
+        "fan-out nor history. On PostgreSQL the store is psycopg directly, on connections of its own "
+        "(explicit BEGIN and COMMIT on autocommit connections), and the registration's statements are "
+        "those of `controller/db/postgresql_statements.py`: an execution and its partition values in "
+        "one, a run and its triggers in one.",
     ]
     same = {kind: {statements[k] for k in statements if k[0] == kind} for kind in {k[0] for k in statements}}
     for kind, texts in sorted(same.items()):
@@ -226,7 +231,6 @@ def measure_fan_out(url: str, fan_out: int, history: int, registrations: int) ->
     from controller.aws.tasks import AwsTaskStarter
     from controller.db.engine import make_engine
     from controller.local.aws import ensure_schedule_group
-    from controller.runtime.context import Runtime
 
     engine = make_engine(url)
     days = measured_days(0, 2 * (registrations + 1))
@@ -241,18 +245,20 @@ def measure_fan_out(url: str, fan_out: int, history: int, registrations: int) ->
             load_history(engine, history, days)
             calls = PortCalls()
             _count_api_requests(calls, clients.client)
-            runtime = Runtime(
+            deps = runtime_dependencies(
                 engine,
                 CountingScheduler(scheduler, calls),
                 CountingTasks(AwsTaskStarter(), calls),
                 CountingEvents(EventBridgePublisher(settings), calls),
             )
-            wiring.use(runtime)
             try:
-                aws = measure_pass(engine, calls, fan_out, aws_days)
+                with closing_store(deps):
+                    wiring.use(deps)
+                    aws = measure_pass(deps.store, calls, fan_out, aws_days)
                 local_calls = PortCalls()
-                wiring.use(in_memory_runtime(engine, local_calls))
-                local = measure_pass(engine, local_calls, fan_out, local_days)
+                with closing_store(in_memory_runtime(engine, local_calls)) as local_deps:
+                    wiring.use(local_deps)
+                    local = measure_pass(local_deps.store, local_calls, fan_out, local_days)
             finally:
                 wiring.use(None)
                 clients.client.cache_clear()
@@ -271,12 +277,13 @@ def _count_api_requests(calls: PortCalls, client: Callable[[str], Any]) -> None:
         client(service).meta.events.register("before-call", count)
 
 
-def measure_pass(engine: Any, calls: PortCalls, fan_out: int, days: Sequence[date]) -> Pass:
-    """One warm-up registration, then one per remaining day, each timed and counted alone."""
+def measure_pass(store: Listened, calls: PortCalls, fan_out: int, days: Sequence[date]) -> Pass:
+    """One warm-up registration, then one per remaining day, each timed and counted alone (the
+    statements: those ``store`` sends, BEGIN and COMMIT left out)."""
     from controller.lambda_function import lambda_handler
 
     result = Pass()
-    with StatementCounter(engine) as statements, Path(os.devnull).open("w") as sink:
+    with StatementCounter(store) as statements, Path(os.devnull).open("w") as sink:
         for index, day in enumerate(days):
             event = register_event("source", day, index)
             before = {**calls.snapshot(), "statements": statements.count}

@@ -11,16 +11,20 @@ import pstats
 import statistics
 import threading
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import date
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, Self
 
-from bench.common import Table, database
+if TYPE_CHECKING:
+    from controller.services.dependencies import Dependencies
+
+from bench.common import Listened, StatementCounter, Table, database
 from bench.runtime_floor import floor_throughput
 from bench.runtime_setup import (
+    OpenedConnections,
     apply_definitions,
+    closing_store,
     fan_out_definitions,
     in_memory_runtime,
     load_average,
@@ -106,17 +110,22 @@ def concurrency(quick: bool, history: int, workdir: str) -> Table:
         f"The floor, the same SQL from raw psycopg in {GOAL_WORKERS} processes: {floor:,.0f}/s, so Flux "
         f"Control reaches {goal / floor:.0%} of what this machine's PostgreSQL allows for these statements. "
         f"{os.cpu_count()} CPUs shared with PostgreSQL; load average at the end {load}.",
-        f"{FLOOR}: `bench/runtime_floor.py` sends, per registration, the statements the runtime sends (the "
-        "same transaction and after-commit statement, schema and data) with psycopg alone: no "
-        "SQLAlchemy, no runtime, no handler.",
+        f"{FLOOR}: `bench/runtime_floor.py` sends, per registration, the statements the PostgreSQL store "
+        "sends (the texts of `controller/db/postgresql_statements.py`, the same explicit BEGIN/COMMIT on an "
+        "autocommit connection, the same `record_done` statement after commit; schema and data alike; "
+        "checked equal by `tests/test_bench_runtime.py`) with psycopg alone: no store, no services, no "
+        "handler.",
         f"Each worker registers its own stream of {per_worker} distinct days of `source` per run ({repeats} "
         f"runs, median shown), one dependent so one run each, {history:,} past executions of both upstreams "
-        "(ANALYZEd as autovacuum would), in-memory AWS ports, a pool of workers + 2 connections. reg/s = "
-        "registrations / wall time from the start barrier to the last worker's end.",
+        "(ANALYZEd as autovacuum would), in-memory AWS ports. The PostgreSQL store opens its own psycopg "
+        "connections (not SQLAlchemy's; the engine only loads the definitions once): threads share one "
+        "store whose pool keeps up to workers + 2 idle; each process has its own store, keeping at most "
+        "2 (the default, as in Lambda). reg/s = registrations / wall time from the start barrier to the "
+        "last worker's end.",
         "threads call `register_executions` (the handler's runtime entry) directly: Powertools' resolver "
         "keeps the current event on the class (`BaseRouter.current_event`), so `lambda_handler` cannot be "
         "shared by threads, and they share one GIL (their ceiling is one CPU of Python). processes (forked, "
-        "one engine each, like Lambda containers) go through `lambda_handler`.",
+        "one engine and store each, like Lambda containers) go through `lambda_handler`.",
     ]
     if floor < GOAL_PER_SECOND:
         table.notes.append(
@@ -152,7 +161,8 @@ def throughput(
         elif mode == "threads":
             engine = make_engine(url, pool_size=workers + 2, max_overflow=4)
             try:
-                results.append(_threads(engine, streams))
+                with closing_store(in_memory_runtime(engine, max_idle=workers + 2)) as deps:
+                    results.append(_threads(deps, streams))
             finally:
                 engine.dispose()
         else:
@@ -160,16 +170,15 @@ def throughput(
     return results
 
 
-def _register_directly(runtime: Any, day: date) -> None:
-    from controller.runtime.registration import ExecutionInput, register_executions
+def _register_directly(runtime: Dependencies, day: date) -> None:
+    from controller.services.registration import ExecutionInput, register_executions
 
     result = register_executions(runtime, [ExecutionInput("source", {"dt": day.isoformat()}, "bench")], None)
     if len(result["runs"]) != 1:
         raise RuntimeError(f"expected one run, got {result['runs']}")
 
 
-def _threads(engine: Any, streams: list[list[date]]) -> Throughput:
-    runtime = in_memory_runtime(engine)
+def _threads(runtime: Dependencies, streams: list[list[date]]) -> Throughput:
     _register_directly(runtime, streams[0][0])  # warm-up: graph cache, pool
     barrier = threading.Barrier(len(streams) + 1)
     latencies: list[list[float]] = [[] for _ in streams]
@@ -200,15 +209,21 @@ def _threads(engine: Any, streams: list[list[date]]) -> Throughput:
 
 
 def _process_worker(url: str, days: list[date], barrier: Any, out: Any) -> None:
-    """One worker process: its own engine and runtime, registrations through ``lambda_handler``."""
+    """One worker process: its own engine, store (its own connections) and dependencies, registrations
+    through ``lambda_handler``."""
     from controller import wiring
     from controller.db.engine import make_engine
     from controller.lambda_function import lambda_handler
 
     engine = make_engine(url, pool_size=1, max_overflow=1)
-    wiring.use(in_memory_runtime(engine))
+    deps = in_memory_runtime(engine)
+    wiring.use(deps)
     latencies = []
-    with Path(os.devnull).open("w") as sink, contextlib.redirect_stdout(sink):
+    with (
+        closing_store(deps),
+        Path(os.devnull).open("w") as sink,
+        contextlib.redirect_stdout(sink),
+    ):
         lambda_handler(register_event("source", days[0], 0), None)  # warm-up
         barrier.wait()
         first = time.perf_counter()
@@ -253,81 +268,72 @@ def profile_one_worker(per_worker: int, history: int, workdir: str) -> list[str]
             apply_definitions(engine, fan_out_definitions(1))
             days = measured_days(0, 2 * per_worker + 1)
             load_history(engine, history, days)
-            runtime = in_memory_runtime(engine)
-            _register_directly(runtime, days[0])
-            with Watch(engine) as watch:
-                wall, cpu = time.perf_counter(), time.process_time()
-                for day in days[1 : per_worker + 1]:
+            connections = OpenedConnections(engine.url.render_as_string(hide_password=False))
+            with closing_store(in_memory_runtime(engine, connections=connections)) as runtime:
+                _register_directly(runtime, days[0])
+                with Watch(runtime.store, connections) as watch:
+                    wall, cpu = time.perf_counter(), time.process_time()
+                    for day in days[1 : per_worker + 1]:
+                        _register_directly(runtime, day)
+                    wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
+                profiler = cProfile.Profile()
+                profiler.enable()
+                for day in days[per_worker + 1 :]:
                     _register_directly(runtime, day)
-                wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
-            profiler = cProfile.Profile()
-            profiler.enable()
-            for day in days[per_worker + 1 :]:
-                _register_directly(runtime, day)
-            profiler.disable()
+                profiler.disable()
         finally:
             engine.dispose()
     n = per_worker
     held = watch.held / n
-    trips = (watch.statements + watch.checkouts + watch.begins + watch.commits) / n
+    trips = (watch.count + watch.begins + watch.commits) / n
     notes = [
         f"One worker alone (no profiler): {wall / n * 1000:.2f} ms per registration, of which "
         f"{cpu / n * 1000:.2f} ms of this process's CPU; the rest is waiting for PostgreSQL (which "
-        f"shares the {os.cpu_count()} CPUs) over {trips:g} round trips: {watch.statements / n:g} "
-        f"statements, {watch.begins / n:g} transactions (BEGIN and COMMIT each) and "
-        f"{watch.checkouts / n:g} pool checkouts, each pinged first (`pool_pre_ping`).",
+        f"shares the {os.cpu_count()} CPUs) over {trips:g} round trips, as the PostgreSQL store's "
+        f"listeners saw them: {watch.count / n:g} statements, {watch.begins / n:g} BEGIN and "
+        f"{watch.commits / n:g} COMMIT (explicit statements on an autocommit connection), and "
+        f"{watch.opened / n:g} connections opened ({watch.opened} in {n} registrations): the store "
+        "keeps its psycopg connections (its own, not SQLAlchemy's) and sends no pre-ping (a connection "
+        "found dead is replaced and the transaction run again, which is safe before COMMIT).",
         f"The gate locks (`lock_gates`: transaction-scoped advisory locks, one per dependent and key of "
         f"the lock partitions, the dependent's own in shared mode) are held {held * 1000:.2f} ms per "
-        f"registration, from the lock statement to COMMIT: registrations that could open one gate "
-        f"together wait for each other (at most about {1 / held if held else 0:,.0f}/s for one key); "
-        "those for other keys, like the workers' streams of distinct days here, do not.",
+        f"registration, from sending the lock statement to sending COMMIT on that connection: "
+        f"registrations that could open one gate together wait for each other (at most about "
+        f"{1 / held if held else 0:,.0f}/s for one key); those for other keys, like the workers' "
+        "streams of distinct days here, do not.",
     ]
     return notes + profile_notes(profiler, n)
 
 
-class Watch:
-    """Statements, transactions, pool checkouts, and time from each gate lock to its COMMIT."""
+class Watch(StatementCounter):
+    """What a store sends (statements, BEGINs, COMMITs: :class:`~bench.common.StatementCounter`), the
+    connections it opens, and the time from each gate-lock statement to the COMMIT that follows it on
+    the same connection (the listeners are called before each is sent)."""
 
-    def __init__(self, engine: Any) -> None:
-        self.engine = engine
+    def __init__(self, store: Listened, connections: OpenedConnections) -> None:
+        super().__init__(store)
+        self.connections = connections
         self.held = 0.0
-        self.statements = self.begins = self.commits = self.checkouts = 0
+        self._locked_at: dict[int, float] = {}  # by id() of the connection
+        self._opened_before = 0
 
-    def _listeners(self) -> list[tuple[Any, str, Callable[..., None]]]:
-        return [
-            (self.engine, "after_cursor_execute", self._executed),
-            (self.engine, "begin", self._begin),
-            (self.engine, "commit", self._commit),
-            (self.engine.pool, "checkout", self._checkout),
-        ]
+    def __enter__(self) -> Self:
+        self._opened_before = self.connections.opened
+        return super().__enter__()
 
-    def __enter__(self) -> Watch:
-        from sqlalchemy import event
+    @property
+    def opened(self) -> int:
+        """Connections the store opened while attached."""
+        return self.connections.opened - self._opened_before
 
-        for target, name, function in self._listeners():
-            event.listen(target, name, function)
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        from sqlalchemy import event
-
-        for target, name, function in self._listeners():
-            event.remove(target, name, function)
-
-    def _executed(self, connection: Any, _cursor: Any, statement: str, *_args: Any) -> None:
-        self.statements += 1
+    def sending(self, statement: str, connection: Any) -> None:
         if "pg_advisory_xact_lock" in statement:
-            connection.info["bench_locked_at"] = time.perf_counter()
+            self._locked_at.setdefault(id(connection), time.perf_counter())
+        elif statement.strip().upper() == "ROLLBACK":
+            self._locked_at.pop(id(connection), None)  # released without a COMMIT: not counted
 
-    def _begin(self, _connection: Any) -> None:
-        self.begins += 1
-
-    def _checkout(self, *_args: Any) -> None:
-        self.checkouts += 1
-
-    def _commit(self, connection: Any) -> None:
-        self.commits += 1
-        locked = connection.info.pop("bench_locked_at", None)
+    def committing(self, connection: Any) -> None:
+        locked = self._locked_at.pop(id(connection), None)
         if locked is not None:
             self.held += time.perf_counter() - locked
 

@@ -1,7 +1,7 @@
 """Runtime benchmark: where a registration's CPU goes, client and server, against the floor.
 
 One process registers in interleaved rounds through four paths on one PostgreSQL database: the floor
-(the runtime's statements from raw psycopg, :mod:`bench.runtime_floor`), ``register_executions``
+(the PostgreSQL store's statements from raw psycopg, :mod:`bench.runtime_floor`), ``register_executions``
 (the runtime without the HTTP layer), ``lambda_handler`` (the whole request), and ``lambda_handler``
 with the runtime replaced by a stub (Powertools routing, validation, logging and metrics alone).
 Client CPU is this process's; server CPU is that of the PostgreSQL backends serving it, read from
@@ -22,9 +22,10 @@ from pathlib import Path
 from typing import Any
 
 from bench.common import Table, database
-from bench.runtime_floor import dbapi_url, table_ids
+from bench.runtime_floor import DEPENDENT, connect, dbapi_url, table_ids
 from bench.runtime_floor import register as floor_register
 from bench.runtime_setup import (
+    OpenedConnections,
     apply_definitions,
     fan_out_definitions,
     in_memory_runtime,
@@ -72,10 +73,13 @@ def cpu_split(quick: bool, history: int, workdir: str) -> Table:
         f"CPU-bound ceiling: {cpus} CPUs / total CPU per registration, what workers sharing this machine "
         "with the server could reach at best (the throughput table shows what they reach: context "
         "switches and lock waits cost more).",
-        "The floor sends the runtime's exact statements (`controller/db/runtime_sql.py`) from raw psycopg; "
-        "the runtime adds the unit of work (SQLAlchemy session and pool, one pre-ping per request), the "
-        "gate logic, keys, events and results; the handler adds Powertools (routing, request validation, "
-        "response serialisation, structured logs, EMF metrics).",
+        "The floor sends the PostgreSQL store's exact statements (`controller/db/postgresql_statements.py`, "
+        "the same explicit BEGIN/COMMIT on an autocommit connection and `record_done` statement after "
+        "commit) from raw psycopg; the runtime adds the store (psycopg directly, on its own pooled "
+        "connections, no pre-ping: a dead connection is replaced and the transaction run again before "
+        "COMMIT; the unit of work and its retries), the services' gate logic, keys, events and results; "
+        "the handler adds Powertools (routing, request validation, response serialisation, structured "
+        "logs, EMF metrics).",
     ]
     return table
 
@@ -83,22 +87,22 @@ def cpu_split(quick: bool, history: int, workdir: str) -> Table:
 def _measure(
     url: str, history: int, rounds: int, per_round: int
 ) -> dict[str, list[tuple[float, float, float]]]:
-    import psycopg
-
     from controller import wiring
     from controller.db.engine import make_engine
     from controller.lambda_function import lambda_handler
-    from controller.runtime.registration import ExecutionInput, register_executions
+    from controller.services.registration import ExecutionInput, register_executions
 
     engine = make_engine(url, pool_size=1, max_overflow=2, connect_args={"application_name": _APPLICATION})
     days = iter(measured_days(0, 3 * rounds * per_round + 10))
     try:
         apply_definitions(engine, fan_out_definitions(1))
         load_history(engine, history, measured_days(0, 3 * rounds * per_round + 10))
-        runtime = in_memory_runtime(engine)
-        found = table_ids(url, ["source", "reference", "dep_000"])
-        ids = {"source": found["source"], "reference": found["reference"], "dependent": found["dep_000"]}
-        floor = psycopg.connect(dbapi_url(url), application_name=f"{_APPLICATION}-floor")
+        # The store's own connections carry the application name too: their backends are measured.
+        own = OpenedConnections(url, f"application_name={_APPLICATION}")
+        runtime = in_memory_runtime(engine, connections=own)
+        found = table_ids(url, ["source", "reference", DEPENDENT])
+        ids = {"source": found["source"], "reference": found["reference"], "dependent": found[DEPENDENT]}
+        floor = connect(url, application_name=f"{_APPLICATION}-floor")
 
         def by_floor() -> None:
             floor_register(floor, ids, next(days), 0)
@@ -129,7 +133,9 @@ def _measure(
                 for name, (step, application) in paths.items():
                     samples[name].append(_round(url, step, per_round, application))
         floor.close()
+        runtime.store.close()
     finally:
+        wiring.use(None)
         engine.dispose()
     return samples
 
@@ -173,7 +179,7 @@ def _server_cpu(pids: list[int]) -> float | None:
 def _stubbed_handler() -> Callable[[], None]:
     """``lambda_handler`` with ``register_executions`` answering a fixed result: no database at all."""
     from controller.lambda_function import lambda_handler
-    from controller.runtime import registration
+    from controller.services import registration
 
     answer = {
         "executions": [{"id": 1, "table_name": "source", "partitions": {"dt": "2031-01-01"}}],

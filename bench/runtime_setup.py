@@ -10,7 +10,12 @@ import uuid
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from sqlalchemy import Engine
+
+    from controller.services.dependencies import Dependencies
 
 REGION = "us-east-1"
 ACCOUNT = "123456789012"
@@ -69,9 +74,9 @@ def fan_out_definitions(dependents: int) -> list[dict[str, Any]]:
 
 
 def apply_definitions(engine: Any, documents: list[dict[str, Any]]) -> None:
-    from controller.plans import state_of
+    from controller.core.plans import state_of
+    from controller.core.specs import TableSpec
     from controller.reconciler import apply
-    from controller.specs import TableSpec
 
     desired = {d["name"]: state_of(TableSpec.model_validate(d)) for d in documents}
     apply(engine, desired=desired, revision="bench", actor="bench", now=datetime.now(UTC))
@@ -82,9 +87,9 @@ def add_executions(engine: Any, table: str, days: Sequence[date]) -> None:
     from sqlalchemy import insert, select
     from sqlalchemy.orm import Session
 
-    from controller.db.models import TableRow
-    from controller.db.runtime_models import ExecutionRow, ExecutionValueRow
-    from controller.keys import key_text
+    from controller.core.keys import key_text
+    from controller.db.definition_models import TableRow
+    from controller.db.run_models import ExecutionRow, ExecutionValueRow
 
     if not days:
         return
@@ -204,16 +209,73 @@ class NullEvents:
         pass
 
 
-def in_memory_runtime(engine: Any, calls: PortCalls | None = None) -> Any:
-    from controller.runtime.context import Runtime
+class OpenedConnections:
+    """The URL the PostgreSQL store opens each new connection with, counting how often it is asked:
+    its pool calls it once per connection it opens (a SQLite store never does). ``extra`` is added to
+    the URL's query (such as ``application_name=…``)."""
 
+    def __init__(self, url: str, extra: str = "") -> None:
+        separator = "&" if "?" in url else "?"
+        self.url = f"{url}{separator}{extra}" if extra else url
+        self.opened = 0
+
+    def __call__(self) -> str:
+        self.opened += 1
+        return self.url
+
+
+def runtime_dependencies(
+    engine: Engine,
+    scheduler: Any,
+    tasks: Any,
+    events: Any,
+    *,
+    connections: OpenedConnections | None = None,
+    max_idle: int | None = None,
+) -> Dependencies:
+    """The services' dependencies on ``engine``'s database, as :func:`controller.wiring.dependencies_for`
+    builds them (the store chosen by the database), with these ports. ``connections``: the URL the
+    PostgreSQL store's new connections open (counted); ``max_idle``: how many idle connections its pool
+    keeps (default 2, for one request at a time; threads sharing the store need one each). Close the
+    store when done (``deps.store.close()``)."""
+    from controller import wiring
+
+    url = engine.url.render_as_string(hide_password=False)
+    deps = wiring.dependencies_for(
+        engine, scheduler, tasks, events, current_url=connections or OpenedConnections(url)
+    )
+    pool = getattr(deps.store, "pool", None)  # the PostgreSQL store's; SQLite's pool is the engine's
+    if max_idle is not None and pool is not None:
+        pool.max_idle = max_idle
+    return deps
+
+
+def in_memory_runtime(
+    engine: Engine,
+    calls: PortCalls | None = None,
+    *,
+    connections: OpenedConnections | None = None,
+    max_idle: int | None = None,
+) -> Dependencies:
+    """Dependencies with in-memory AWS ports that do nothing (counted in ``calls``)."""
     calls = calls or PortCalls()
-    return Runtime(
+    return runtime_dependencies(
         engine,
         CountingScheduler(NullScheduler(), calls),
         CountingTasks(NullTasks(), calls),
         CountingEvents(NullEvents(), calls),
+        connections=connections,
+        max_idle=max_idle,
     )
+
+
+@contextlib.contextmanager
+def closing_store(deps: Dependencies) -> Iterator[Dependencies]:
+    """``deps``, its store closed afterwards (the PostgreSQL store holds connections of its own)."""
+    try:
+        yield deps
+    finally:
+        deps.store.close()
 
 
 def load_history(engine: Any, history: int, days: Sequence[date]) -> None:
