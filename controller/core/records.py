@@ -10,6 +10,18 @@ from typing import Any
 from controller.core.keys import Key
 from controller.core.specs import TableSpec
 
+#: States of a task dispatch: recorded before the start, started with its external id, then ended.
+TASK_PENDING, TASK_STARTED, TASK_SUCCEEDED, TASK_FAILED = "pending", "started", "succeeded", "failed"
+#: Tasks not yet ended.
+TASK_UNFINISHED = (TASK_PENDING, TASK_STARTED)
+#: States of an approval (see also :data:`controller.core.runs.APPROVAL_STATES`).
+APPROVAL_PENDING, APPROVAL_APPROVED, APPROVAL_REJECTED, APPROVAL_CANCELLED = (
+    "pending",
+    "approved",
+    "rejected",
+    "cancelled",
+)
+
 
 @dataclass(frozen=True, slots=True)
 class NewExecution:

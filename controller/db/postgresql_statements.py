@@ -2,9 +2,8 @@
 
 Each builder returns the text for one shape (how many rows), cached, so that psycopg prepares each
 shape on the server after a few executions. Rows of the hot path (a registration) are spelled out as
-``VALUES`` of scalar parameters, as in :mod:`controller.db.runtime_sql` where they were chosen: arrays
-(``unnest``) were measured slower on both sides, and ``= ANY(array)`` made the server plan the open-run
-lookup again on every execution. Statements off the
+``VALUES`` of scalar parameters: arrays (``unnest``) were measured slower on both sides, and
+``= ANY(array)`` made the server plan the open-run lookup again on every execution. Statements off the
 hot path take arrays (``= ANY(%s::bigint[])``): one shape, one prepared statement, whatever the count.
 
 No state name is copied into a text: the open states are rendered from

@@ -16,7 +16,21 @@ from psycopg.rows import TupleRow
 from controller.core.catalog import Catalog
 from controller.core.gates import Execution, Probe
 from controller.core.keys import key_from_text
-from controller.core.records import Approval, NewExecution, NewRun, NewTask, StoredExecution, Task, Trigger
+from controller.core.records import (
+    APPROVAL_CANCELLED,
+    APPROVAL_PENDING,
+    TASK_FAILED,
+    TASK_PENDING,
+    TASK_STARTED,
+    TASK_SUCCEEDED,
+    Approval,
+    NewExecution,
+    NewRun,
+    NewTask,
+    StoredExecution,
+    Task,
+    Trigger,
+)
 from controller.core.runs import APPROVAL_STATES, DISPATCHING, OPEN_STATES, Run, RunChange, RunEvent
 from controller.db import postgresql_statements as sql
 from controller.db.postgresql_connections import Connection, Listener, send
@@ -25,8 +39,6 @@ D = TypeVar("D", datetime, None)
 #: A run's (table id, key text): unique among open runs.
 Pair = tuple[int, str]
 #: States of a task dispatch (``task_dispatches.status``).
-TASK_PENDING, TASK_STARTED, TASK_SUCCEEDED, TASK_FAILED = "pending", "started", "succeeded", "failed"
-APPROVAL_PENDING, APPROVAL_CANCELLED = "pending", "cancelled"
 assert {APPROVAL_PENDING, APPROVAL_CANCELLED} <= set(APPROVAL_STATES)
 
 

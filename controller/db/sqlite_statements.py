@@ -32,8 +32,16 @@ from sqlalchemy import (
 )
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
+from controller.core import records
 from controller.core.gates import Probe
-from controller.core.records import Approval, NewExecution, NewRun, NewTask, StoredExecution, Task
+from controller.core.records import (
+    Approval,
+    NewExecution,
+    NewRun,
+    NewTask,
+    StoredExecution,
+    Task,
+)
 from controller.core.runs import DISPATCHING, OPEN_STATES, RUN_FIELDS, SCHEDULED, Run, RunEvent
 from controller.db.definition_models import ReconcileRevision, TableRow
 from controller.db.run_models import (
@@ -147,7 +155,7 @@ def task_rows(run: Run, found: Sequence[NewTask]) -> list[dict[str, Any]]:
             "alias": t.alias,
             "type": t.type,
             "target": t.target,
-            "status": "pending",
+            "status": records.TASK_PENDING,
             "request": t.request,
         }
         for t in found
@@ -282,10 +290,10 @@ _PENDING_TASK = update(tasks).where(
     tasks.c.run_id == bindparam("b_run_id"),
     tasks.c.attempt == bindparam("b_attempt"),
     tasks.c.alias == bindparam("b_alias"),
-    tasks.c.status == "pending",
+    tasks.c.status == records.TASK_PENDING,
 )
 TASK_STARTED = _PENDING_TASK.values(
-    status="started", external_id=bindparam("b_external_id"), started_at=bindparam("b_at")
+    status=records.TASK_STARTED, external_id=bindparam("b_external_id"), started_at=bindparam("b_at")
 )
 TASK_NOT_STARTED = _PENDING_TASK.values(
     status="failed", error=bindparam("b_error"), finished_at=bindparam("b_at")
@@ -295,11 +303,11 @@ TASK_BY_EXTERNAL_ID = (
 )
 SETTLE_TASK = (
     update(tasks)
-    .where(tasks.c.id == bindparam("b_id"), tasks.c.status == "started")
+    .where(tasks.c.id == bindparam("b_id"), tasks.c.status == records.TASK_STARTED)
     .values(status=bindparam("b_status"), finished_at=bindparam("b_at"), error=bindparam("b_error"))
 )
 _UNFINISHED_TASKS = update(tasks).where(
-    tasks.c.run_id.in_(bindparam("b_run_ids", expanding=True)), tasks.c.status.in_(("pending", "started"))
+    tasks.c.run_id.in_(bindparam("b_run_ids", expanding=True)), tasks.c.status.in_(records.TASK_UNFINISHED)
 )
 SETTLE_UNFINISHED = _UNFINISHED_TASKS.values(status=bindparam("b_status"), finished_at=bindparam("b_at"))
 SETTLE_UNFINISHED_WITH_ERROR = _UNFINISHED_TASKS.values(
@@ -317,7 +325,7 @@ NEWEST_APPROVALS = (
 APPROVAL_BY_ID = select(*APPROVAL_COLUMNS).where(approvals.c.id == bindparam("approval_id"))
 DECIDE_APPROVAL = (
     update(approvals)
-    .where(approvals.c.id == bindparam("b_id"), approvals.c.status == "pending")
+    .where(approvals.c.id == bindparam("b_id"), approvals.c.status == records.APPROVAL_PENDING)
     .values(
         status=bindparam("b_status"),
         decided_by=bindparam("b_by"),
@@ -327,8 +335,8 @@ DECIDE_APPROVAL = (
 )
 CANCEL_PENDING_APPROVALS = (
     update(approvals)
-    .where(approvals.c.run_id == bindparam("b_run_id"), approvals.c.status == "pending")
-    .values(status="cancelled", decided_at=bindparam("b_at"))
+    .where(approvals.c.run_id == bindparam("b_run_id"), approvals.c.status == records.APPROVAL_PENDING)
+    .values(status=records.APPROVAL_CANCELLED, decided_at=bindparam("b_at"))
 )
 
 # --- outbox and sweep --------------------------------------------------------------------------------

@@ -12,6 +12,7 @@ from typing import Any
 
 from controller.core.effects import AfterCommit, ScheduleRequest, schedule_name
 from controller.core.errors import Conflict, Forbidden, NotFound
+from controller.core.records import APPROVAL_PENDING
 from controller.core.runs import AWAITING_APPROVAL, REJECTED, SCHEDULED, approved_fire_time
 from controller.services.answers import run_summary
 from controller.services.dependencies import Dependencies
@@ -64,7 +65,7 @@ def _decide(
         raise Forbidden(
             f"{identity} may not decide runs of {spec.name} (approvers: {', '.join(spec.approvers)})"
         )
-    if approval.status != "pending":
+    if approval.status != APPROVAL_PENDING:
         by = f" by {approval.decided_by}" if approval.decided_by else ""
         raise Conflict(
             f"approval {approval_id} was already {approval.status}{by}", {"status": approval.status}

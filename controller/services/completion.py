@@ -14,6 +14,7 @@ from typing import Any
 from controller.core.catalog import Catalog
 from controller.core.effects import AfterCommit
 from controller.core.errors import Conflict, NotFound
+from controller.core.records import TASK_FAILED, TASK_SUCCEEDED
 from controller.core.runs import FAILED, IN_PROGRESS_STATES, RUNNING
 from controller.services.answers import run_summary
 from controller.services.dependencies import Dependencies
@@ -69,7 +70,7 @@ def _settle(
     if not succeeded:
         move(tx, after, run, FAILED, now, table, reason=f"task {task.alias} {message}")
         return "run failed"
-    unfinished = [t for t in tx.tasks_of(run.id, run.attempt) if t.status != "succeeded"]
+    unfinished = [t for t in tx.tasks_of(run.id, run.attempt) if t.status != TASK_SUCCEEDED]
     if unfinished or run.status != RUNNING:
         return "task succeeded; the run waits for its other tasks"
     item = ExecutionInput(table, dict(run.partitions), source, run_id=run.id)
@@ -94,7 +95,7 @@ def fail_run(deps: Dependencies, run_id: int, reason: str | None, token: str | N
         now = deps.clock()
         message = reason or "reported as failed"
         failed = move(tx, after, run, FAILED, now, table, reason=message) or run
-        tx.settle_unfinished_tasks([run.id], "failed", message, now)
+        tx.settle_unfinished_tasks([run.id], TASK_FAILED, message, now)
         approval = tx.newest_approvals([run_id]).get(run_id)
         return run_summary(failed.id, table, failed.partitions, failed.status, failed.fire_at, approval)
 

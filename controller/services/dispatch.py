@@ -20,7 +20,7 @@ from jinja2 import TemplateError
 
 from controller.core.catalog import Catalog
 from controller.core.effects import AfterCommit, TaskRequest
-from controller.core.records import NewTask
+from controller.core.records import TASK_SUCCEEDED, NewTask
 from controller.core.runs import CANCELLED, DISPATCHING, FAILED, RUNNING, SCHEDULED, Run, due
 from controller.core.specs import TableSpec
 from controller.core.templates import render_params
@@ -126,7 +126,7 @@ def finish(
         # A task's completion (a failure event, a report by the task) settled the run meanwhile.
         return f"dispatched; the run is already {run.status}"
     tasks = tx.tasks_of(run.id, first.attempt)
-    if any(task.status != "succeeded" for task in tasks):
+    if any(task.status != TASK_SUCCEEDED for task in tasks):
         return "running"
     # Every task succeeded while the others were starting: the run succeeds now, as completion would
     # have made it (the source is the kind of the task that finished last).

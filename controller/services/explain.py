@@ -9,7 +9,7 @@ from controller.core.errors import NotFound
 from controller.core.gates import Probe, gate, shared
 from controller.core.keys import Key, describe, key_text, make_key
 from controller.core.records import Approval
-from controller.core.runs import OPEN_STATES, Run, fire_time
+from controller.core.runs import AWAITING_APPROVAL, OPEN_STATES, SCHEDULED, Run, fire_time
 from controller.core.terminal_text import printable
 from controller.services.ports import Reads
 
@@ -161,9 +161,9 @@ def render(explanation: Explanation) -> str:
 
 
 def _run_detail(run: dict[str, Any]) -> str:
-    if run["status"] == "awaiting_approval" and run["approval"]:
+    if run["status"] == AWAITING_APPROVAL and run["approval"]:
         approval, due = run["approval"]["id"], run["debounce_fire_at"]
         return f", approval {approval} pending (would fire at {due} once approved)"
-    if run["status"] == "scheduled":
+    if run["status"] == SCHEDULED:
         return f", fires at {run['fire_at']} (last trigger {run['last_trigger_at']})"
     return ""

@@ -16,7 +16,7 @@ from controller.core.effects import AfterCommit, task_token
 from controller.core.errors import Conflict, Forbidden, NotFound, ServiceError, Unprocessable
 from controller.core.gates import Execution, GateLock, gate_locks, openings, probes
 from controller.core.keys import InvalidPartition, Key, key_text, make_key
-from controller.core.records import NewExecution, partition_values
+from controller.core.records import TASK_SUCCEEDED, NewExecution, partition_values
 from controller.core.runs import IN_PROGRESS_STATES, SUCCEEDED, Run
 from controller.services.answers import run_summary
 from controller.services.opening import Wanted, open_or_push
@@ -200,7 +200,7 @@ def _complete_runs(tx: Transaction, fresh: list[Prepared], now: datetime, after:
     for run_id, p in targets.items():
         _check_completable(tx, rows.get(run_id), run_id, p)
     finished = list(targets)
-    tx.settle_unfinished_tasks(finished, "succeeded", None, now)
+    tx.settle_unfinished_tasks(finished, TASK_SUCCEEDED, None, now)
     for run_id in finished:
         move(tx, after, rows[run_id], SUCCEEDED, now, targets[run_id].item.table_name)
     return [Wanted(targets[i].item.table_name, targets[i].key) for i in finished if rows[i].rerun_requested]
