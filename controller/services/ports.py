@@ -15,6 +15,8 @@ from typing import Any, Protocol, TypeVar
 from controller.core.catalog import Catalog
 from controller.core.effects import AfterCommit, ScheduleRequest, TaskRequest
 from controller.core.gates import Execution, Probe
+from controller.core.keys import Key
+from controller.core.plans import TableState
 from controller.core.records import Approval, NewExecution, NewRun, NewTask, StoredExecution, Task, Trigger
 from controller.core.runs import Run, RunChange, RunEvent
 
@@ -251,9 +253,7 @@ class EventPublisher(Protocol):
         ...
 
 
-# Names only the read port uses (kept with it, below the write-path ports).
-from controller.core.keys import Key  # noqa: E402
-from controller.core.plans import TableState  # noqa: E402
+# The read port (the GET routes), and the shapes of its answers.
 
 #: (id, table name, partitions, source, registered_at, run id) of an execution.
 ExecutionEntry = tuple[int, str, Key, str, datetime, int | None]
