@@ -34,7 +34,7 @@ test: $(STAMP)
 lint: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
-	$(BIN)/mypy controller .github/scripts
+	$(BIN)/mypy controller .github/scripts tests bench
 	$(BIN)/lint-imports
 
 clean:

@@ -20,6 +20,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from functools import cache
 from pathlib import Path
+from types import FrameType
 from typing import Any
 
 import botocore.handlers
@@ -92,12 +93,12 @@ def calls_in_code(root: Path = REPO_ROOT / "controller") -> dict[str, list[str]]
 
 
 def _in_lambda_handler() -> bool:
-    frame = sys._getframe(1)
+    frame: FrameType | None = sys._getframe(1)
     while frame is not None:
         code = frame.f_code
         if code.co_name == "lambda_handler" and code.co_filename.endswith("controller/lambda_function.py"):
             return True
-        frame = frame.f_back  # type: ignore[assignment]
+        frame = frame.f_back
     return False
 
 

@@ -21,6 +21,7 @@ from controller.aws.scheduler import EventBridgeScheduler
 from controller.aws.settings import AwsSettings, MissingSetting
 from controller.aws.tasks import AwsTaskStarter, execution_arn
 from controller.core.effects import ScheduleRequest, TaskRequest, TaskStartError
+from controller.core.keys import Key
 from controller.core.runs import RunEvent
 from controller.local.aws import ensure_schedule_group
 
@@ -32,7 +33,7 @@ SETTINGS = AwsSettings(
     event_bus="flux-bus",
 )
 FIRE_AT = datetime(2026, 11, 29, 12, 5, 30, tzinfo=UTC)
-KEY = {"dt": "2026-11-29", "region": "sa"}
+KEY: Key = {"dt": "2026-11-29", "region": "sa"}
 #: What a task receives besides its params, to report completion.
 FLUX = {
     "run_id": 42,

@@ -324,8 +324,10 @@ def check_invariants(engine: Engine, soak: Soak, scheduler: FlakyScheduler, even
             )
         ).all()
         for run_id, fire_at, synced_at, name in scheduled:
-            assert fire_at > now, f"run {run_id} is overdue after the final sweep"
-            assert synced_at == fire_at and scheduler.schedules.get(name) == fire_at, f"run {run_id} unsynced"
+            assert fire_at is not None and fire_at > now, f"run {run_id} is overdue after the final sweep"
+            assert name is not None and synced_at == fire_at and scheduler.schedules.get(name) == fire_at, (
+                f"run {run_id} unsynced"
+            )
         assert session.execute(select(func.count()).where(RunRow.status == DISPATCHING)).scalar() == 0
         unpublished = session.execute(
             select(func.count()).select_from(RunEventRow).where(RunEventRow.published_at.is_(None))

@@ -10,9 +10,9 @@ from __future__ import annotations
 
 import json
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, cast
 
-from sqlalchemy import Engine, delete, insert, select
+from sqlalchemy import Engine, Table, delete, insert, select
 from sqlalchemy.orm import Session
 
 from controller.core.plans import TableState, digest, make_plan
@@ -158,7 +158,7 @@ def test_items_come_back_in_position_order_whatever_the_storage_order(engine: En
     do_apply(engine, desired)
     with engine.begin() as connection:  # the same rows, stored last position first
         for model in (PartitionRow, TaskRow):
-            table = model.__table__
+            table = cast(Table, model.__table__)
             rows = connection.execute(select(table).order_by(table.c.position.desc())).mappings().all()
             connection.execute(delete(table))
             for row in rows:

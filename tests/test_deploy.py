@@ -578,11 +578,11 @@ def aws(monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
     for name in ("AWS_ENDPOINT_URL", "AWS_PROFILE", "AWS_SESSION_TOKEN", "FLUX_DATABASE_URL"):
         monkeypatch.delenv(name, raising=False)
     client.cache_clear()
-    parameters.clear_caches()
+    parameters.clear_caches()  # type: ignore[no-untyped-call]
     with mock_aws():
         yield boto3.client("secretsmanager", region_name="us-east-1")
     client.cache_clear()
-    parameters.clear_caches()
+    parameters.clear_caches()  # type: ignore[no-untyped-call]
 
 
 def secret(secrets: Any, value: str, name: str = "flux/database") -> str:
@@ -632,7 +632,7 @@ def test_the_secret_is_read_through_powertools_and_cached_for_its_max_age(
     rotated = URL.replace("s3cr3t-pw", "n3w-pw")
     aws.put_secret_value(SecretId=arn, SecretString=rotated)
     assert database_url_from_secret(arn) == URL  # cached (FLUX_SECRET_MAX_AGE, default 300 s)
-    parameters.clear_caches()
+    parameters.clear_caches()  # type: ignore[no-untyped-call]
     monkeypatch.setenv("FLUX_SECRET_MAX_AGE", "0")  # cached for no time: every read asks again
     assert database_url_from_secret(arn) == rotated
     again = rotated.replace("n3w-pw", "n3w3r-pw")

@@ -865,7 +865,7 @@ def test_a_connection_lost_while_committing_is_not_retried_and_the_repeat_is_ide
             dropper.drop(connection)
 
     flux.deps.store.listeners.append(on_commit)
-    original = registration.register_in
+    original = registering.register_in
 
     def marking(tx: Any, *args: Any, **kwargs: Any) -> Any:
         marked.add(id(tx.connection))

@@ -52,7 +52,7 @@ def output() -> Iterator[io.StringIO]:
         yield stream
     finally:
         for handler, old in zip(handlers, previous, strict=True):
-            handler.setStream(old)  # type: ignore[arg-type]
+            handler.setStream(old)
 
 
 def records(output: io.StringIO) -> list[dict[str, Any]]:

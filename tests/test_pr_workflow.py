@@ -20,7 +20,7 @@ Report = Callable[..., tuple[str, str]]
 
 
 def _jobs() -> dict[str, Any]:
-    jobs = load("pr.yml")["jobs"]
+    jobs: dict[str, Any] = load("pr.yml")["jobs"]
     assert set(jobs) == {"plan", "comment"}
     return jobs
 

@@ -101,7 +101,7 @@ def test_reapplying_unchanged_definitions_writes_nothing(engine: Engine) -> None
     assert log.reads()  # it did look
 
 
-FIELD_CHANGES = {
+FIELD_CHANGES: dict[str, dict[str, Any]] = {
     "partition type": {"partitions": [{"name": "dt", "type": "string"}]},
     "partition made optional": {"partitions": [{"name": "dt", "type": "date", "is_required": False}]},
     "dependency added": {"dependencies": [{"dependency_name": "up"}, {"dependency_name": "other"}]},

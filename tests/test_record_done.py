@@ -47,7 +47,7 @@ def sent(log: StatementLog) -> list[str]:
 
 def opened(engine: Engine, days: list[str]) -> tuple[Dependencies, list[tuple[Any, ...]]]:
     apply(engine, desired=states(TABLES), revision="t", actor="t", now=START)
-    deps = wiring.dependencies_for(engine, Quiet(), Quiet(), Quiet(), clock=lambda: START)  # type: ignore[arg-type]
+    deps = wiring.dependencies_for(engine, Quiet(), Quiet(), Quiet(), clock=lambda: START)
     for day in days:
         register_executions(deps, [ExecutionInput("up", {"dt": day}, "test")], None)
     with Session(engine) as session:

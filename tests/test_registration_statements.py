@@ -54,7 +54,7 @@ def _close_stores() -> Iterator[None]:
 
 
 def runtime_for(engine: Engine, clock: Callable[[], datetime] = lambda: START) -> Dependencies:
-    deps = wiring.dependencies_for(engine, Ports(), Ports(), Ports(), clock=clock)  # type: ignore[arg-type]
+    deps = wiring.dependencies_for(engine, Ports(), Ports(), Ports(), clock=clock)
     _made.append(deps)
     return deps
 

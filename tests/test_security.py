@@ -128,7 +128,7 @@ def decide(flux: Lambda, route: str, body: dict[str, Any], **context: Any) -> tu
 @contextmanager
 def json_log() -> Iterator[io.StringIO]:
     """What the Lambda's Powertools logger writes (its own JSON formatter), one record a line."""
-    from controller.api.app import logger
+    from controller.telemetry import logger
 
     stream = io.StringIO()
     handler = logging.StreamHandler(stream)
@@ -137,7 +137,8 @@ def json_log() -> Iterator[io.StringIO]:
     try:
         yield stream
     finally:
-        logger.removeHandler(handler)
+        # Powertools proxies the stdlib Logger's other methods through a __getattr__ hidden from type checkers.
+        logger.removeHandler(handler)  # type: ignore[attr-defined]
 
 
 def count(engine: Engine, column: Any) -> int:

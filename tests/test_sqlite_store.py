@@ -34,7 +34,8 @@ from controller.db.definition_models import TableRow
 from controller.db.engine import make_engine
 from controller.db.migrate import upgrade
 from controller.db.run_models import ExecutionRow, RunEventRow, RunRow, TaskDispatchRow
-from controller.db.sqlite_store import MAX_RECONNECTS, SqliteSession, SqliteStore, SqliteTransaction
+from controller.db.sqlite_store import MAX_RECONNECTS, SqliteSession, SqliteStore
+from controller.db.sqlite_transaction import SqliteTransaction
 from controller.reconciler import apply
 from tests.factories import states, table_doc
 
@@ -396,10 +397,14 @@ def test_unfinished_tasks_settle_with_an_error_only_when_one_is_given(
     created = create(store, *(new_run(ids["down"], f"2026-01-0{d}") for d in (1, 2, 3)))
     first, second, untouched = sorted(created.values(), key=lambda r: r.id)
     three = [NewTask(alias, "glue", "job", {}) for alias in ("a", "b", "c")]
+
+    def add_and_start(run: Run) -> None:
+        in_transaction(store, lambda tx: tx.add_tasks(run, three))
+        in_transaction(store, lambda tx: tx.task_started(run.id, 1, "a", f"a-{run.id}", NOW))
+        in_transaction(store, lambda tx: tx.task_started(run.id, 1, "c", f"c-{run.id}", NOW))
+
     for run in (first, second, untouched):
-        in_transaction(store, lambda tx, run=run: tx.add_tasks(run, three))
-        in_transaction(store, lambda tx, run=run: tx.task_started(run.id, 1, "a", f"a-{run.id}", NOW))
-        in_transaction(store, lambda tx, run=run: tx.task_started(run.id, 1, "c", f"c-{run.id}", NOW))
+        add_and_start(run)
     done = in_transaction(store, lambda tx: tx.lock_task(f"c-{first.id}"))
     assert done is not None and in_transaction(store, lambda tx: tx.settle_task(done.id, True, None, NOW))
     with engine.begin() as connection:  # an error already noted on an unfinished task

@@ -101,8 +101,8 @@ def run_step(
         path.chmod(0o755)
     script_file = cwd / ".step.sh"
     script_file.write_text(script, encoding="utf-8")
-    path = os.pathsep.join([str(bin_dir), str(Path(sys.executable).parent), os.environ["PATH"]])
-    environment = {**os.environ, **env, "PATH": path}
+    search_path = os.pathsep.join([str(bin_dir), str(Path(sys.executable).parent), os.environ["PATH"]])
+    environment = {**os.environ, **env, "PATH": search_path}
     return subprocess.run(
         ["bash", "-e", str(script_file)],
         cwd=cwd,
