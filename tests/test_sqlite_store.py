@@ -33,8 +33,9 @@ from controller.core.runs import (
 from controller.db.definition_models import TableRow
 from controller.db.engine import make_engine
 from controller.db.migrate import upgrade
+from controller.db.retries import MAX_RECONNECTS
 from controller.db.run_models import ExecutionRow, RunEventRow, RunRow, TaskDispatchRow
-from controller.db.sqlite_store import MAX_RECONNECTS, SqliteSession, SqliteStore
+from controller.db.sqlite_store import SqliteSession, SqliteStore
 from controller.db.sqlite_transaction import SqliteTransaction
 from controller.reconciler import apply
 from tests.factories import states, table_doc
@@ -71,7 +72,7 @@ def ids(engine: Engine) -> dict[str, int]:
 def no_backoff(monkeypatch: pytest.MonkeyPatch) -> list[float]:
     """The retry's sleeps, recorded instead of slept."""
     slept: list[float] = []
-    monkeypatch.setattr("controller.db.sqlite_store.time.sleep", slept.append)
+    monkeypatch.setattr("controller.db.retries.time.sleep", slept.append)
     return slept
 
 

@@ -12,8 +12,6 @@ aware UTC datetimes in and out, JSON columns as dicts.
 from __future__ import annotations
 
 import logging
-import random
-import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from datetime import UTC, datetime
@@ -25,11 +23,11 @@ from psycopg.rows import TupleRow
 
 from controller.core.catalog import Catalog
 from controller.core.effects import AfterCommit, ScheduleRequest
-from controller.core.errors import Unavailable
 from controller.core.runs import SCHEDULED, RunEvent
 from controller.db import postgresql_statements as sql
 from controller.db.postgresql_connections import Connection, ConnectionPool, conninfo_from_url, send
 from controller.db.postgresql_transaction import PostgresqlTransaction, utc
+from controller.db.retries import MAX_ATTEMPTS, MAX_RECONNECTS, pause_before_retry, unavailable
 
 T = TypeVar("T")
 #: Called with (statement text, the psycopg connection) before every statement the store sends.
@@ -38,16 +36,6 @@ logger = logging.getLogger("flux_control.runtime")
 
 #: Serialization failure and deadlock: the transaction was rolled back and is safe to run again.
 _RETRYABLE = {"40001", "40P01"}
-MAX_ATTEMPTS = 8
-#: Runs of a transaction whose connection was lost before COMMIT (then nothing was written and running
-#: it again is safe), after the first one.
-MAX_RECONNECTS = 2
-_LOST = "the database connection was lost; nothing was written. Repeat the request."
-_LOST_COMMITTING = (
-    "the database connection was lost while committing: the change may or may not have been "
-    "written. Repeating the request is safe for registrations that carry an idempotency_key; "
-    "otherwise check first (GET /executions, GET /runs)."
-)
 
 __all__ = ["PostgresqlSession", "PostgresqlStore", "PostgresqlTransaction", "conninfo_from_url"]
 
@@ -144,22 +132,16 @@ class PostgresqlSession:
                     self._drop()
                     reconnects += 1
                     if committing or reconnects > MAX_RECONNECTS:
-                        raise Unavailable(_LOST_COMMITTING if committing else _LOST) from exc
+                        raise unavailable(committing) from exc
                 else:
                     self._rollback()
                     if not _retryable(exc):
                         raise
                 if attempt == MAX_ATTEMPTS:
                     raise
-                logger.info(
-                    "retrying the transaction",
-                    extra={
-                        "attempt": attempt,
-                        "sqlstate": exc.sqlstate,
-                        "reason": "connection lost" if lost else "serialization conflict",
-                    },
+                pause_before_retry(
+                    attempt, exc.sqlstate, "connection lost" if lost else "serialization conflict"
                 )
-                time.sleep(min(0.5, 0.01 * 2**attempt) * random.random())  # jitter, not crypto
             except BaseException:
                 self._rollback()
                 raise
@@ -227,7 +209,7 @@ class PostgresqlSession:
                 self._drop()
                 if last:
                     if reads:
-                        raise Unavailable(_LOST) from exc
+                        raise unavailable(committing=False) from exc
                     raise
                 logger.info("sending again on a new connection", extra={"reason": "connection lost"})
             except BaseException:

@@ -11,8 +11,6 @@ WAL mode, never wait for a writer.
 from __future__ import annotations
 
 import logging
-import random
-import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from datetime import datetime
@@ -22,11 +20,11 @@ from sqlalchemy import Connection, Engine, event
 from sqlalchemy.exc import DBAPIError, IntegrityError
 
 from controller.core.effects import AfterCommit, ScheduleRequest
-from controller.core.errors import Unavailable
 from controller.core.runs import RunEvent
 from controller.db import sqlite_statements as sql
 from controller.db.base import utcnow
 from controller.db.engine import READ_ONLY_OPTION
+from controller.db.retries import MAX_ATTEMPTS, MAX_RECONNECTS, pause_before_retry, unavailable
 from controller.db.sqlite_transaction import SqliteTransaction
 
 T = TypeVar("T")
@@ -34,12 +32,6 @@ R = TypeVar("R")
 Pair = tuple[int, str]
 Listener = Callable[[str, Any], None]
 logger = logging.getLogger("flux_control.runtime")
-
-#: Tries of a unit of work in all.
-MAX_ATTEMPTS = 8
-#: Tries of a unit of work whose connection was lost before COMMIT (then nothing was written and
-#: running it again is safe), after the first one.
-MAX_RECONNECTS = 2
 
 
 class SqliteStore:
@@ -159,20 +151,13 @@ class SqliteSession:
                     self._drop(connection)
                     reconnects += 1
                     if committing or reconnects > MAX_RECONNECTS:
-                        raise _unavailable(committing) from exc
+                        raise unavailable(committing) from exc
                 elif not replay:
                     raise
                 if attempt == MAX_ATTEMPTS:
                     raise
-                logger.info(
-                    "retrying the transaction",
-                    extra={
-                        "attempt": attempt,
-                        "sqlstate": getattr(exc.orig, "sqlstate", None),  # None on SQLite
-                        "reason": "connection lost" if lost else "idempotency key taken",
-                    },
-                )
-                time.sleep(min(0.5, 0.01 * 2**attempt) * random.random())  # jitter, not crypto
+                sqlstate = getattr(exc.orig, "sqlstate", None)  # None on SQLite
+                pause_before_retry(attempt, sqlstate, "connection lost" if lost else "idempotency key taken")
         raise AssertionError("unreachable")
 
     def record_done(self, synced: Sequence[ScheduleRequest], batch: str | None, now: datetime) -> None:
@@ -253,13 +238,3 @@ class SqliteSession:
         self._store.release(connection)
         if self._connection is connection:
             self._connection = None
-
-
-def _unavailable(committing: bool) -> Unavailable:
-    if committing:
-        return Unavailable(
-            "the database connection was lost while committing: the change may or may not have been "
-            "written. Repeating the request is safe for registrations that carry an idempotency_key; "
-            "otherwise check first (GET /executions, GET /runs)."
-        )
-    return Unavailable("the database connection was lost; nothing was written. Repeat the request.")

@@ -35,12 +35,6 @@ Pair = tuple[int, str]
 Listener = Callable[[str, Any], None]
 logger = logging.getLogger("flux_control.runtime")
 
-#: Tries of a unit of work in all.
-MAX_ATTEMPTS = 8
-#: Tries of a unit of work whose connection was lost before COMMIT (then nothing was written and
-#: running it again is safe), after the first one.
-MAX_RECONNECTS = 2
-
 
 class SqliteTransaction:
     """The statements of one unit of work, on ``connection`` inside its transaction.
