@@ -37,13 +37,13 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 from controller.core.catalog import Catalog
 from controller.core.effects import AfterCommit, ScheduleRequest
-from controller.core.errors import Unavailable
 from controller.core.gates import Execution, Graph, Probe
 from controller.core.keys import Key, key_from_text
 from controller.core.plans import TableState, state_of
 from controller.core.records import Approval, NewExecution, NewRun, NewTask, StoredExecution, Task, Trigger
 from controller.core.runs import DISPATCHING, OPEN_STATES, SCHEDULED, Run, RunChange, RunEvent
 from controller.core.specs import TableSpec
+from controller.db.retries import MAX_RECONNECTS, unavailable  # the real stores' policy (no driver)
 
 if TYPE_CHECKING:
     from controller.services import ports
@@ -56,10 +56,6 @@ Listener = Callable[[str, Any], None]
 ExecutionEntry = tuple[int, str, Key, str, datetime, int | None]
 #: A run with its table name, newest approval, tasks (every attempt) and triggering executions.
 RunDetail = tuple[Run, str, Approval | None, list[Task], list[tuple[int, str, Key]]]
-
-#: Tries of a unit of work whose connection was lost before COMMIT, after the first one (as the
-#: real stores).
-MAX_RECONNECTS = 2
 
 
 def utcnow() -> datetime:
@@ -390,7 +386,7 @@ class MemorySession:
                 except ConnectionLost as exc:
                     reconnects += 1
                     if committing or reconnects > MAX_RECONNECTS:
-                        raise _unavailable(committing) from exc
+                        raise unavailable(committing) from exc
                     continue
                 finally:
                     tx.closed = True
@@ -478,16 +474,6 @@ class MemorySession:
             return None if run is None else (run.status, run.fire_at)
 
         return self._check().read_with("run_state", read)
-
-
-def _unavailable(committing: bool) -> Unavailable:
-    if committing:
-        return Unavailable(
-            "the database connection was lost while committing: the change may or may not have been "
-            "written. Repeating the request is safe for registrations that carry an idempotency_key; "
-            "otherwise check first (GET /executions, GET /runs)."
-        )
-    return Unavailable("the database connection was lost; nothing was written. Repeat the request.")
 
 
 class MemoryTransaction:

@@ -4,10 +4,9 @@ for the statements)."""
 
 from __future__ import annotations
 
-import logging
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Iterable, Sequence
 from datetime import datetime
-from typing import Any, TypeVar, cast
+from typing import Any, cast
 
 from sqlalchemy import Connection
 from sqlalchemy.orm import Session
@@ -29,11 +28,7 @@ from controller.core.runs import Run, RunChange
 from controller.db import sqlite_statements as sql
 from controller.db.catalog_store import load_catalog
 
-T = TypeVar("T")
-R = TypeVar("R")
 Pair = tuple[int, str]
-Listener = Callable[[str, Any], None]
-logger = logging.getLogger("flux_control.runtime")
 
 
 class SqliteTransaction:
