@@ -9,7 +9,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from controller.core.catalog import Catalog, CatalogCache
+from controller.core.catalog import Catalog
 from controller.core.effects import AfterCommit
 from controller.core.errors import Unprocessable
 from controller.services.dependencies import Dependencies
@@ -58,4 +58,5 @@ def _register_current(
     return register_in(tx, deps.catalog(tx), items, user, now, after)
 
 
-__all__ = ["CatalogCache", "ExecutionInput", "register_executions"]
+#: ExecutionInput is part of this entry point (the API builds the items with it).
+__all__ = ["ExecutionInput", "register_executions"]
