@@ -37,6 +37,11 @@ from bench.runtime_setup import (
 WORKERS = (1, 2, 4, 8)
 PER_WORKER = 200
 QUICK_PER_WORKER = 30
+#: Registrations each worker sends before the start barrier, unmeasured: a Lambda container serves
+#: many requests, and a fresh process's first hundred cost about 40% more client CPU each (caches,
+#: prepared statements, the interpreter's specialisation), which the floor's few Python lines do not.
+WARM_UP = 100
+QUICK_WARM_UP = 1
 REPEATS = 3
 QUICK_REPEATS = 1
 GOAL_PER_SECOND = 500
@@ -64,6 +69,7 @@ def concurrency(quick: bool, history: int, workdir: str) -> Table:
     """Registrations per second on PostgreSQL with 1, 2, 4, 8 workers (threads, then processes)."""
     per_worker = QUICK_PER_WORKER if quick else PER_WORKER
     repeats = QUICK_REPEATS if quick else REPEATS
+    warm = QUICK_WARM_UP if quick else WARM_UP
     table = Table(
         "Runtime: PostgreSQL throughput with concurrent workers (fan-out 1, no AWS latency)",
         [
@@ -81,7 +87,7 @@ def concurrency(quick: bool, history: int, workdir: str) -> Table:
     for mode, by_workers in medians.items():
         for workers in WORKERS:
             with database("postgresql", workdir) as url:
-                results = throughput(url, workers, per_worker, history, mode, repeats)
+                results = throughput(url, workers, per_worker, history, mode, repeats, warm)
             rates = [r.per_second for r in results]
             by_workers[workers] = statistics.median(rates)
             latencies = [x for r in results for x in r.latencies]
@@ -116,7 +122,10 @@ def concurrency(quick: bool, history: int, workdir: str) -> Table:
         "checked equal by `tests/test_bench_runtime.py`) with psycopg alone: no store, no services, no "
         "handler.",
         f"Each worker registers its own stream of {per_worker} distinct days of `source` per run ({repeats} "
-        f"runs, median shown), one dependent so one run each, {history:,} past executions of both upstreams "
+        f"runs, median shown), after {warm} unmeasured ones before the start barrier (the floor's workers "
+        "alike: a Lambda container serves many requests, and a fresh process's first hundred cost about "
+        "40% more client CPU each), one dependent so one run each, "
+        f"{history:,} past executions of both upstreams "
         "(ANALYZEd as autovacuum would), in-memory AWS ports. The PostgreSQL store opens its own psycopg "
         "connections (not SQLAlchemy's; the engine only loads the definitions once): threads share one "
         "store whose pool keeps up to workers + 2 idle; each process has its own store, keeping at most "
@@ -138,12 +147,13 @@ def concurrency(quick: bool, history: int, workdir: str) -> Table:
 
 
 def throughput(
-    url: str, workers: int, per_worker: int, history: int, mode: str, repeats: int
+    url: str, workers: int, per_worker: int, history: int, mode: str, repeats: int, warm: int = 1
 ) -> list[Throughput]:
-    """``repeats`` runs of ``workers`` concurrent streams on one database (fresh days each run)."""
+    """``repeats`` runs of ``workers`` concurrent streams on one database (fresh days each run), each
+    stream's first ``warm`` registrations sent before the start and not measured."""
     from controller.db.engine import make_engine
 
-    stream = per_worker + 1  # the first registration of each stream is a warm-up
+    stream = warm + per_worker
     days = measured_days(0, repeats * workers * stream)
     engine = make_engine(url, pool_size=workers + 2, max_overflow=4)
     try:
@@ -156,17 +166,17 @@ def throughput(
         mine = days[repeat * workers * stream : (repeat + 1) * workers * stream]
         streams = [mine[w * stream : (w + 1) * stream] for w in range(workers)]
         if mode == FLOOR:
-            seconds, latencies = floor_throughput(url, streams, fan_out_definitions(1)[-1]["name"])
+            seconds, latencies = floor_throughput(url, streams, fan_out_definitions(1)[-1]["name"], warm)
             results.append(Throughput(len(streams), len(latencies), seconds, latencies))
         elif mode == "threads":
             engine = make_engine(url, pool_size=workers + 2, max_overflow=4)
             try:
                 with closing_store(in_memory_runtime(engine, max_idle=workers + 2)) as deps:
-                    results.append(_threads(deps, streams))
+                    results.append(_threads(deps, streams, warm))
             finally:
                 engine.dispose()
         else:
-            results.append(_processes(url, streams))
+            results.append(_processes(url, streams, warm))
     return results
 
 
@@ -178,16 +188,17 @@ def _register_directly(runtime: Dependencies, day: date) -> None:
         raise RuntimeError(f"expected one run, got {result['runs']}")
 
 
-def _threads(runtime: Dependencies, streams: list[list[date]]) -> Throughput:
-    _register_directly(runtime, streams[0][0])  # warm-up: graph cache, pool
+def _threads(runtime: Dependencies, streams: list[list[date]], warm: int) -> Throughput:
     barrier = threading.Barrier(len(streams) + 1)
     latencies: list[list[float]] = [[] for _ in streams]
     errors: list[BaseException] = []
 
     def worker(index: int) -> None:
         try:
+            for day in streams[index][:warm]:  # warm-up: definitions cached, pool, prepared statements
+                _register_directly(runtime, day)
             barrier.wait()
-            for day in streams[index][1:]:
+            for day in streams[index][warm:]:
                 started = time.perf_counter()
                 _register_directly(runtime, day)
                 latencies[index].append(time.perf_counter() - started)
@@ -208,7 +219,7 @@ def _threads(runtime: Dependencies, streams: list[list[date]]) -> Throughput:
     return Throughput(len(streams), len(flat), seconds, flat)
 
 
-def _process_worker(url: str, days: list[date], barrier: Any, out: Any) -> None:
+def _process_worker(url: str, days: list[date], warm: int, barrier: Any, out: Any) -> None:
     """One worker process: its own engine, store (its own connections) and dependencies, registrations
     through ``lambda_handler``."""
     from controller import wiring
@@ -224,10 +235,11 @@ def _process_worker(url: str, days: list[date], barrier: Any, out: Any) -> None:
         Path(os.devnull).open("w") as sink,
         contextlib.redirect_stdout(sink),
     ):
-        lambda_handler(register_event("source", days[0], 0), None)  # warm-up
+        for index, day in enumerate(days[:warm]):  # warm-up (see WARM_UP)
+            lambda_handler(register_event("source", day, index), None)
         barrier.wait()
         first = time.perf_counter()
-        for index, day in enumerate(days[1:], 1):
+        for index, day in enumerate(days[warm:], warm):
             started = time.perf_counter()
             response = lambda_handler(register_event("source", day, index), None)
             latencies.append(time.perf_counter() - started)
@@ -239,11 +251,11 @@ def _process_worker(url: str, days: list[date], barrier: Any, out: Any) -> None:
     out.put(("ok", (first, last, latencies)))
 
 
-def _processes(url: str, streams: list[list[date]]) -> Throughput:
+def _processes(url: str, streams: list[list[date]], warm: int) -> Throughput:
     context = multiprocessing.get_context("fork")
     barrier = context.Barrier(len(streams))
     out = context.Queue()
-    processes = [context.Process(target=_process_worker, args=(url, s, barrier, out)) for s in streams]
+    processes = [context.Process(target=_process_worker, args=(url, s, warm, barrier, out)) for s in streams]
     for process in processes:
         process.start()
     results = [out.get(timeout=600) for _ in processes]

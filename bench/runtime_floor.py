@@ -89,13 +89,16 @@ def register(connection: Any, ids: dict[str, int], day: date, worker: int) -> No
     connection.execute(sql.record_done(1, True), done)
 
 
-def _worker(url: str, ids: dict[str, int], days: list[date], index: int, barrier: Any, out: Any) -> None:
+def _worker(
+    url: str, ids: dict[str, int], days: list[date], warm: int, index: int, barrier: Any, out: Any
+) -> None:
     with connect(url) as connection:
-        register(connection, ids, days[0], index)  # warm-up: prepared statements, caches
+        for day in days[:warm]:  # warm-up, as the runtime's workers: prepared statements, caches
+            register(connection, ids, day, index)
         barrier.wait()
         first = time.perf_counter()
         latencies = []
-        for day in days[1:]:
+        for day in days[warm:]:
             started = time.perf_counter()
             register(connection, ids, day, index)
             latencies.append(time.perf_counter() - started)
@@ -110,15 +113,19 @@ def table_ids(url: str, names: Sequence[str]) -> dict[str, int]:
         return dict(rows.fetchall())
 
 
-def floor_throughput(url: str, streams: list[list[date]], dependent: str) -> tuple[float, list[float]]:
-    """(seconds from the start barrier to the last worker's end, latencies) for these streams of days."""
+def floor_throughput(
+    url: str, streams: list[list[date]], dependent: str, warm: int = 1
+) -> tuple[float, list[float]]:
+    """(seconds from the start barrier to the last worker's end, latencies) for these streams of days,
+    the first ``warm`` of each registered before the barrier."""
     found = table_ids(url, ["source", "reference", dependent])
     ids = {"source": found["source"], "reference": found["reference"], "dependent": found[dependent]}
     context = multiprocessing.get_context("fork")
     barrier = context.Barrier(len(streams))
     out = context.Queue()
     processes = [
-        context.Process(target=_worker, args=(url, ids, s, i, barrier, out)) for i, s in enumerate(streams)
+        context.Process(target=_worker, args=(url, ids, s, warm, i, barrier, out))
+        for i, s in enumerate(streams)
     ]
     for process in processes:
         process.start()
