@@ -40,7 +40,17 @@ from controller.core.effects import AfterCommit, ScheduleRequest
 from controller.core.gates import Execution, Graph, Probe
 from controller.core.keys import Key, key_from_text
 from controller.core.plans import TableState, state_of
-from controller.core.records import Approval, NewExecution, NewRun, NewTask, StoredExecution, Task, Trigger
+from controller.core.records import (
+    Approval,
+    ExecutionEntry,
+    NewExecution,
+    NewRun,
+    NewTask,
+    RunDetail,
+    StoredExecution,
+    Task,
+    Trigger,
+)
 from controller.core.runs import DISPATCHING, OPEN_STATES, SCHEDULED, Run, RunChange, RunEvent
 from controller.core.specs import TableSpec
 from controller.db.retries import MAX_RECONNECTS, unavailable  # the real stores' policy (no driver)
@@ -52,10 +62,6 @@ T = TypeVar("T")
 #: A run's (table id, key text): unique among open runs.
 Pair = tuple[int, str]
 Listener = Callable[[str, Any], None]
-#: (id, table name, partitions, source, registered_at, run id) of an execution.
-ExecutionEntry = tuple[int, str, Key, str, datetime, int | None]
-#: A run with its table name, newest approval, tasks (every attempt) and triggering executions.
-RunDetail = tuple[Run, str, Approval | None, list[Task], list[tuple[int, str, Key]]]
 
 
 def utcnow() -> datetime:

@@ -8,6 +8,7 @@ from datetime import datetime
 from typing import Any
 
 from controller.core.keys import Key
+from controller.core.runs import Run
 from controller.core.specs import TableSpec
 
 #: States of a task dispatch: recorded before the start, started with its external id, then ended.
@@ -110,3 +111,11 @@ class Approval:
     decided_at: datetime | None
     decided_by: str | None
     comment: str | None
+
+
+# The shapes of the read port's answers (GET routes), shared by its implementations.
+#: (id, table name, partitions, source, registered_at, run id) of an execution.
+ExecutionEntry = tuple[int, str, Key, str, datetime, int | None]
+#: A run with its table name, newest approval, tasks (every attempt) and triggering executions
+#: (execution id, table name, partitions).
+RunDetail = tuple[Run, str, Approval | None, list[Task], list[tuple[int, str, Key]]]

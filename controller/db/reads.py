@@ -20,7 +20,7 @@ from controller.core.catalog import Catalog
 from controller.core.gates import Execution, Probe
 from controller.core.keys import Key, key_from_text
 from controller.core.plans import TableState
-from controller.core.records import Approval, Task
+from controller.core.records import Approval, ExecutionEntry, RunDetail, Task
 from controller.core.runs import RUN_FIELDS, Run
 from controller.db.catalog_store import load_catalog, newest_revision
 from controller.db.definition_models import TableRow
@@ -34,13 +34,6 @@ from controller.db.run_models import (
     RunTriggerRow,
     TaskDispatchRow,
 )
-
-# The same shapes as the aliases of controller.services.ports (which this layer may not import).
-#: (id, table name, partitions, source, registered_at, run id) of an execution.
-ExecutionEntry = tuple[int, str, Key, str, datetime, int | None]
-#: A run with its table name, newest approval, tasks (every attempt) and triggering executions
-#: (execution id, table name, partitions).
-RunDetail = tuple[Run, str, Approval | None, list[Task], list[tuple[int, str, Key]]]
 
 _executions = cast(Table, ExecutionRow.__table__)
 _values = cast(Table, ExecutionValueRow.__table__)

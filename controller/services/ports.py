@@ -17,7 +17,17 @@ from controller.core.effects import AfterCommit, ScheduleRequest, TaskRequest
 from controller.core.gates import Execution, Probe
 from controller.core.keys import Key
 from controller.core.plans import TableState
-from controller.core.records import Approval, NewExecution, NewRun, NewTask, StoredExecution, Task, Trigger
+from controller.core.records import (
+    Approval,
+    ExecutionEntry,
+    NewExecution,
+    NewRun,
+    NewTask,
+    RunDetail,
+    StoredExecution,
+    Task,
+    Trigger,
+)
 from controller.core.runs import Run, RunChange, RunEvent
 
 T = TypeVar("T")
@@ -253,13 +263,7 @@ class EventPublisher(Protocol):
         ...
 
 
-# The read port (the GET routes), and the shapes of its answers.
-
-#: (id, table name, partitions, source, registered_at, run id) of an execution.
-ExecutionEntry = tuple[int, str, Key, str, datetime, int | None]
-#: A run with its table name, newest approval, tasks (every attempt) and triggering executions
-#: (execution id, table name, partitions).
-RunDetail = tuple[Run, str, Approval | None, list[Task], list[tuple[int, str, Key]]]
+# The read port (the GET routes).
 
 
 class Reads(Protocol):
