@@ -130,5 +130,6 @@ def _state_change(detail_type: str, detail: dict[str, Any]) -> str:
         return "ignored: incomplete event"
     outcome = completion.task_state_changed(dependencies(), source, str(external_id), str(state), message)
     logger.info("task state change", extra={"external_id": external_id, "state": state, "outcome": outcome})
-    count("RunsSucceeded" if outcome == "run succeeded" else "RunsFailed" if outcome == "run failed" else "")
+    succeeded, failed = outcome.startswith("run succeeded"), outcome == "run failed"
+    count("RunsSucceeded" if succeeded else "RunsFailed" if failed else "")
     return outcome

@@ -15,8 +15,8 @@ and :class:`MemoryReads` the read port (``Reads``) on the same data, like cosmic
   itself);
 - the rules the databases enforce by index or foreign key raise :class:`IntegrityViolation` inside
   the transaction (at most one open run per (table, key), one pending approval per run, one task
-  per (run, attempt, alias), an idempotency key used once per table, references to rows that exist),
-  so that a bug in the services shows up instead of being absorbed;
+  per (run, attempt, alias), an idempotency key used once whatever the table, references to rows
+  that exist), so that a bug in the services shows up instead of being absorbed;
 - the definitions are whatever the test gave :meth:`MemoryStore.define`, each call one reconcile
   revision.
 
@@ -472,6 +472,32 @@ class MemorySession:
 
         self._check().commit_with("mark_published", mark)
 
+    def leftover_schedules(self, limit: int) -> list[tuple[int, str, datetime]]:
+        """(run id, schedule name, fire time written) of runs no longer scheduled holding a written
+        schedule, by id."""
+
+        def read(data: Tables, _: Definitions) -> list[tuple[int, str, datetime]]:
+            return [
+                (run.id, run.schedule_name, run.scheduled_fire_at)
+                for run in sorted(data.runs.values(), key=lambda r: r.id)
+                if run.status != SCHEDULED and run.scheduled_fire_at is not None and run.schedule_name
+            ][:limit]
+
+        return self._check().read_with("leftover_schedules", read)
+
+    def forget_schedules(self, deleted: Sequence[tuple[int, datetime]]) -> None:
+        """The schedules of these runs were deleted (where still the one written, the run not scheduled)."""
+        if not deleted:
+            return
+
+        def forget(data: Tables) -> None:
+            for run_id, written in deleted:
+                run = data.runs.get(run_id)
+                if run is not None and run.status != SCHEDULED and run.scheduled_fire_at == written:
+                    data.runs[run_id] = replace(run, scheduled_fire_at=None)  # no index involved
+
+        self._check().commit_with("forget_schedules", forget)
+
     def run_state(self, run_id: int) -> tuple[str, datetime | None] | None:
         """A run's status and fire time as they are now (None: no such run)."""
 
@@ -576,12 +602,10 @@ class MemoryTransaction:
             self._table_exists(new.table_id, "an execution")
             self._run_exists(data, new.run_id, "an execution")
             if new.idempotency_key is not None and any(
-                e.table_id == new.table_id and e.idempotency_key == new.idempotency_key
-                for e in data.executions.values()
+                e.idempotency_key == new.idempotency_key for e in data.executions.values()
             ):
                 raise IntegrityViolation(
-                    "uq_executions_idempotency",
-                    f"idempotency key {new.idempotency_key!r} already used for table {new.table_id}",
+                    "uq_executions_idempotency", f"idempotency key {new.idempotency_key!r} already used"
                 )
             names = [name for name, _ in new.values]
             if len(set(names)) != len(names):
@@ -608,13 +632,13 @@ class MemoryTransaction:
         """Executions answering the probes, by table name."""
         return _probe(self._use("probe"), probes, ids, names)
 
-    def executions_by_idempotency_key(self, pairs: set[tuple[int, str]]) -> list[StoredExecution]:
-        """Executions of these (table id, idempotency key) pairs."""
+    def executions_by_idempotency_key(self, keys: set[str]) -> list[StoredExecution]:
+        """The executions carrying these idempotency keys, whatever their table."""
         data = self._use("executions_by_idempotency_key")
         return [
             StoredExecution(e.id, e.table_id, e.idempotency_key, dict(e.partitions))
             for e in data.executions.values()
-            if e.idempotency_key is not None and (e.table_id, e.idempotency_key) in pairs
+            if e.idempotency_key is not None and e.idempotency_key in keys
         ]
 
     def runs_triggered_by(self, execution_ids: Sequence[int]) -> dict[int, list[Run]]:

@@ -17,7 +17,7 @@ from moto import mock_aws
 
 from controller.aws.clients import client
 from controller.aws.events import EventBridgePublisher, PublishError
-from controller.aws.scheduler import EventBridgeScheduler
+from controller.aws.scheduler import EventBridgeScheduler, at_expression
 from controller.aws.settings import AwsSettings, MissingSetting
 from controller.aws.tasks import AwsTaskStarter, execution_arn
 from controller.core.effects import ScheduleRequest, TaskRequest, TaskStartError
@@ -112,7 +112,8 @@ def test_put_creates_a_one_time_utc_schedule_that_fires_the_run(
 ) -> None:
     scheduler.put(ScheduleRequest("flux-run-42-tb_op", 42, fire_at))
     got = boto3.client("scheduler").get_schedule(Name="flux-run-42-tb_op", GroupName="flux-test")
-    assert got["ScheduleExpression"] == "at(2026-11-29T12:05:30)"
+    # The scheduler's precision is a minute: the schedule is for the whole minute after the fire time.
+    assert got["ScheduleExpression"] == "at(2026-11-29T12:06:00)"
     assert got["ScheduleExpressionTimezone"] == "UTC"
     assert got["ActionAfterCompletion"] == "DELETE"
     assert got["FlexibleTimeWindow"] == {"Mode": "OFF"}
@@ -121,6 +122,34 @@ def test_put_creates_a_one_time_utc_schedule_that_fires_the_run(
     assert got["Target"]["RoleArn"] == SETTINGS.scheduler_role_arn
     assert json.loads(got["Target"]["Input"]) == {"flux_action": "fire", "run_id": 42}
     assert got["Target"]["RetryPolicy"] == {"MaximumRetryAttempts": 10, "MaximumEventAgeInSeconds": 86400}
+
+
+@pytest.mark.parametrize(
+    ("fire_at", "expression"),
+    [
+        (datetime(2026, 11, 29, 12, 5, 0, tzinfo=UTC), "at(2026-11-29T12:05:00)"),
+        (datetime(2026, 11, 29, 12, 5, 0, 1, tzinfo=UTC), "at(2026-11-29T12:06:00)"),
+        (datetime(2026, 11, 29, 12, 5, 59, tzinfo=UTC), "at(2026-11-29T12:06:00)"),
+        (datetime(2026, 12, 31, 23, 59, 30, tzinfo=UTC), "at(2027-01-01T00:00:00)"),
+    ],
+    ids=["whole-minute", "a-microsecond-after", "a-second-before-the-next", "new-year"],
+)
+def test_a_schedule_is_written_for_the_first_whole_minute_at_or_after_the_fire_time(
+    fire_at: datetime, expression: str
+) -> None:
+    # The scheduler invokes anywhere in the minute of its expression: rounded down, a run would fire
+    # up to 59 seconds before its fire time, and an early fire dispatches nothing.
+    assert at_expression(fire_at) == expression
+
+
+def test_the_schedule_precision_is_a_setting_for_serves_stand_in_which_fires_at_the_second() -> None:
+    moment = datetime(2026, 11, 29, 12, 5, 30, 500, tzinfo=UTC)
+    precise = AwsSettings.from_env({"FLUX_SCHEDULE_PRECISION_SECONDS": "1"})
+    assert at_expression(moment, precise.schedule_precision_seconds) == "at(2026-11-29T12:05:31)"
+    assert AwsSettings.from_env({}).schedule_precision_seconds == 60
+    for wrong in ("0", "61", "1.5", "soon"):
+        with pytest.raises(MissingSetting, match="FLUX_SCHEDULE_PRECISION_SECONDS must be a whole number"):
+            AwsSettings.from_env({"FLUX_SCHEDULE_PRECISION_SECONDS": wrong})
 
 
 def test_put_again_moves_the_fire_time_and_ensure_group_keeps_schedules(
@@ -134,7 +163,7 @@ def test_put_again_moves_the_fire_time_and_ensure_group_keeps_schedules(
         "flux-run-42-tb_op"
     ]
     got = api.get_schedule(Name="flux-run-42-tb_op", GroupName="flux-test")
-    assert got["ScheduleExpression"] == "at(2026-11-29T12:07:30)"
+    assert got["ScheduleExpression"] == "at(2026-11-29T12:08:00)"
     assert json.loads(got["Target"]["Input"]) == {"flux_action": "fire", "run_id": 42}
 
 

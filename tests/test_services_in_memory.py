@@ -8,14 +8,14 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
 
 from controller.core.effects import AfterCommit, ScheduleRequest, TaskRequest, TaskStartError
-from controller.core.errors import Conflict, Forbidden, Unavailable
+from controller.core.errors import Conflict, Forbidden, Unavailable, Unprocessable
 from controller.core.gates import Probe
 from controller.core.keys import key_text
 from controller.core.records import NewExecution, NewRun, NewTask
@@ -24,13 +24,14 @@ from controller.core.specs import TableSpec
 from controller.services.approvals import decide
 from controller.services.completion import fail_run, task_state_changed
 from controller.services.dependencies import Dependencies
+from controller.services.dispatch import STUCK_REASON
 from controller.services.explain import explain
 from controller.services.firing import fire
 from controller.services.queries import get_run, list_executions, list_runs
 from controller.services.registering import ExecutionInput
 from controller.services.registration import register_executions
 from controller.services.run_actions import cancel_run, manual_run, retry_run
-from controller.services.sweep import STUCK_REASON, sweep
+from controller.services.sweep import sweep
 from tests.memory_store import (
     ConnectionLost,
     IntegrityViolation,
@@ -305,7 +306,7 @@ def test_a_new_trigger_pushes_the_fire_time_by_the_debounce_but_not_past_the_max
 
 def test_a_due_run_fires_and_starts_its_glue_task_with_the_token(world: World) -> None:
     run = world.open_c()
-    assert fire(world.deps, run.id) == "ignored: not due yet (the run was pushed)"
+    assert fire(world.deps, run.id) == "ignored: not due yet (its schedule is written again)"
     assert world.tasks.started == []
 
     world.clock.now = after(DEBOUNCE)
@@ -676,11 +677,45 @@ def test_an_idempotent_repeat_returns_the_first_answer_and_writes_nothing(world:
     assert again == first
     assert world.store.snapshot() == before
     assert (len(world.scheduler.puts), len(world.events.published)) == (puts, published)
-    # The key is one table's: another table may use it.
-    assert (
-        world.register("b", OTHER_DAY, idempotency_key="load-1")["executions"][0]["id"]
-        != first["executions"][0]["id"]
+
+
+@pytest.mark.parametrize(
+    ("table", "dt", "partitions"), [("a", OTHER_DAY, OTHER_DAY), ("b", DAY, DAY)], ids=["partition", "table"]
+)
+def test_a_key_reused_for_another_item_is_a_conflict_naming_the_first_and_writes_nothing(
+    world: World, table: str, dt: str, partitions: str
+) -> None:
+    [first] = world.register("a", idempotency_key="load-1")["executions"]
+    before = world.store.snapshot()
+    puts, published = len(world.scheduler.puts), len(world.events.published)
+
+    items = [
+        ExecutionInput("d", {"dt": DAY}, "test"),
+        ExecutionInput(table, {"dt": dt}, "test", idempotency_key="load-1"),
+    ]
+    with pytest.raises(Conflict) as refused:
+        register_executions(world.deps, items, "tester")
+
+    assert refused.value.message == (
+        f"data[1]: idempotency_key 'load-1' was used by execution {first['id']} "
+        f'(table a, partitions {{"dt": "{DAY}"}}); this item is table {table}, '
+        f'partitions {{"dt": "{partitions}"}}: a key names one registration item'
     )
+    assert refused.value.details == {
+        "index": 1,
+        "execution_id": first["id"],
+        "table_name": "a",
+        "partitions": {"dt": DAY},
+    }
+    assert world.store.snapshot() == before
+    assert (len(world.scheduler.puts), len(world.events.published)) == (puts, published)
+
+
+def test_one_key_twice_in_a_request_is_refused_whatever_the_tables(world: World) -> None:
+    items = [ExecutionInput(t, {"dt": DAY}, "test", idempotency_key="same") for t in ("a", "b")]
+    with pytest.raises(Unprocessable, match=r"^data\[1\]: idempotency_key 'same' is also used by data\[0\]$"):
+        register_executions(world.deps, items, "tester")
+    assert world.store.executions() == []
 
 
 # --- the sweep ------------------------------------------------------------------------------------------
@@ -692,7 +727,15 @@ def test_the_sweep_writes_the_schedules_that_could_not_be_written(world: World) 
     world.scheduler.failing = False
     counts = sweep(world.deps)
 
-    assert counts == {"schedules_written": 1, "overdue_fired": 0, "events_published": 0, "stuck_failed": 0}
+    assert counts == {
+        "schedules_written": 1,
+        "overdue_fired": 0,
+        "overdue_given_up": 0,
+        "schedules_deleted": 0,
+        "events_published": 0,
+        "stuck_settled": 0,
+        "stuck_failed": 0,
+    }
     synced = world.store.run(run.id)
     assert (synced.scheduled_fire_at, synced.schedule_name) == (synced.fire_at, f"flux-run-{run.id}-c")
     assert sweep(world.deps)["schedules_written"] == 0
@@ -858,6 +901,10 @@ def test_the_store_refuses_what_the_database_indexes_refuse(world: World) -> Non
         new = NewExecution(a_id, key, {"dt": DAY}, "test", None, "k", [("dt", DAY)])
         return tx.insert_executions([new, new], T0, None)
 
+    def same_idempotency_key_on_two_tables(tx: MemoryTransaction, _after: AfterCommit) -> object:
+        new = NewExecution(a_id, key, {"dt": DAY}, "test", None, "k", [("dt", DAY)])
+        return tx.insert_executions([new, replace(new, table_id=world.store.definitions.ids["b"])], T0, None)
+
     def same_task_twice(tx: MemoryTransaction, _after: AfterCommit) -> object:
         tx.add_tasks(run, [NewTask("etl", "glue", "job-c", {})])
         tx.add_tasks(run, [NewTask("etl", "glue", "job-c", {})])
@@ -865,6 +912,7 @@ def test_the_store_refuses_what_the_database_indexes_refuse(world: World) -> Non
 
     _refused(world, second_open_run, "uq_runs_open_key")
     _refused(world, same_idempotency_key, "uq_executions_idempotency")
+    _refused(world, same_idempotency_key_on_two_tables, "uq_executions_idempotency")  # the key alone
     _refused(world, same_task_twice, "task_dispatches (run_id, attempt, alias)")
 
     # A second approval request for a run is a no-op, as ON CONFLICT DO NOTHING makes it.

@@ -67,6 +67,15 @@ class ExecutionSummary(BaseModel):
     partitions: Partitions
 
 
+class NotRegistered(BaseModel):
+    """A completion report whose run succeeded without an execution."""
+
+    index: int = Field(description="the item's index in data")
+    run_id: int
+    status: str = Field(description="the run's state: succeeded")
+    reason: str = Field(description="why no execution was registered")
+
+
 class Registered(BaseModel):
     """Every execution registered, and the runs they opened or pushed."""
 
@@ -80,6 +89,11 @@ class Registered(BaseModel):
     )
     executions: list[ExecutionSummary]
     runs: list[RunSummary] = Field(description="the runs the registrations opened or pushed")
+    not_registered: list[NotRegistered] | None = Field(
+        None,
+        description="completion reports (items with a run_id) whose execution the definitions no longer "
+        "allow (table deleted, partitions changed): their run succeeded with this reason, its key is free",
+    )
 
 
 class ApprovalState(BaseModel):

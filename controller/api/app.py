@@ -1,7 +1,9 @@
 """Routes of DESIGN §5 on Powertools' ``APIGatewayRestResolver``, with the JSON error model.
 
 Every error answer is ``{"error": {"code", "message", "details"}}``; an unexpected exception is
-logged with its stack trace and answered with a 500 that carries only a reference id.
+logged with its stack trace and answered with a 500 that carries only a reference id. A database that
+cannot be reached is no such exception: the database adapters raise
+:class:`~controller.core.errors.Unavailable` for it, answered 503 with ``Retry-After``.
 
 Importing this module (part of a Lambda cold start) loads only what routes and validates a request:
 Powertools and the pydantic request bodies. Each route imports the runtime module it calls when it
@@ -34,7 +36,7 @@ from controller.api.models import (
     TablesPayload,
     as_mapping,
 )
-from controller.core.errors import ServiceError
+from controller.core.errors import ServiceError, Unavailable
 from controller.core.problems import json_path
 from controller.telemetry import count, logger
 from controller.wiring import dependencies
@@ -79,6 +81,10 @@ _ARRAY_BODIES = frozenset({"/tables"})
 ROUTES: dict[str, tuple[re.Pattern[str], set[str]]] = {}
 #: Error types that mean the request is malformed (400), not that a value is invalid (422).
 _MALFORMED = frozenset({"json_invalid", "model_attributes_type", "missing", "payload_shape"})
+#: ``Retry-After`` of a 503 (the database unreachable, or its connection lost), in seconds: a dropped
+#: connection or a failover is over in seconds; callers meeting a longer outage back off from there
+#: (a long fixed wait would delay every caller of a short one).
+RETRY_AFTER_SECONDS = 5
 
 
 def route(
@@ -118,7 +124,10 @@ def error_response(
 
 @app.exception_handler(ServiceError)
 def _problem(exc: ServiceError) -> Response[str]:
-    return error_response(exc.status, exc.code, exc.message, exc.details)
+    answer = error_response(exc.status, exc.code, exc.message, exc.details)
+    if isinstance(exc, Unavailable):
+        answer.headers["Retry-After"] = str(RETRY_AFTER_SECONDS)
+    return answer
 
 
 @app.exception_handler(RequestValidationError)

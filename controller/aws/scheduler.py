@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from botocore.exceptions import ClientError
@@ -16,11 +16,21 @@ from controller.core.effects import ScheduleRequest
 RETRY_POLICY = {"MaximumRetryAttempts": 10, "MaximumEventAgeInSeconds": 86400}
 
 
-def at_expression(fire_at: datetime) -> str:
-    """``at(YYYY-MM-DDThh:mm:ss)`` with the UTC wall time of ``fire_at``; a naive datetime is a ValueError."""
+def at_expression(fire_at: datetime, precision: int = 60) -> str:
+    """``at(YYYY-MM-DDThh:mm:ss)``: the first UTC time at or after ``fire_at`` that is a whole multiple
+    of ``precision`` seconds (a whole minute by default).
+
+    EventBridge Scheduler invokes with 60-second precision (a schedule at ``1:00:30`` fires between
+    ``1:00:00`` and ``1:00:59``), and a fire before the run's fire time dispatches nothing (it is
+    re-armed: :func:`controller.services.dispatch.claim`); rounded up, the fire comes at most a
+    minute and 59 seconds late and never early. A naive datetime is a ValueError.
+    """
     if fire_at.tzinfo is None or fire_at.utcoffset() is None:
         raise ValueError(f"fire_at must be timezone-aware, got naive {fire_at.isoformat()}")
-    return f"at({fire_at.astimezone(UTC).strftime('%Y-%m-%dT%H:%M:%S')})"
+    moment = fire_at.astimezone(UTC)
+    midnight = moment.replace(hour=0, minute=0, second=0, microsecond=0)
+    steps = -(-(moment - midnight) // timedelta(seconds=precision))  # ceiling division
+    return f"at({(midnight + steps * timedelta(seconds=precision)).strftime('%Y-%m-%dT%H:%M:%S')})"
 
 
 def error_code(error: ClientError) -> str:
@@ -42,7 +52,7 @@ class EventBridgeScheduler:
 
     def put(self, request: ScheduleRequest) -> None:
         """Create the schedule; if it already exists, update it to the new fire time (idempotent)."""
-        expression = at_expression(request.fire_at)
+        expression = at_expression(request.fire_at, self._settings.schedule_precision_seconds)
         function_arn, role_arn = self._settings.require_schedule_target()
         params: dict[str, Any] = {
             "Name": request.name,

@@ -8,10 +8,11 @@ from dataclasses import dataclass
 
 DEFAULT_SCHEDULE_GROUP = "flux-control"
 DEFAULT_EVENT_BUS = "default"
+DEFAULT_SCHEDULE_PRECISION = 60
 
 
 class MissingSetting(RuntimeError):
-    """A setting needed by the operation at hand is not configured."""
+    """A setting needed by the operation at hand is not configured, or not validly."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -28,12 +29,16 @@ class AwsSettings:
     event_bus: str = DEFAULT_EVENT_BUS
     #: Where EventBridge Scheduler sends a run's fire it could not deliver (empty: nowhere).
     dead_letter_arn: str = ""
+    #: The scheduler's precision: schedules are written for the first multiple of it at or after the
+    #: fire time (EventBridge Scheduler fires anywhere in the minute of its expression; ``serve``'s
+    #: stand-in fires at the second, and says so with 1).
+    schedule_precision_seconds: int = DEFAULT_SCHEDULE_PRECISION
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> AwsSettings:
         """The settings from ``FLUX_SCHEDULE_GROUP``, ``FLUX_FUNCTION_ARN``, ``FLUX_SCHEDULER_ROLE_ARN``,
-        ``FLUX_EVENT_BUS`` and ``FLUX_DEAD_LETTER_ARN`` (``os.environ`` unless given); empty values count
-        as unset.
+        ``FLUX_EVENT_BUS``, ``FLUX_DEAD_LETTER_ARN`` and ``FLUX_SCHEDULE_PRECISION_SECONDS`` (``os.environ``
+        unless given); empty values count as unset.
         """
         env = os.environ if environ is None else environ
         return cls(
@@ -42,6 +47,7 @@ class AwsSettings:
             scheduler_role_arn=env.get("FLUX_SCHEDULER_ROLE_ARN", "").strip(),
             event_bus=env.get("FLUX_EVENT_BUS", "").strip() or DEFAULT_EVENT_BUS,
             dead_letter_arn=env.get("FLUX_DEAD_LETTER_ARN", "").strip(),
+            schedule_precision_seconds=_precision(env.get("FLUX_SCHEDULE_PRECISION_SECONDS", "")),
         )
 
     def require_schedule_target(self) -> tuple[str, str]:
@@ -60,3 +66,18 @@ class AwsSettings:
                 "(the Lambda that schedules fire and the role EventBridge Scheduler uses to invoke it)"
             )
         return self.function_arn, self.scheduler_role_arn
+
+
+def _precision(text: str) -> int:
+    """``FLUX_SCHEDULE_PRECISION_SECONDS``: a whole number of seconds from 1 to 60 (empty: 60)."""
+    if not text.strip():
+        return DEFAULT_SCHEDULE_PRECISION
+    try:
+        seconds = int(text)
+    except ValueError:
+        seconds = 0
+    if not 1 <= seconds <= DEFAULT_SCHEDULE_PRECISION:
+        raise MissingSetting(
+            f"FLUX_SCHEDULE_PRECISION_SECONDS must be a whole number from 1 to 60, got {text!r}"
+        )
+    return seconds

@@ -56,6 +56,8 @@ def serve_command(
     local.start()
     os.environ.update({"FLUX_DATABASE_URL": database_url, "FLUX_TRUST_BODY_USER": "true"})
     os.environ.setdefault("POWERTOOLS_METRICS_DISABLED", "true")  # EMF lines only matter in CloudWatch
+    # The stand-in fires a schedule at its second (EventBridge Scheduler: within its minute).
+    os.environ.setdefault("FLUX_SCHEDULE_PRECISION_SECONDS", "1")
     try:
         _run(local, host, port, task_delay, tick)
     finally:

@@ -54,9 +54,6 @@ TRANSITIONS: Mapping[str | None, frozenset[str]] = MappingProxyType(
     }
 )
 
-#: A fire that arrives this much before the run's fire time still counts (clock skew, delivery).
-EARLY_FIRE_TOLERANCE = timedelta(seconds=60)
-
 
 @dataclass(frozen=True, slots=True)
 class Run:
@@ -159,13 +156,17 @@ def transition(
 
     A final state sets ``finished_at``; ``reason`` goes to ``error`` for a failure and to ``reason``
     otherwise. Approving (``awaiting_approval → scheduled``) needs ``fire_at``; retrying (``failed →
-    scheduled``) starts the next attempt now, clearing the error and the end.
+    scheduled``) starts the next attempt now, clearing the error and the end. A fire's claim
+    (``scheduled → dispatching``) forgets the schedule: it fired and deleted itself. Any other way out
+    of ``scheduled`` keeps ``scheduled_fire_at``, so that the sweep finds the schedule and deletes it.
     """
     if to not in TRANSITIONS[run.status]:
         raise IllegalTransition(f"run {run.id} cannot go from {run.status} to {to}")
     values: dict[str, Any] = {"status": to, "updated_at": now}
     if to in FINAL_STATES:
         values["finished_at"] = now
+    if run.status == SCHEDULED and to == DISPATCHING:
+        values["scheduled_fire_at"] = None
     if run.status == FAILED:  # a retry: the next attempt fires now, its reason replaces the last
         values.update(attempt=run.attempt + 1, fire_at=now, error=None, finished_at=None, reason=reason)
     elif run.status == AWAITING_APPROVAL and to == SCHEDULED:
@@ -209,5 +210,7 @@ def approved_fire_time(now: datetime, last_trigger: datetime, debounce_seconds: 
 
 
 def due(fire_at: datetime | None, now: datetime) -> bool:
-    """Whether a scheduled run may fire now (a little early is fine; the schedule may be ahead)."""
-    return fire_at is not None and fire_at <= now + EARLY_FIRE_TOLERANCE
+    """Whether a scheduled run may fire now: never before its fire time, or a stale schedule (written
+    before a push) would undo the push. Schedules are written for the minute after the fire time
+    (:func:`controller.aws.scheduler.at_expression`), so an on-time fire is never early."""
+    return fire_at is not None and fire_at <= now

@@ -14,6 +14,7 @@ from controller.core.specs import TableSpec
 from controller.db.definition_models import ReconcileRevision
 from controller.db.definitions_store import read_state
 from controller.db.engine import read_only
+from controller.db.retries import connected
 
 
 def newest_revision(session: Session) -> int | None:
@@ -31,10 +32,13 @@ def load_catalog(session: Session, revision: int | None) -> Catalog:
 
 def catalog_loader(engine: Engine) -> Callable[[int | None], Catalog]:
     """:func:`load_catalog` on a connection of its own (for a store whose connections are not
-    SQLAlchemy's; the definitions change only by a reconcile, which records a newer revision)."""
+    SQLAlchemy's; the definitions change only by a reconcile, which records a newer revision). A
+    database refusing the connection, or losing it, raises :class:`~controller.core.errors.Unavailable`."""
 
     def load(revision: int | None) -> Catalog:
-        with Session(read_only(engine)) as session:
+        # A refused or lost connection is Unavailable here too, not the driver's error: it is raised
+        # inside the store's unit of work, which passes a ServiceError on as it is.
+        with connected(read_only(engine)) as connection, Session(connection) as session:
             return load_catalog(session, revision)
 
     return load

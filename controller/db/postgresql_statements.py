@@ -203,13 +203,13 @@ def probe_statement(values: int, whole_tables: int) -> str:
 
 
 @lru_cache(maxsize=64)
-def executions_by_idempotency_key(pairs: int) -> str:
-    """Executions of (table id, idempotency key) pairs (the index ``uq_executions_idempotency``).
-    Parameters: table id and key per pair."""
-    rows = ", ".join(["(%s::bigint, %s::text)"] * pairs)
+def executions_by_idempotency_key(keys: int) -> str:
+    """Executions carrying ``keys`` idempotency keys, whatever their table (the unique index
+    ``uq_executions_idempotency`` on the key alone; its ``IS NOT NULL`` predicate is implied by the
+    equality, so generic plans use it too). Parameters: the keys."""
     return (
         "SELECT id, table_id, idempotency_key, partitions FROM executions"
-        f" WHERE (table_id, idempotency_key) IN ({rows})"
+        f" WHERE idempotency_key IN ({', '.join(['%s::text'] * keys)})"
     )
 
 
@@ -434,3 +434,17 @@ UNPUBLISHED_EVENTS = (
     "SELECT id, detail FROM run_events WHERE published_at IS NULL AND created_at <= %s ORDER BY id LIMIT %s"
 )
 MARK_PUBLISHED = "UPDATE run_events SET published_at = %s WHERE id = ANY(%s::bigint[])"
+#: Runs not in the given state (``scheduled``) holding a written schedule (the partial index
+#: ``ix_runs_schedule_written``).
+LEFTOVER_SCHEDULES = """
+SELECT id, schedule_name, scheduled_fire_at FROM runs
+WHERE scheduled_fire_at IS NOT NULL AND status <> %s AND schedule_name IS NOT NULL
+ORDER BY id LIMIT %s
+"""
+#: Compare-and-set on the fire time written: a schedule written again meanwhile stays a leftover.
+#: Parameters: the run ids, their fire times written, the state (``scheduled``).
+FORGET_SCHEDULES = """
+UPDATE runs SET scheduled_fire_at = NULL
+FROM unnest(%s::bigint[], %s::timestamptz[]) AS f(id, written)
+WHERE runs.id = f.id AND runs.scheduled_fire_at = f.written AND runs.status <> %s
+"""

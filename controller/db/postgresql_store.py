@@ -27,7 +27,7 @@ from controller.core.runs import SCHEDULED, RunEvent
 from controller.db import postgresql_statements as sql
 from controller.db.postgresql_connections import Connection, ConnectionPool, conninfo_from_url, send
 from controller.db.postgresql_transaction import PostgresqlTransaction, utc
-from controller.db.retries import MAX_ATTEMPTS, MAX_RECONNECTS, pause_before_retry, unavailable
+from controller.db.retries import MAX_ATTEMPTS, MAX_RECONNECTS, busy, pause_before_retry, unavailable
 
 T = TypeVar("T")
 #: Called with (statement text, the psycopg connection) before every statement the store sends.
@@ -108,7 +108,8 @@ class PostgresqlSession:
         idempotency index (a concurrent registration with the same key won: running again finds it);
         after a connection lost before COMMIT (nothing was written), on a new connection. A connection
         lost while committing raises :class:`Unavailable` (whether COMMIT was applied is unknown), as
-        does one lost on every try. Any other error: ROLLBACK, and the error as it is.
+        does one lost, or refused (the database stopped, not accepting connections), on every try.
+        Any other error: ROLLBACK, and the error as it is.
         """
         reconnects = 0
         for attempt in range(1, MAX_ATTEMPTS + 1):
@@ -132,13 +133,13 @@ class PostgresqlSession:
                     self._drop()
                     reconnects += 1
                     if committing or reconnects > MAX_RECONNECTS:
-                        raise unavailable(committing) from exc
+                        raise unavailable(committing, cause=exc) from exc
                 else:
                     self._rollback()
                     if not _retryable(exc):
                         raise
                 if attempt == MAX_ATTEMPTS:
-                    raise
+                    raise busy(exc) from exc  # rolled back: tried again and again, nothing written
                 pause_before_retry(
                     attempt, exc.sqlstate, "connection lost" if lost else "serialization conflict"
                 )
@@ -183,14 +184,24 @@ class PostgresqlSession:
         rows = self._read(sql.RUN_STATE, [run_id])
         return (rows[0][0], utc(rows[0][1])) if rows else None
 
+    def leftover_schedules(self, limit: int) -> list[tuple[int, str, datetime]]:
+        rows = self._read(sql.LEFTOVER_SCHEDULES, [SCHEDULED, limit])
+        return [(run_id, name, written.astimezone(UTC)) for run_id, name, written in rows]
+
+    def forget_schedules(self, deleted: Sequence[tuple[int, datetime]]) -> None:
+        if deleted:
+            ids, written = [run_id for run_id, _ in deleted], [at for _, at in deleted]
+            self._outside([(sql.FORGET_SCHEDULES, [ids, written, SCHEDULED])], reads=False)
+
     def _read(self, statement: str, parameters: list[Any]) -> list[TupleRow]:
         return self._outside([(statement, parameters)], reads=True)
 
     def _outside(self, statements: list[tuple[str, list[Any]]], *, reads: bool) -> list[TupleRow]:
         """Statements outside :meth:`transact`: one alone in autocommit (its rows), several in one
         transaction. Sent again once, on a new connection, when the connection was lost: every caller's
-        statements may be repeated (reads, and writes that set again what they set). Lost twice, a
-        read raises :class:`Unavailable`; a write (bookkeeping the sweep repeats) its error."""
+        statements may be repeated (reads, and writes that set again what they set). Lost twice (or
+        refused), :class:`Unavailable`: for a write (bookkeeping the sweep repeats), one whose outcome
+        is unknown, as at COMMIT."""
         for last in (False, True):
             try:
                 connection = self.connection
@@ -208,9 +219,7 @@ class PostgresqlSession:
                     raise
                 self._drop()
                 if last:
-                    if reads:
-                        raise unavailable(committing=False) from exc
-                    raise
+                    raise unavailable(committing=not reads, cause=exc) from exc
                 logger.info("sending again on a new connection", extra={"reason": "connection lost"})
             except BaseException:
                 self._rollback()

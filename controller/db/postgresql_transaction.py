@@ -149,12 +149,11 @@ class PostgresqlTransaction:
                 found.setdefault(name, []).append(Execution(execution_id, name, key_from_text(key)))
         return found
 
-    def executions_by_idempotency_key(self, pairs: set[tuple[int, str]]) -> list[StoredExecution]:
+    def executions_by_idempotency_key(self, keys: set[str]) -> list[StoredExecution]:
         found: list[StoredExecution] = []
-        for batch in sql.batched(sorted(pairs), lambda _: 2):
+        for batch in sql.batched(sorted(keys), lambda _: 1):
             statement = sql.executions_by_idempotency_key(len(batch))
-            rows = self._rows(statement, [x for pair in batch for x in pair])
-            found += [StoredExecution(*row) for row in rows]
+            found += [StoredExecution(*row) for row in self._rows(statement, batch)]
         return found
 
     def runs_triggered_by(self, execution_ids: Sequence[int]) -> dict[int, list[Run]]:

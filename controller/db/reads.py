@@ -4,12 +4,14 @@ Reads are not the hot path, so one implementation serves SQLite and PostgreSQL. 
 a read-only session of its own (on SQLite it takes no write lock) and sends a constant number of
 statements whatever the history size. Everything returned is a plain or core value: the services
 build their answers from it (see :class:`controller.services.ports.Reads`, which this implements
-structurally; the database layer does not import the services).
+structurally; the database layer does not import the services). A database that cannot be reached,
+or a connection lost mid-read, raises :class:`~controller.core.errors.Unavailable` (a 503).
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from datetime import datetime
 from typing import Any, cast
 
@@ -26,6 +28,7 @@ from controller.db.catalog_store import load_catalog, newest_revision
 from controller.db.definition_models import TableRow
 from controller.db.definitions_store import last_revision, read_state
 from controller.db.engine import read_only
+from controller.db.retries import connected
 from controller.db.run_models import (
     ApprovalRow,
     ExecutionRow,
@@ -64,8 +67,13 @@ class SqlReads:
     def __init__(self, engine: Engine) -> None:
         self._engine = read_only(engine)
 
-    def _session(self) -> Session:
-        return Session(self._engine)
+    @contextmanager
+    def _session(self) -> Iterator[Session]:
+        """A session on a connection of its own: a database refusing it, or the connection lost
+        mid-read, raises :class:`~controller.core.errors.Unavailable` (see
+        :func:`~controller.db.retries.connected`), not the driver's error."""
+        with connected(self._engine) as connection, Session(connection) as session:
+            yield session
 
     # --- definitions ----------------------------------------------------------------------------------
 

@@ -2,7 +2,7 @@
 
 Invariants the database enforces (not the code, so that concurrent Lambdas cannot break them):
 at most one open run per (table, key); at most one pending approval per run; one dispatch per task
-of a run; an idempotency key is used once per table.
+of a run; an idempotency key is used once, whatever the table.
 """
 
 from __future__ import annotations
@@ -21,6 +21,8 @@ from controller.db.base import Base, Id, Json, UTCDateTime, utcnow
 OPEN_RUN_STATES = OPEN_STATES
 _OPEN = text("status IN ({})".format(", ".join(f"'{s}'" for s in OPEN_RUN_STATES)))
 _PENDING = text("status = 'pending'")
+_KEYED = text("idempotency_key IS NOT NULL")
+_WRITTEN = text("scheduled_fire_at IS NOT NULL")
 
 
 class ExecutionRow(Base):
@@ -30,7 +32,15 @@ class ExecutionRow(Base):
     __table_args__ = (
         Index(None, "table_id", "partition_key"),
         Index(None, "table_id", "registered_at"),
-        Index("uq_executions_idempotency", "table_id", "idempotency_key", unique=True),
+        # An idempotency key names one execution, whatever the table (the loser of two concurrent
+        # registrations with one key fails here, and its retry finds the winner); most carry none.
+        Index(
+            "uq_executions_idempotency",
+            "idempotency_key",
+            unique=True,
+            sqlite_where=_KEYED,
+            postgresql_where=_KEYED,
+        ),
     )
 
     id: Mapped[int] = mapped_column(Id, primary_key=True)
@@ -74,6 +84,8 @@ class RunRow(Base):
         ),
         Index(None, "status", "fire_at"),
         Index(None, "table_id", "created_at"),
+        # The sweep's search for schedules outliving their run: few rows hold a written schedule.
+        Index("ix_runs_schedule_written", "id", sqlite_where=_WRITTEN, postgresql_where=_WRITTEN),
     )
 
     id: Mapped[int] = mapped_column(Id, primary_key=True)
@@ -91,7 +103,9 @@ class RunRow(Base):
     fire_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     schedule_name: Mapped[str | None] = mapped_column(String(64))
     #: The fire time the EventBridge schedule was last written with; differs from fire_at until the
-    #: schedule write succeeds (the sweep retries those).
+    #: schedule write succeeds (the sweep retries those). Cleared when a fire claims the run (the
+    #: schedule fired and deleted itself) or once the sweep deleted the schedule of a run that
+    #: left ``scheduled`` otherwise (cancelled, or written after the run moved on).
     scheduled_fire_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     error: Mapped[str | None] = mapped_column(Text)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)

@@ -177,12 +177,10 @@ TABLE_NAME = select(tables.c.name).where(tables.c.id == bindparam("table_id"))
 # --- executions --------------------------------------------------------------------------------------
 INSERT_EXECUTIONS = insert(executions).returning(executions.c.id, sort_by_parameter_order=True)
 INSERT_VALUES = insert(values)
+#: By the key alone, whatever the table (the unique index ``uq_executions_idempotency``).
 EXECUTIONS_BY_KEY = select(
     executions.c.id, executions.c.table_id, executions.c.idempotency_key, executions.c.partitions
-).where(
-    executions.c.idempotency_key.in_(bindparam("keys", expanding=True)),
-    executions.c.table_id.in_(bindparam("tables", expanding=True)),
-)
+).where(executions.c.idempotency_key.in_(bindparam("keys", expanding=True)))
 RUNS_TRIGGERED_BY = (
     select(*RUN_COLUMNS, triggers.c.execution_id)
     .join_from(runs, triggers, triggers.c.run_id == runs.c.id)
@@ -369,6 +367,27 @@ MARK_PUBLISHED = (
     .values(published_at=bindparam("b_at"))
 )
 RUN_STATE = select(runs.c.status, runs.c.fire_at).where(runs.c.id == bindparam("run_id"))
+# Runs no longer scheduled holding a written schedule (the partial index ix_runs_schedule_written).
+LEFTOVER_SCHEDULES = (
+    select(runs.c.id, runs.c.schedule_name, runs.c.scheduled_fire_at)
+    .where(
+        runs.c.scheduled_fire_at.is_not(None),
+        runs.c.status != SCHEDULED,
+        runs.c.schedule_name.is_not(None),
+    )
+    .order_by(runs.c.id)
+    .limit(_LIMIT)
+)
+# Compare-and-set on the fire time written: a schedule written again meanwhile stays a leftover.
+FORGET_SCHEDULES = (
+    update(runs)
+    .where(
+        runs.c.id == bindparam("b_id"),
+        runs.c.scheduled_fire_at == bindparam("b_written"),
+        runs.c.status != SCHEDULED,
+    )
+    .values(scheduled_fire_at=None)
+)
 # Compare-and-set on the fire time written: a run pushed meanwhile keeps needing its schedule.
 MARK_SCHEDULED = (
     update(runs)

@@ -17,14 +17,22 @@ from datetime import datetime
 from typing import Any, TypeVar
 
 from sqlalchemy import Connection, Engine, event
-from sqlalchemy.exc import DBAPIError, IntegrityError
+from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
 
 from controller.core.effects import AfterCommit, ScheduleRequest
 from controller.core.runs import RunEvent
 from controller.db import sqlite_statements as sql
 from controller.db.base import utcnow
 from controller.db.engine import READ_ONLY_OPTION
-from controller.db.retries import MAX_ATTEMPTS, MAX_RECONNECTS, pause_before_retry, unavailable
+from controller.db.locks import is_lock_timeout
+from controller.db.retries import (
+    MAX_ATTEMPTS,
+    MAX_RECONNECTS,
+    busy,
+    connect,
+    pause_before_retry,
+    unavailable,
+)
 from controller.db.sqlite_transaction import SqliteTransaction
 
 T = TypeVar("T")
@@ -70,8 +78,12 @@ class SqliteStore:
             self.release(connection)
 
     def connect(self) -> Connection:
-        """A new connection of this store (its statements are forwarded to ``listeners``)."""
-        connection = self.engine.connect()
+        """A new connection of this store (its statements are forwarded to ``listeners``).
+
+        A database file that cannot be opened (its directory missing, a volume not mounted, no
+        permission) raises :class:`~controller.core.errors.Unavailable`: on SQLite that is the outage a
+        refused connection is on PostgreSQL (see :func:`~controller.db.retries.connect`)."""
+        connection = connect(self.engine)
         self._connections.add(connection)
         return connection
 
@@ -151,11 +163,13 @@ class SqliteSession:
                     self._drop(connection)
                     reconnects += 1
                     if committing or reconnects > MAX_RECONNECTS:
-                        raise unavailable(committing) from exc
+                        raise unavailable(committing, cause=exc) from exc
+                elif isinstance(exc, OperationalError) and is_lock_timeout(exc):
+                    raise busy(exc) from exc  # BEGIN IMMEDIATE waited out the busy timeout: nothing written
                 elif not replay:
                     raise
                 if attempt == MAX_ATTEMPTS:
-                    raise
+                    raise busy(exc) from exc
                 sqlstate = getattr(exc.orig, "sqlstate", None)  # None on SQLite
                 pause_before_retry(attempt, sqlstate, "connection lost" if lost else "idempotency key taken")
         raise AssertionError("unreachable")
@@ -203,6 +217,18 @@ class SqliteSession:
         rows = self._read(sql.RUN_STATE, {"run_id": run_id})
         return (rows[0].status, rows[0].fire_at) if rows else None
 
+    def leftover_schedules(self, limit: int) -> list[tuple[int, str, datetime]]:
+        """(run id, schedule name, fire time written) of runs no longer scheduled holding a written
+        schedule, by id."""
+        rows = self._read(sql.LEFTOVER_SCHEDULES, {"limit": limit})
+        return [(row.id, row.schedule_name, row.scheduled_fire_at) for row in rows]
+
+    def forget_schedules(self, deleted: Sequence[tuple[int, datetime]]) -> None:
+        """The schedules of these runs were deleted (where still the one written, the run not scheduled)."""
+        if deleted:
+            rows = [{"b_id": run_id, "b_written": written} for run_id, written in deleted]
+            self._once(lambda c: c.execute(sql.FORGET_SCHEDULES, rows), read_only=False)
+
     # --- connection handling -----------------------------------------------------------------------
     def _prepared(self, *, read_only: bool) -> Connection:
         """The connection, set to begin its next transaction deferred (reads) or IMMEDIATE (writes)."""
@@ -213,7 +239,8 @@ class SqliteSession:
 
     def _once(self, statements: Callable[[Connection], R], *, read_only: bool) -> R:
         """``statements`` in one transaction, not retried (the sweep runs again anyway). A read ends
-        with a rollback: it has nothing to commit."""
+        with a rollback: it has nothing to commit. A read that lost its connection raises
+        :class:`~controller.core.errors.Unavailable`; a write (bookkeeping the sweep repeats) its error."""
         connection = self._prepared(read_only=read_only)
         try:
             with connection.begin() as transaction:
@@ -226,6 +253,8 @@ class SqliteSession:
         except DBAPIError as exc:
             if exc.connection_invalidated:
                 self._drop(connection)
+                if read_only:
+                    raise unavailable(committing=False, cause=exc) from exc
             raise
 
     def _read(self, statement: Any, parameters: dict[str, Any]) -> list[Any]:

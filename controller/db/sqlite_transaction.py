@@ -86,13 +86,12 @@ class SqliteTransaction:
                 found.setdefault(name, []).append(Execution(execution_id, name, key_from_text(key)))
         return found
 
-    def executions_by_idempotency_key(self, pairs: set[tuple[int, str]]) -> list[StoredExecution]:
-        """Executions of these (table id, idempotency key) pairs."""
-        if not pairs:
+    def executions_by_idempotency_key(self, keys: set[str]) -> list[StoredExecution]:
+        """The executions carrying these idempotency keys, whatever their table."""
+        if not keys:
             return []
-        parameters = {"keys": sorted({k for _, k in pairs}), "tables": sorted({t for t, _ in pairs})}
-        rows = self.connection.execute(sql.EXECUTIONS_BY_KEY, parameters)
-        return [sql.stored_execution_of(row) for row in rows if (row.table_id, row.idempotency_key) in pairs]
+        rows = self.connection.execute(sql.EXECUTIONS_BY_KEY, {"keys": sorted(keys)})
+        return [sql.stored_execution_of(row) for row in rows]
 
     def runs_triggered_by(self, execution_ids: Sequence[int]) -> dict[int, list[Run]]:
         """The runs each execution triggered (execution id → runs, oldest first)."""

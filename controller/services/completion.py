@@ -1,8 +1,9 @@
 """Completion: tasks settle from Glue / Step Functions events; a run ends when its tasks have.
 
 When every task of a run succeeded, the run succeeds and an execution of its table is registered
-for its key (source ``glue`` or ``step_function``), which cascades downstream. Duplicate and
-out-of-order events find the task already settled and change nothing.
+for its key (source ``glue`` or ``step_function``), which cascades downstream; when the definitions
+changed so that it cannot be, the run succeeds with that reason (:mod:`controller.services.settling`).
+Duplicate and out-of-order events find the task already settled and change nothing.
 """
 
 from __future__ import annotations
@@ -20,8 +21,8 @@ from controller.services.answers import run_summary
 from controller.services.dependencies import Dependencies
 from controller.services.firing import perform
 from controller.services.ports import Transaction
-from controller.services.registering import ExecutionInput, check_token, register_in
-from controller.services.transitions import move
+from controller.services.registering import check_token, complete_run
+from controller.services.transitions import move, table_of
 
 logger = logging.getLogger("flux_control.runtime")
 
@@ -64,7 +65,7 @@ def _settle(
         return f"ignored: task already {task.status}"
     run = tx.lock_run(task.run_id)
     assert run is not None
-    table = catalog.names.get(run.table_id, str(run.table_id))
+    table = table_of(tx, catalog, run)
     if run.status not in IN_PROGRESS_STATES or run.attempt != task.attempt:
         return f"task settled; run is {run.status}"
     if not succeeded:
@@ -73,9 +74,8 @@ def _settle(
     unfinished = [t for t in tx.tasks_of(run.id, run.attempt) if t.status != TASK_SUCCEEDED]
     if unfinished or run.status != RUNNING:
         return "task succeeded; the run waits for its other tasks"
-    item = ExecutionInput(table, dict(run.partitions), source, run_id=run.id)
-    register_in(tx, catalog, [item], None, now, after)
-    return "run succeeded"
+    problem = complete_run(tx, catalog, run, table, source, now, after)
+    return "run succeeded" + (f"; {problem}" if problem else "")
 
 
 def fail_run(deps: Dependencies, run_id: int, reason: str | None, token: str | None = None) -> dict[str, Any]:
@@ -91,7 +91,7 @@ def fail_run(deps: Dependencies, run_id: int, reason: str | None, token: str | N
             raise Conflict(f"run {run_id} is {run.status}, not in progress")
         if token is not None:
             check_token(tx, run, token)
-        table = catalog.names.get(run.table_id, str(run.table_id))
+        table = table_of(tx, catalog, run)
         now = deps.clock()
         message = reason or "reported as failed"
         failed = move(tx, after, run, FAILED, now, table, reason=message) or run

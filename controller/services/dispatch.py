@@ -19,14 +19,14 @@ from typing import Any
 from jinja2 import TemplateError
 
 from controller.core.catalog import Catalog
-from controller.core.effects import AfterCommit, TaskRequest
-from controller.core.records import TASK_SUCCEEDED, NewTask
+from controller.core.effects import AfterCommit, ScheduleRequest, TaskRequest, schedule_name
+from controller.core.records import TASK_FAILED, TASK_PENDING, TASK_SUCCEEDED, NewTask
 from controller.core.runs import CANCELLED, DISPATCHING, FAILED, RUNNING, SCHEDULED, Run, due
 from controller.core.specs import TableSpec
 from controller.core.templates import render_params
 from controller.services.ports import Transaction
-from controller.services.registering import ExecutionInput, register_in
-from controller.services.transitions import move
+from controller.services.registering import complete_run
+from controller.services.transitions import move, table_of
 
 logger = logging.getLogger("flux_control.runtime")
 
@@ -41,9 +41,10 @@ def claim(
         return "unknown", []
     if run.status != SCHEDULED:
         return f"ignored: run is {run.status}", []
-    if not due(run.fire_at, now):
-        return "ignored: not due yet (the run was pushed)", []
     table_name = catalog.names.get(run.table_id)
+    if not due(run.fire_at, now):
+        _rearm(tx, run, table_name, after)
+        return "ignored: not due yet (its schedule is written again)", []
     spec = catalog.table(table_name) if table_name else None
     if spec is None or table_name is None:
         name = tx.table_name(run.table_id) or str(run.table_id)
@@ -61,6 +62,14 @@ def claim(
         return _succeed_without_tasks(tx, catalog, claimed, table_name, now, after), []
     tx.add_tasks(claimed, [NewTask(r.alias, r.type, r.target, r.params) for r in requests])
     return "dispatching", requests
+
+
+def _rearm(tx: Transaction, run: Run, table_name: str | None, after: AfterCommit) -> None:
+    """An early fire (a stale schedule written before a push, or the scheduler early) dispatches
+    nothing: the schedule, which deleted itself by firing, is written again for the fire time."""
+    assert run.fire_at is not None  # a scheduled run has a fire time
+    name = run.schedule_name or schedule_name(run.id, table_name or tx.table_name(run.table_id) or "")
+    after.schedule.append(ScheduleRequest(name, run.id, run.fire_at))
 
 
 def _requests(tx: Transaction, spec: TableSpec, run: Run) -> list[TaskRequest]:
@@ -95,10 +104,10 @@ def _triggers(tx: Transaction, run_id: int) -> dict[str, list[dict[str, Any]]]:
 def _succeed_without_tasks(
     tx: Transaction, catalog: Catalog, run: Run, table: str, now: datetime, after: AfterCommit
 ) -> str:
-    """A table without tasks succeeds at once; its execution is registered and cascades."""
-    item = ExecutionInput(table, dict(run.partitions), "flux-control", run_id=run.id)
-    register_in(tx, catalog, [item], None, now, after)
-    return "succeeded: no tasks"
+    """A table without tasks succeeds at once; its execution is registered and cascades (or, when
+    its key no longer fits the table, it succeeds with that reason: :mod:`~controller.services.settling`)."""
+    problem = complete_run(tx, catalog, run, table, "flux-control", now, after)
+    return "succeeded: no tasks" + (f"; {problem}" if problem else "")
 
 
 def finish(
@@ -131,6 +140,38 @@ def finish(
     # Every task succeeded while the others were starting: the run succeeds now, as completion would
     # have made it (the source is the kind of the task that finished last).
     source = "step_function" if tasks[-1].type == "step_function" else "glue"
-    item = ExecutionInput(first.table, dict(running.partitions), source, run_id=run.id)
-    register_in(tx, catalog, [item], None, now, after)
-    return "succeeded: its tasks finished while it was dispatching"
+    problem = complete_run(tx, catalog, running, first.table, source, now, after)
+    return "succeeded: its tasks finished while it was dispatching" + (f"; {problem}" if problem else "")
+
+
+#: Why the sweep fails a run whose dispatch was interrupted before every task's start was recorded.
+STUCK_REASON = (
+    "dispatch was interrupted; whether its tasks started is unknown: check them, then retry the run"
+)
+
+
+def settle_interrupted(tx: Transaction, catalog: Catalog, run: Run, now: datetime, after: AfterCommit) -> str:
+    """Settle a dispatch that never ended (the Lambda died, or its connection at the last commit) from
+    what is stored: ``"settled"`` or ``"failed"``.
+
+    Every task's start recorded (or the task settled since): only the end was lost, and the run goes
+    on as :func:`finish` would have left it — running, or succeeded if every task finished. A task
+    whose start is not recorded may or may not have started: the run fails, for a person to check
+    (starting it again could run the job twice).
+    """
+    table = table_of(tx, catalog, run)
+    tasks = tx.tasks_of(run.id, run.attempt)
+    if not tasks or any(task.status == TASK_PENDING for task in tasks):
+        move(tx, after, run, FAILED, now, table, reason=STUCK_REASON)
+        return "failed"
+    failed = [task for task in tasks if task.status == TASK_FAILED]
+    if failed:
+        move(
+            tx, after, run, FAILED, now, table, reason=f"task {failed[0].alias} {failed[0].error or 'failed'}"
+        )
+        return "failed"
+    running = move(tx, after, run, RUNNING, now, table)
+    if running is not None and all(task.status == TASK_SUCCEEDED for task in tasks):
+        source = "step_function" if tasks[-1].type == "step_function" else "glue"
+        complete_run(tx, catalog, running, table, source, now, after)
+    return "settled"

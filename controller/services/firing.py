@@ -32,8 +32,20 @@ def perform(deps: Dependencies, work: Callable[[Transaction, AfterCommit], T]) -
         result, after = session.transact(work)
         carry_out(deps, after, session)
     for run_id in after.fire_now:
-        fire(deps, run_id)
+        fire_after_commit(deps, run_id)
     return result
+
+
+def fire_after_commit(deps: Dependencies, run_id: int) -> None:
+    """Fire a run a committed change made due now. Whatever goes wrong is logged and left to the
+    sweep (which fires overdue runs and settles interrupted dispatches): the change committed, so its
+    caller must hear that it did, or it would repeat it."""
+    try:
+        fire(deps, run_id)
+    except Exception:
+        logger.exception(
+            "the immediate fire failed after commit; the sweep will repair it", extra={"run_id": run_id}
+        )
 
 
 def fire(deps: Dependencies, run_id: int) -> str:
@@ -70,9 +82,14 @@ def record_start(deps: Dependencies, session: StoreSession, request: TaskRequest
 
 
 def refreshed(deps: Dependencies, summary: dict[str, Any]) -> dict[str, Any]:
-    """``summary`` with the run's status and fire time as they are now (after an immediate fire)."""
-    with deps.store.session() as session:
-        state = session.run_state(summary["id"])
+    """``summary`` with the run's status and fire time as they are now (after an immediate fire), or
+    as the committed change left it when they cannot be read (logged: the change did commit)."""
+    try:
+        with deps.store.session() as session:
+            state = session.run_state(summary["id"])
+    except Exception:
+        logger.exception("could not read the run again after commit", extra={"run_id": summary["id"]})
+        return summary
     if state is None:
         return summary
     status, fire_at = state

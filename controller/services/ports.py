@@ -65,8 +65,9 @@ class Transaction(Protocol):
         """Executions answering the probes, by table name (one statement whatever the history)."""
         ...
 
-    def executions_by_idempotency_key(self, pairs: set[tuple[int, str]]) -> list[StoredExecution]:
-        """Executions of these (table id, idempotency key) pairs."""
+    def executions_by_idempotency_key(self, keys: set[str]) -> list[StoredExecution]:
+        """The executions carrying these idempotency keys, whatever their table: at most one per key
+        (the database holds each key once)."""
         ...
 
     def runs_triggered_by(self, execution_ids: Sequence[int]) -> dict[int, list[Run]]:
@@ -199,6 +200,17 @@ class SweepReads(Protocol):
 
     def run_state(self, run_id: int) -> tuple[str, datetime | None] | None:
         """A run's status and fire time as they are now."""
+        ...
+
+    def leftover_schedules(self, limit: int) -> list[tuple[int, str, datetime]]:
+        """(run id, schedule name, fire time written) of runs no longer ``scheduled`` whose schedule
+        was written and not consumed by a fire (cancelled, or written after the run moved on), by id."""
+        ...
+
+    def forget_schedules(self, deleted: Sequence[tuple[int, datetime]]) -> None:
+        """The schedules of these (run id, fire time written) were deleted: forget them, only where
+        that is still the schedule written (one written again meanwhile is another leftover) and the
+        run is still not ``scheduled`` (one scheduled again keeps the schedule it needs)."""
         ...
 
 

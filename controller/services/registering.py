@@ -1,12 +1,14 @@
 """The registration inside a unit of work: record that tables produced partitions, complete the runs
 items name, and open the gates that opens. Used by ``register_execution`` and when a run succeeds.
 
-Items carrying a ``run_id`` complete that run (the path for SQS and Lambda tasks); items carrying an
-``idempotency_key`` seen before return the first registration and write nothing.
+Items carrying a ``run_id`` complete that run (the path for SQS and Lambda tasks); an item carrying
+an ``idempotency_key`` seen before returns the first registration and writes nothing when it is the
+same item (table and partitions), and is a 409 naming that registration when it is another.
 """
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -16,8 +18,9 @@ from controller.core.effects import AfterCommit, task_token
 from controller.core.errors import Conflict, Forbidden, NotFound, ServiceError, Unprocessable
 from controller.core.gates import Execution, GateLock, gate_locks, openings, probes
 from controller.core.keys import InvalidPartition, Key, key_text, make_key
-from controller.core.records import TASK_SUCCEEDED, NewExecution, partition_values
+from controller.core.records import TASK_SUCCEEDED, NewExecution, StoredExecution, partition_values
 from controller.core.runs import IN_PROGRESS_STATES, SUCCEEDED, Run
+from controller.services import settling
 from controller.services.answers import run_summary
 from controller.services.opening import Wanted, open_or_push
 from controller.services.ports import Transaction
@@ -64,12 +67,7 @@ def register_in(
     ``verified=False``: ``catalog`` may be stale; :class:`StaleCatalog` is raised, before anything is
     written, when it is (the gate-lock statement reads the newest revision) or when it refuses an item.
     """
-    try:
-        prepared = [_prepare(catalog, index, item) for index, item in enumerate(items)]
-    except ServiceError:
-        if not verified:
-            raise StaleCatalog from None  # the table may be newer than the cached definitions
-        raise
+    prepared, reports = _prepare_all(catalog, items, verified=verified)
     _reject_repeated_keys(prepared)
     _find_replays(tx, catalog, prepared)
     fresh = [p for p in prepared if p.replay is None]
@@ -84,7 +82,57 @@ def register_in(
     runs = open_or_push(tx, catalog, wanted, now, after) if wanted else []
     executions = [p.replay["execution"] if p.replay else _execution_out(p) for p in prepared]
     replayed_runs = [run for p in prepared if p.replay for run in p.replay["runs"]]
-    return {"executions": executions, "runs": runs + replayed_runs}
+    result: dict[str, Any] = {"executions": executions, "runs": runs + replayed_runs}
+    if reports:
+        result["not_registered"] = _settle_reports(tx, catalog, reports, now, after)
+    return result
+
+
+def _prepare_all(
+    catalog: Catalog, items: list[ExecutionInput], *, verified: bool
+) -> tuple[list[Prepared], list[tuple[int, ExecutionInput, ServiceError]]]:
+    """Each item prepared, but for completion reports (items with a ``run_id``) that the current
+    definitions refuse: those are returned with the refusal, for :func:`_settle_reports`."""
+    prepared: list[Prepared] = []
+    reports: list[tuple[int, ExecutionInput, ServiceError]] = []
+    for index, item in enumerate(items):
+        try:
+            prepared.append(_prepare(catalog, index, item))
+        except ServiceError as exc:
+            if not verified:
+                raise StaleCatalog from None  # the table may be newer than the cached definitions
+            if item.run_id is None:
+                raise
+            reports.append((index, item, exc))
+    return prepared, reports
+
+
+def _settle_reports(
+    tx: Transaction,
+    catalog: Catalog,
+    reports: list[tuple[int, ExecutionInput, ServiceError]],
+    now: datetime,
+    after: AfterCommit,
+) -> list[dict[str, Any]]:
+    """A run's task reported success, but the definitions changed since the run opened (its table
+    deleted, its partitions changed): the run succeeds without an execution, and its key is free.
+    An item that names no such run in progress of that table is refused as it would have been."""
+    runs = tx.lock_runs([item.run_id for _, item, _ in reports if item.run_id is not None])
+    settled: list[dict[str, Any]] = []
+    for index, item, refusal in reports:
+        run = runs.get(item.run_id or 0)
+        if run is None or run.status not in IN_PROGRESS_STATES:
+            raise refusal
+        if tx.table_name(run.table_id) != item.table_name:
+            raise refusal
+        problem = settling.registration_problem(catalog, item.table_name, run)
+        if problem is None:  # the run's key fits: the item's partitions are wrong, not the definitions
+            raise refusal
+        if item.token is not None:
+            check_token(tx, run, item.token, f"data[{index}]")
+        reason = settling.succeed_unregistered(tx, run, item.table_name, problem, now, after)
+        settled.append({"index": index, "run_id": run.id, "status": SUCCEEDED, "reason": reason})
+    return settled
 
 
 def _lock_gates(tx: Transaction, catalog: Catalog, fresh: list[Prepared]) -> int | None:
@@ -112,11 +160,13 @@ def _prepare(catalog: Catalog, index: int, item: ExecutionInput) -> Prepared:
 
 
 def _reject_repeated_keys(prepared: list[Prepared]) -> None:
-    seen: dict[tuple[int, str], int] = {}
+    """An idempotency key names one item: twice in one request it is refused, whatever the tables
+    (the second would be a replay of, or a conflict with, an item of the same answer)."""
+    seen: dict[str, int] = {}
     for p in prepared:
         if p.item.idempotency_key is None:
             continue
-        first = seen.setdefault((p.table_id, p.item.idempotency_key), p.index)
+        first = seen.setdefault(p.item.idempotency_key, p.index)
         if first != p.index:
             raise Unprocessable(
                 f"data[{p.index}]: idempotency_key {p.item.idempotency_key!r} is also used by data[{first}]",
@@ -141,21 +191,28 @@ def _execution_out(p: Prepared) -> dict[str, Any]:
 
 
 def _find_replays(tx: Transaction, catalog: Catalog, prepared: list[Prepared]) -> None:
-    """Items whose idempotency key was used before: answer with the first registration."""
-    keyed = {(p.table_id, p.item.idempotency_key): p for p in prepared if p.item.idempotency_key}
+    """Items whose idempotency key was used before. The key names one item, whatever the table: the
+    same table and partitions (compared canonical) are answered with the first registration; another
+    partition or another table is a :class:`Conflict` naming it, raised before anything is written.
+
+    Keys are unique within the request (:func:`_reject_repeated_keys`) and in the database (the
+    index ``uq_executions_idempotency``): a concurrent registration that takes a key after this
+    lookup makes this one's insert fail, and its retry finds that registration here.
+    """
+    keyed = {p.item.idempotency_key: p for p in prepared if p.item.idempotency_key is not None}
     if not keyed:
         return
-    found = {
-        (e.table_id, e.idempotency_key): e
-        for e in tx.executions_by_idempotency_key({(t, k) for t, k in keyed if k})
-        if (e.table_id, e.idempotency_key) in keyed
-    }
+    found = {e.idempotency_key: e for e in tx.executions_by_idempotency_key(set(keyed))}
     if not found:
         return
+    for key, p in keyed.items():  # in the items' order: the first item refused is the one named
+        first = found.get(key)
+        if first is not None and not _same_item(first, p):
+            raise _key_reused(tx, catalog, p, first)
     by_execution = tx.runs_triggered_by([e.id for e in found.values()])
     approvals = tx.newest_approvals([r.id for runs in by_execution.values() for r in runs])
-    for pair, execution in found.items():
-        p = keyed[pair]
+    for key, execution in found.items():
+        p = keyed[key]
         runs = [
             run_summary(
                 r.id,
@@ -169,6 +226,30 @@ def _find_replays(tx: Transaction, catalog: Catalog, prepared: list[Prepared]) -
         ]
         out = {"id": execution.id, "table_name": p.item.table_name, "partitions": execution.partitions}
         p.replay = {"execution": out, "runs": runs}
+
+
+def _same_item(first: StoredExecution, p: Prepared) -> bool:
+    """Whether the execution that took ``p``'s key registered the same item: its table, and its
+    partitions once canonical ("0202305" and 202305 are one value of an int partition)."""
+    return first.table_id == p.table_id and key_text(first.partitions) == key_text(p.key)
+
+
+def _key_reused(tx: Transaction, catalog: Catalog, p: Prepared, first: StoredExecution) -> Conflict:
+    """The 409 of an item whose idempotency key another item took: it names that registration (its
+    table may have been deleted since: its name is read then) and the item, so the caller can tell
+    a key collision from a changed payload."""
+    table = catalog.names.get(first.table_id) or tx.table_name(first.table_id) or f"#{first.table_id}"
+    return Conflict(
+        f"data[{p.index}]: idempotency_key {p.item.idempotency_key!r} was used by execution {first.id} "
+        f"(table {table}, partitions {_shown(first.partitions)}); this item is table "
+        f"{p.item.table_name}, partitions {_shown(p.key)}: a key names one registration item",
+        {"index": p.index, "execution_id": first.id, "table_name": table, "partitions": first.partitions},
+    )
+
+
+def _shown(partitions: Key) -> str:
+    """Partitions for a message, as JSON sorted by name: ``{"dt": "2026-01-01", "n": 7}``."""
+    return json.dumps(dict(sorted(partitions.items())), ensure_ascii=False)
 
 
 def _gate_openings(tx: Transaction, catalog: Catalog, fresh: list[Prepared]) -> list[Wanted]:
@@ -230,3 +311,16 @@ def check_token(tx: Transaction, run: Run, token: str, where: str = "") -> None:
             f"{prefix}the token is not one of run {run.id}'s current attempt ({run.attempt}): "
             "report with the flux.token the task was started with"
         )
+
+
+def complete_run(
+    tx: Transaction, catalog: Catalog, run: Run, table: str, source: str, now: datetime, after: AfterCommit
+) -> str | None:
+    """End ``run``, whose work is done, as succeeded: register its execution (``source``), which
+    cascades, or succeed it with the reason it cannot be registered (returned; None: registered)."""
+    problem = settling.registration_problem(catalog, table, run)
+    if problem is not None:
+        return settling.succeed_unregistered(tx, run, table, problem, now, after)
+    item = ExecutionInput(table, dict(run.partitions), source, run_id=run.id)
+    register_in(tx, catalog, [item], None, now, after)
+    return None

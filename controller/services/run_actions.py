@@ -21,7 +21,7 @@ from controller.services.dependencies import Dependencies
 from controller.services.firing import perform, refreshed
 from controller.services.opening import Wanted, open_or_push
 from controller.services.ports import Transaction
-from controller.services.transitions import move
+from controller.services.transitions import move, table_of
 
 
 def manual_run(
@@ -61,7 +61,7 @@ def cancel_run(deps: Dependencies, run_id: int, reason: str | None) -> dict[str,
     def work(tx: Transaction, after: AfterCommit) -> dict[str, Any]:
         catalog = deps.catalog(tx)
         run = _locked(tx, run_id)
-        table = catalog.names.get(run.table_id, str(run.table_id))
+        table = table_of(tx, catalog, run)
         if run.status not in CANCELLABLE_STATES:
             raise Conflict(
                 f"run {run_id} is {run.status}; only runs {' or '.join(CANCELLABLE_STATES)} can be cancelled"

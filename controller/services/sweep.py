@@ -2,23 +2,31 @@
 
 - scheduled runs whose schedule was never written (or is behind a push) get it written;
 - overdue scheduled runs (their schedule is missing or did not fire) are fired;
+- schedules that outlive their run (cancelled, or written after the run moved on) are deleted;
 - run events that could not be published are published;
-- runs stuck in ``dispatching`` (the Lambda died mid-dispatch) fail, to be retried by a person:
-  whether their tasks started is unknown, and starting them twice is worse than asking.
+- runs stuck in ``dispatching`` (the Lambda died mid-dispatch) are settled from what is stored: every
+  task's start recorded → ``running`` (or done); a task whose start is not recorded → ``failed``, to be
+  retried by a person: whether it started is unknown, and starting it twice is worse than asking.
+
+Each run is repaired in its own transaction (DESIGN §8): one that cannot be is cancelled or failed with
+the reason and its event, and the sweep goes on with the others. A database outage is not such a run:
+it stops the sweep (the scheduler runs it again), with nothing given up.
 """
 
 from __future__ import annotations
 
 import logging
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 from controller.core.effects import AfterCommit, ScheduleRequest, schedule_name
-from controller.core.runs import FAILED
+from controller.core.errors import Unavailable
+from controller.core.runs import CANCELLED, DISPATCHING, FAILED, SCHEDULED
+from controller.services import dispatch
 from controller.services.after_commit import put_schedules, record_done
 from controller.services.dependencies import Dependencies
 from controller.services.firing import fire, perform
 from controller.services.ports import Transaction
-from controller.services.transitions import move
+from controller.services.transitions import move, table_of
 
 logger = logging.getLogger("flux_control.runtime")
 
@@ -27,36 +35,90 @@ STUCK_DISPATCH = timedelta(minutes=15)
 #: Events this recent may still be published by the request that wrote them.
 OUTBOX_GRACE = timedelta(seconds=30)
 BATCH = 500
-STUCK_REASON = (
-    "dispatch was interrupted; whether its tasks started is unknown: check them, then retry the run"
-)
+GAVE_UP = "the sweep could not fire it: "
 
 
 def sweep(deps: Dependencies) -> dict[str, int]:
     """One pass of every repair; returns how many of each it did."""
     now = deps.clock()
-    with deps.store.session() as session:
-        unsynced = session.unsynced_runs(now + OVERDUE_GRACE, BATCH)
-        overdue = session.overdue_runs(now - OVERDUE_GRACE, BATCH)
-        synced: list[ScheduleRequest] = []
-        if unsynced:
-            catalog, _ = session.transact(lambda tx, _after: deps.catalog(tx))
-            requests = [
-                ScheduleRequest(schedule_name(i, catalog.names.get(t, str(t))), i, f) for i, t, f in unsynced
-            ]
-            synced = put_schedules(deps, requests)
-            record_done(deps, session, synced, None)
-    fired = sum(1 for run_id in overdue if fire(deps, run_id) != "unknown")
+    written = _write_unsynced(deps, now)
+    fired, given_up = _fire_overdue(deps, now)
+    deleted = _delete_leftover_schedules(deps)
     published = _publish_outbox(deps)
-    stuck = perform(deps, lambda tx, after: _fail_stuck(tx, deps, after))
+    settled, stuck = _settle_stuck(deps, now)
     counts = {
-        "schedules_written": len(synced),
+        "schedules_written": written,
         "overdue_fired": fired,
+        "overdue_given_up": given_up,
+        "schedules_deleted": deleted,
         "events_published": published,
+        "stuck_settled": settled,
         "stuck_failed": stuck,
     }
     logger.info("sweep done", extra=counts)
     return counts
+
+
+def _write_unsynced(deps: Dependencies, now: datetime) -> int:
+    with deps.store.session() as session:
+        unsynced = session.unsynced_runs(now + OVERDUE_GRACE, BATCH)
+        if not unsynced:
+            return 0
+        catalog, _ = session.transact(lambda tx, _after: deps.catalog(tx))
+        requests = [
+            ScheduleRequest(schedule_name(i, catalog.names.get(t, str(t))), i, f) for i, t, f in unsynced
+        ]
+        synced = put_schedules(deps, requests)
+        record_done(deps, session, synced, None)
+    return len(synced)
+
+
+def _fire_overdue(deps: Dependencies, now: datetime) -> tuple[int, int]:
+    """Fire each overdue run on its own; one whose fire raises is cancelled with the reason."""
+    with deps.store.session() as session:
+        overdue = session.overdue_runs(now - OVERDUE_GRACE, BATCH)
+    outcomes = [_fire_one(deps, run_id) for run_id in overdue]
+    return sum(o == "fired" for o in outcomes), sum(o == "given up" for o in outcomes)
+
+
+def _fire_one(deps: Dependencies, run_id: int) -> str:
+    try:
+        return "fired" if fire(deps, run_id) != "unknown" else "unknown"
+    except Unavailable:
+        raise  # the database, not the run: nothing is given up, the next sweep tries again
+    except Exception as exc:
+        logger.exception("the sweep could not fire a run; it is cancelled", extra={"run_id": run_id})
+        error = str(exc) or type(exc).__name__
+    cancelled = perform(deps, lambda tx, after: _give_up(tx, deps, run_id, error, after))
+    return "given up" if cancelled else "moved on"
+
+
+def _give_up(tx: Transaction, deps: Dependencies, run_id: int, error: str, after: AfterCommit) -> bool:
+    """Cancel a scheduled run the sweep cannot fire (a dispatching one is the stuck pass's)."""
+    run = tx.lock_run(run_id)
+    if run is None or run.status != SCHEDULED:
+        return False
+    table = table_of(tx, deps.catalog(tx), run)
+    return move(tx, after, run, CANCELLED, deps.clock(), table, reason=GAVE_UP + error) is not None
+
+
+def _delete_leftover_schedules(deps: Dependencies) -> int:
+    """Delete the schedules of runs that left ``scheduled`` without a fire consuming them."""
+    with deps.store.session() as session:
+        leftovers = session.leftover_schedules(BATCH)
+        deleted: list[tuple[int, datetime]] = []
+        for run_id, name, written in leftovers:
+            try:
+                deps.scheduler.delete(name)  # idempotent: a schedule already gone is not an error
+            except Exception:
+                logger.exception(
+                    "could not delete a leftover schedule; the next sweep will retry",
+                    extra={"schedule": name},
+                )
+                continue
+            deleted.append((run_id, written))
+        session.forget_schedules(deleted)
+    return len(deleted)
 
 
 def _publish_outbox(deps: Dependencies) -> int:
@@ -76,20 +138,39 @@ def _publish_outbox(deps: Dependencies) -> int:
     return len(rows)
 
 
-def _fail_stuck(tx: Transaction, deps: Dependencies, after: AfterCommit) -> int:
+def _settle_stuck(deps: Dependencies, now: datetime) -> tuple[int, int]:
+    """Settle each run stuck in ``dispatching`` on its own, from what is stored of its tasks."""
+    before = now - STUCK_DISPATCH
+    stuck = perform(deps, lambda tx, _after: [run.id for run in tx.stuck_dispatching(before, BATCH)])
+    outcomes = [_settle_stuck_one(deps, run_id, before) for run_id in stuck]
+    return outcomes.count("settled"), outcomes.count("failed")
+
+
+def _settle_stuck_one(deps: Dependencies, run_id: int, before: datetime) -> str:
+    try:
+        return perform(deps, lambda tx, after: _settle_one(tx, deps, run_id, before, after))
+    except Unavailable:
+        raise
+    except Exception as exc:
+        logger.exception("the sweep could not settle a stuck run; it fails", extra={"run_id": run_id})
+        error = str(exc) or type(exc).__name__
+    return perform(deps, lambda tx, after: _fail_stuck(tx, deps, run_id, error, after))
+
+
+def _settle_one(
+    tx: Transaction, deps: Dependencies, run_id: int, before: datetime, after: AfterCommit
+) -> str:
+    run = tx.lock_run(run_id)
+    if run is None or run.status != DISPATCHING or run.updated_at > before:
+        return "moved on"
     catalog = deps.catalog(tx)
-    now = deps.clock()
-    stuck = tx.stuck_dispatching(now - STUCK_DISPATCH, BATCH)
-    failed = [
-        move(
-            tx,
-            after,
-            run,
-            FAILED,
-            now,
-            catalog.names.get(run.table_id, str(run.table_id)),
-            reason=STUCK_REASON,
-        )
-        for run in stuck
-    ]
-    return sum(1 for run in failed if run is not None)
+    return dispatch.settle_interrupted(tx, catalog, run, deps.clock(), after)
+
+
+def _fail_stuck(tx: Transaction, deps: Dependencies, run_id: int, error: str, after: AfterCommit) -> str:
+    run = tx.lock_run(run_id)
+    if run is None or run.status != DISPATCHING:
+        return "moved on"
+    table = table_of(tx, deps.catalog(tx), run)
+    move(tx, after, run, FAILED, deps.clock(), table, reason=f"the sweep could not settle it: {error}")
+    return "failed"

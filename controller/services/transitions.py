@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from datetime import datetime
 
+from controller.core.catalog import Catalog
 from controller.core.effects import AfterCommit
 from controller.core.runs import Run, transition
 from controller.services.ports import Transaction
@@ -29,3 +30,8 @@ def move(
         return None
     after.events.append(change.event)
     return change.applied_to(run)
+
+
+def table_of(tx: Transaction, catalog: Catalog, run: Run) -> str:
+    """The name of ``run``'s table, for its events and answers: live, or deleted by a reconcile."""
+    return catalog.names.get(run.table_id) or tx.table_name(run.table_id) or str(run.table_id)
