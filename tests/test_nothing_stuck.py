@@ -204,49 +204,51 @@ def test_a_run_id_report_for_a_deleted_table_settles_the_run(flux: Lambda, engin
 # --- an interrupted dispatch whose task ids committed -------------------------------------------------
 
 
-def test_a_dispatch_interrupted_after_its_tasks_started_is_settled_running_not_unknown(
-    flux: Lambda, engine: Engine, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def interrupted_fire(
+    flux: Lambda, monkeypatch: pytest.MonkeyPatch, owner: object, step: str, error: Exception
+) -> dict[str, Any]:
+    """A due run of ``down`` whose fire dies at ``owner.step`` (raising ``error``), then 15 minutes:
+    the run as the sweep finds it, stuck in ``dispatching``."""
     run = run_of(flux, "down", register(flux, "up_b")["runs"])
     flux.clock.advance(60)
 
-    def lost(*_args: Any) -> str:
-        raise Unavailable("the connection was lost while committing")
+    def dies(*_args: Any) -> None:
+        raise error
 
     with monkeypatch.context() as patch:
-        patch.setattr(dispatch, "finish", lost)
-        with pytest.raises(Unavailable):
+        patch.setattr(owner, step, dies)
+        with pytest.raises(type(error)):
             flux.invoke({"flux_action": "fire", "run_id": run["id"]})
-    stuck = detail(flux, run["id"])
-    assert stuck["status"] == "dispatching" and stuck["tasks"][0]["external_id"]
     flux.clock.advance(15 * 60)
+    stuck = detail(flux, run["id"])
+    assert stuck["status"] == "dispatching"
+    return stuck
+
+
+def test_a_dispatch_interrupted_after_its_tasks_started_is_settled_running_not_unknown(
+    flux: Lambda, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    lost = Unavailable("the connection was lost while committing")
+    stuck = interrupted_fire(flux, monkeypatch, dispatch, "finish", lost)
+    job_run_id = stuck["tasks"][0]["external_id"]
+    assert job_run_id  # its start was recorded: only the dispatch's end was lost
 
     counts = flux.invoke({"flux_action": "sweep"})
 
     assert (counts["stuck_settled"], counts["stuck_failed"]) == (1, 0)
-    assert detail(flux, run["id"])["status"] == "running"
+    assert detail(flux, stuck["id"])["status"] == "running"
     assert len(glue_runs()) == 1  # never started twice
-    job_run_id = stuck["tasks"][0]["external_id"]
     assert flux.invoke(glue_event("job-down", job_run_id, "SUCCEEDED"))["status"] == "run succeeded"
 
 
 def test_a_dispatch_interrupted_before_a_start_was_recorded_still_fails_as_unknown(
     flux: Lambda, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    run = run_of(flux, "down", register(flux, "up_b")["runs"])
-    flux.clock.advance(60)
-
-    def died(*_args: Any) -> None:
-        raise RuntimeError("the Lambda died before recording the start")
-
-    with monkeypatch.context() as patch:
-        patch.setattr(firing, "record_start", died)
-        with pytest.raises(RuntimeError):
-            flux.invoke({"flux_action": "fire", "run_id": run["id"]})
-    flux.clock.advance(15 * 60)
+    died = RuntimeError("the Lambda died before recording the start")
+    stuck = interrupted_fire(flux, monkeypatch, firing, "record_start", died)
 
     assert flux.invoke({"flux_action": "sweep"})["stuck_failed"] == 1
-    failed = detail(flux, run["id"])
+    failed = detail(flux, stuck["id"])
     assert (failed["status"], failed["error"]) == ("failed", STUCK_REASON)
 
 
