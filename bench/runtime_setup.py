@@ -201,7 +201,7 @@ class NullScheduler:
 
 class NullTasks:
     def start(self, request: Any) -> str:
-        return f"local-{request.token}"
+        return f"local-{request.dispatch_id}"
 
 
 class NullEvents:

@@ -15,6 +15,8 @@ from collections.abc import Callable
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
+from controller.core.access import own_account_from
+
 if TYPE_CHECKING:
     from sqlalchemy import Engine
 
@@ -64,6 +66,7 @@ def _build() -> Dependencies:
         EventBridgePublisher(settings),
         trust_body_user=truthy(os.environ.get("FLUX_TRUST_BODY_USER")),
         current_url=current_url,
+        function_arn=settings.function_arn,
     )
 
 
@@ -76,10 +79,12 @@ def dependencies_for(
     clock: Callable[[], datetime] | None = None,
     trust_body_user: bool = False,
     current_url: Callable[[], str] | None = None,
+    function_arn: str | None = None,
 ) -> Dependencies:
     """The services' dependencies on ``engine``'s database with these AWS ports (``serve``, tests,
     benchmarks). ``current_url`` gives the URL new PostgreSQL store connections open (credentials that
-    rotate); by default the engine's."""
+    rotate); by default the engine's. ``function_arn`` (by default ``FLUX_FUNCTION_ARN``) gives the
+    function's own account."""
     # SQLAlchemy and the services load with the first request that needs them (the cold start).
     from controller.db.reads import SqlReads
     from controller.services.dependencies import Dependencies
@@ -91,6 +96,7 @@ def dependencies_for(
         tasks=tasks,
         events=events,
         trust_body_user=trust_body_user,
+        own_account=own_account_from(function_arn or os.environ.get("FLUX_FUNCTION_ARN")),
     )
     if clock is not None:
         built.clock = clock

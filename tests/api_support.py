@@ -13,6 +13,7 @@ from tests.factories import table_doc
 from tests.runtime_support import (
     ACCOUNT,
     REGION,
+    TESTER,
     Lambda,
     partitions,
 )
@@ -35,7 +36,8 @@ TABLES = [
     table_doc(
         "tb_manual", partitions=MONTH, tasks=[{"alias": "load", "type": "glue", "target": "job-manual"}]
     ),
-    table_doc("tb_gated", partitions=MONTH, requires_approval=True, approvers=["ana"]),
+    # The tests' default caller operates it (manual runs, cancels, retries); only ana approves.
+    table_doc("tb_gated", partitions=MONTH, requires_approval=True, approvers=["ana"], operators=[TESTER]),
     table_doc("tb_open_gate", partitions=MONTH, requires_approval=True),
     table_doc(
         "tb_queue",
@@ -72,7 +74,11 @@ def api_event(
     authorizer: dict[str, Any] | None = None,
     identity: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """An API Gateway REST proxy event, shaped like ``Lambda.call``'s, with a settable request context."""
+    """An API Gateway REST proxy event, shaped like ``Lambda.call``'s, with a settable request context:
+    from :data:`TESTER` (a Cognito user) unless ``authorizer`` or ``identity`` says otherwise
+    (``authorizer={}``: no identity at all)."""
+    if authorizer is None and identity is None:
+        authorizer = {"claims": {"cognito:username": TESTER}}
     text = raw_body if raw_body is not None else (json.dumps(body) if body is not None else "")
     return to_event(
         method,
@@ -99,10 +105,10 @@ def error_of(
     body: Any = None,
     *,
     raw_body: str | None = None,
-    user: str | None = None,
+    user: str | None = TESTER,
 ) -> tuple[int, dict[str, Any]]:
     """Send a request that must fail; checks the error model and returns (status, the error object)."""
-    authorizer = {"claims": {"cognito:username": user}} if user else None
+    authorizer = {"claims": {"cognito:username": user}} if user else {}
     status, raw = send(flux, api_event(method, path, body, raw_body=raw_body, authorizer=authorizer))
     assert "Traceback" not in raw
     assert 'File "' not in raw

@@ -33,7 +33,7 @@ from controller.db.run_models import ApprovalRow, RunRow, TaskDispatchRow
 from controller.services import approvals, completion, firing, run_actions, sweep
 from controller.services.dependencies import Dependencies
 from controller.services.registration import ExecutionInput, register_executions
-from tests.factories import table_doc
+from tests.factories import person, table_doc
 
 START = datetime(2026, 11, 29, 12, 0, tzinfo=UTC)
 SEED = 20261129
@@ -285,12 +285,12 @@ class SharedTasks:
 
     def start(self, request: TaskRequest) -> str:
         # Refused only, never lost: a start whose answer is lost fails the run while its task runs,
-        # a case of its own (the task's idempotency token), not one this soak's invariants judge.
+        # a case of its own (the start's idempotency), not one this soak's invariants judge.
         if self.faults.refused():
             raise TaskStartError(f"{request.type} {request.target}: injected: ThrottlingException")
         self.faults.wait()
         self.aws.record_start(request.run_id, request.attempt, request.alias)
-        return f"ext-{request.token}"
+        return f"ext-{request.dispatch_id}"
 
 
 @dataclass
@@ -381,7 +381,7 @@ class Soak:
         pending = self.rows(select(ApprovalRow.id).where(ApprovalRow.status == "pending").limit(20))
         if pending:
             (approval_id,) = rng.choice(pending)
-            approvals.decide(self.deps, approval_id, "alice", rng.random() < 0.8, "chaos")
+            approvals.decide(self.deps, approval_id, person("alice"), rng.random() < 0.8, "chaos")
 
     def cancel(self, rng: random.Random) -> None:
         # Mostly the approved table's runs changed last (just approved, or pushed by a registration):

@@ -9,6 +9,7 @@ from typing import Any
 
 from sqlalchemy import event
 
+from controller.core.access import Caller
 from controller.core.plans import TableState, state_of
 from controller.core.specs import TableSpec
 from controller.files.validation import validate_directory
@@ -111,3 +112,8 @@ class StatementLog:
 
 def same_state(actual: Mapping[str, TableState], expected: Mapping[str, TableState]) -> bool:
     return dict(actual) == dict(expected)
+
+
+def person(name: str) -> Caller:
+    """A caller signed in by name (a Cognito user), as the API would pass one to the services."""
+    return Caller(name, kind="cognito")

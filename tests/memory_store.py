@@ -810,6 +810,7 @@ class MemoryTransaction:
                 None,
                 None,
                 None,
+                new.token,
             )
             data.task_requests[task_id] = json.loads(json.dumps(new.request))
 
@@ -957,8 +958,10 @@ class MemoryReads:
                 return None
             names = definitions.names()
             approvals = [a for a in data.approvals.values() if a.run_id == run_id]
+            # As SqlReads: without their tokens, which no read route shows.
             tasks = sorted(
-                (t for t in data.tasks.values() if t.run_id == run_id), key=lambda t: (t.attempt, t.id)
+                (replace(t, token=None) for t in data.tasks.values() if t.run_id == run_id),
+                key=lambda t: (t.attempt, t.id),
             )
             executions = sorted(
                 (data.executions[e] for r, e in data.triggers if r == run_id), key=lambda e: e.id
@@ -969,6 +972,11 @@ class MemoryReads:
                 max(approvals, key=lambda a: a.id) if approvals else None,
                 tasks,
                 [(e.id, names[e.table_id], dict(e.partitions)) for e in executions],
+                [
+                    r.event
+                    for r in sorted(data.outbox.values(), key=lambda r: r.id)
+                    if r.event.run_id == run_id
+                ],
             )
 
         return self._store.read_with("run_detail", read)

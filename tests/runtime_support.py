@@ -49,6 +49,11 @@ class Clock:
         self.now += timedelta(seconds=seconds)
 
 
+#: Who the tests' requests come from unless they say otherwise (``user=None``: no identity at all);
+#: every write needs an identified caller (DESIGN §7).
+TESTER = "tester"
+
+
 @dataclass
 class Lambda:
     """The handler with moto behind it; ``call`` sends API Gateway REST proxy events."""
@@ -64,7 +69,7 @@ class Lambda:
         body: Any = None,
         *,
         query: dict[str, str] | None = None,
-        user: str | None = None,
+        user: str | None = TESTER,
         raw_body: str | None = None,
     ) -> tuple[int, dict[str, Any]]:
         self.requests += 1
@@ -186,6 +191,14 @@ def sfn_event(execution_arn: str, status: str) -> dict[str, Any]:
         "detail-type": "Step Functions Execution Status Change",
         "detail": {"executionArn": execution_arn, "status": status},
     }
+
+
+def stored_token(flux: Lambda, run_id: int, alias: str, attempt: int = 1) -> str | None:
+    """The token task ``alias`` of the run's ``attempt`` was recorded (and started) with."""
+    with flux.deps.store.session() as session:
+        tasks, _ = session.transact(lambda tx, _after: tx.tasks_of(run_id, attempt))
+    [task] = [t for t in tasks if t.alias == alias]
+    return task.token
 
 
 def partitions(**values: Any) -> list[dict[str, Any]]:

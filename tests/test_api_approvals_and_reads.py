@@ -32,11 +32,12 @@ def flux(engine: Engine, monkeypatch: pytest.MonkeyPatch) -> Iterator[Lambda]:
 
 def test_approving_without_a_caller_identity_is_403(flux: Lambda) -> None:
     run = manual(flux, "tb_gated", 202305)
-    status, error = error_of(flux, "POST", "/approve", {"approval_status_id": run["approval_id"]})
+    status, error = error_of(flux, "POST", "/approve", {"approval_status_id": run["approval_id"]}, user=None)
     assert (status, error["code"]) == (403, "forbidden")
     # Even for a table without approvers: deciding needs someone.
     open_run = manual(flux, "tb_open_gate", 202305)
-    status, error = error_of(flux, "POST", "/reject", {"approval_status_id": open_run["approval_id"]})
+    body = {"approval_status_id": open_run["approval_id"]}
+    status, error = error_of(flux, "POST", "/reject", body, user=None)
     assert (status, error["code"]) == (403, "forbidden")
     assert flux.ok("GET", "/approvals", query={"status": "pending"})["approvals"] != []
 

@@ -322,6 +322,18 @@ NASTY_TEXT = st.one_of(
     st.sampled_from(["", " ", "\t\n\r", "' OR 1=1 --", "{{ 7*7 }}", "Ω≈ç√", "🦆" * 3, "\u202e", "\ufeff"]),
     st.text(alphabet=st.characters(max_codepoint=0x1F), max_size=8),
 )
+#: Entries of approvers, producers and operators: each form of DESIGN §7, near misses, anything.
+PRINCIPALS = NASTY_TEXT | st.sampled_from(
+    [
+        "group:",
+        "group:data-platform",
+        "arn:aws:iam::123456789012:role/glue-etl",
+        "arn:aws:iam::123456789012:role/",
+        "arn:aws:sts::123456789012:assumed-role/glue-etl/s",
+        "arn:",
+        "arn:aws:iam::123456789012:user/ana\x00",
+    ]
+)
 HUGE = st.sampled_from([2**31, 2**63 - 1, 2**63, -(2**63) - 1, 10**30, 10**300])
 PARTITION_VALUES = st.one_of(
     st.integers(min_value=-(10**6), max_value=10**7),
@@ -625,6 +637,8 @@ PAYLOAD_TABLES = st.fixed_dictionaries(
         "debounce_seconds": st.one_of(st.integers(), HUGE, st.floats(), NASTY_TEXT),
         "requires_approval": JSON_SCALARS,
         "approvers": st.lists(NASTY_TEXT, max_size=2),
+        "producers": st.lists(PRINCIPALS, max_size=2),
+        "operators": st.lists(PRINCIPALS, max_size=2),
     },
 )
 PAYLOADS = st.one_of(

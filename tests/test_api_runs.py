@@ -34,6 +34,7 @@ from tests.runtime_support import (
     running_lambda,
     schedule_of,
     schedules,
+    stored_token,
 )
 
 
@@ -120,10 +121,11 @@ def test_a_manual_run_fires_now_and_dispatches_in_the_same_request(flux: Lambda)
     )
     assert run["approval_id"] is None
     [job_run] = glue_runs("job-manual")
+    token = stored_token(flux, run["id"], "load")
     assert job_run["Arguments"] == {
         "--ano_mes": "202305",
         "--flux_run_id": str(run["id"]),
-        "--flux_token": f"flux-{run['id']}-1-load",
+        "--flux_token": token,
     }
     detail = run_detail(flux, run["id"])
     assert detail["status"] == "running"
@@ -260,7 +262,7 @@ def test_a_completion_report_with_a_token_must_carry_the_current_attempts(flux: 
         sent = json.loads(message["Body"])["flux"]
         tokens[sent["run_id"]] = sent["token"]
     done = {**item("tb_queue", source="consumer", ano_mes=202305), "run_id": run["id"]}
-    for wrong in (tokens[other["id"]], f"flux-{run['id']}-0-notify", "guess"):
+    for wrong in (tokens[other["id"]], f"flux-{run['id']}-1-notify", "guess"):
         status, error = error_of(flux, "POST", "/register_execution", {"data": [{**done, "token": wrong}]})
         assert (status, error["code"]) == (403, "forbidden"), wrong
         assert "is not one of run" in error["message"]

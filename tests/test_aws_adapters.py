@@ -34,6 +34,8 @@ SETTINGS = AwsSettings(
 )
 FIRE_AT = datetime(2026, 11, 29, 12, 5, 30, tzinfo=UTC)
 KEY: Key = {"dt": "2026-11-29", "region": "sa"}
+#: The task's token (random in a dispatch: ``secrets.token_urlsafe(32)``).
+TOKEN = "Zq3x-secret-of-run-42-attempt-1-enrich_0123456"
 #: What a task receives besides its params, to report completion.
 FLUX = {
     "run_id": 42,
@@ -41,7 +43,7 @@ FLUX = {
     "table": "tb_op_enriquecido",
     "alias": "enrich",
     "partitions": KEY,
-    "token": "flux-42-1-enrich",
+    "token": TOKEN,
 }
 
 
@@ -61,7 +63,7 @@ def aws(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
 
 def task(type_: str, target: str, **params: Any) -> TaskRequest:
     """Run 42, attempt 1, of tb_op_enriquecido for dt=2026-11-29, region=sa."""
-    return TaskRequest(42, 1, "tb_op_enriquecido", "enrich", type_, target, KEY, params)
+    return TaskRequest(42, 1, "tb_op_enriquecido", "enrich", type_, target, KEY, params, token=TOKEN)
 
 
 # --- clients and settings -----------------------------------------------------------------------------
@@ -198,7 +200,7 @@ def test_glue_job_run_gets_string_arguments_with_params_over_partitions() -> Non
     run_id = AwsTaskStarter().start(request)
     arguments = glue.get_job_run(JobName="job-enrich", RunId=run_id)["JobRun"]["Arguments"]
     expected = {"--dt": "2026-11-29", "--region": "br", "--flux_run_id": "42", "--full": "true", "--n": "3"}
-    expected["--flux_token"] = "flux-42-1-enrich"
+    expected["--flux_token"] = TOKEN
     assert arguments == {**expected, "--cfg": '{"a": [1]}'}
 
 
@@ -231,13 +233,14 @@ def test_step_function_execution_has_a_deterministic_name_and_the_run_in_its_inp
     # Once the first execution is no longer running, AWS answers ExecutionAlreadyExists.
     boto3.client("stepfunctions").stop_execution(executionArn=arn)
     assert starter.start(request) == arn
+    # The name comes from the dispatch id, not from the token: the ARN is stored and shown.
     assert arn == f"arn:aws:states:us-east-1:{ACCOUNT}:execution:sm:flux-42-1-enrich"
 
 
-def test_long_tokens_give_distinct_valid_execution_names(state_machine: str) -> None:
+def test_long_dispatch_ids_give_distinct_valid_execution_names(state_machine: str) -> None:
     sfn, names = boto3.client("stepfunctions"), set()
     for alias in ("a" * 63 + "x", "a" * 63 + "y"):
-        request = TaskRequest(10**12, 3, "t", alias, "step_function", state_machine, {})
+        request = TaskRequest(10**12, 3, "t", alias, "step_function", state_machine, {}, token=TOKEN)
         names.add(sfn.describe_execution(executionArn=AwsTaskStarter().start(request))["name"])
     assert len(names) == 2 and all(len(name) == 80 for name in names)
     assert execution_arn(f"{state_machine}:prod", "n") == f"arn:aws:states:us-east-1:{ACCOUNT}:execution:sm:n"
@@ -253,7 +256,7 @@ def test_sqs_standard_queue_gets_the_payload() -> None:
     assert "MessageGroupId" not in message["Attributes"]
 
 
-def test_sqs_fifo_queue_groups_by_table_and_deduplicates_by_token() -> None:
+def test_sqs_fifo_queue_groups_by_table_and_deduplicates_by_the_dispatch_id() -> None:
     sqs = boto3.client("sqs")
     url = sqs.create_queue(QueueName="jobs.fifo", Attributes={"FifoQueue": "true"})["QueueUrl"]
     starter, request = AwsTaskStarter(), task("sqs", url)

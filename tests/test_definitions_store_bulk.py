@@ -55,6 +55,8 @@ def tricky_documents() -> list[dict[str, Any]]:
             owner="squad-ç",
             requires_approval=True,
             approvers=["ana", "joão"],
+            producers=["arn:aws:iam::123456789012:role/glue-etl", "Maria José"],
+            operators=["group:squad-ç"],
             debounce_seconds=0,
             max_wait_seconds=3600,
             dependencies=[
@@ -105,7 +107,7 @@ def test_updates_deletes_creates_and_revivals_through_the_bulk_paths(engine: Eng
         ids_before = dict(session.execute(select(TableRow.name, TableRow.id)).all())
     changed = dict(first)
     changed["t00003"] = {**first["t00003"], "description": "nova ç", "owner": "x", "max_wait_seconds": 90}
-    changed["t00004"] = {**first["t00004"], "tasks": [], "approvers": ["a"]}
+    changed["t00004"] = {**first["t00004"], "tasks": [], "approvers": ["a"], "producers": ["p"]}
     del changed["t00039"]  # nothing depends on the last one
     changed["t_new"] = states([table_doc("t_new", dependencies=[{"dependency_name": "t00001"}])])["t_new"]
     outcome = do_apply(engine, changed)

@@ -51,6 +51,7 @@ from tests.runtime_support import (
     schedule_of,
     schedules,
     sfn_event,
+    stored_token,
 )
 
 JOB = "job-load"
@@ -505,7 +506,7 @@ def test_glue_start_that_timed_out_after_starting_the_job_is_found_not_repeated(
     faults.plan("StartJobRun", "applied_read_timeout", service="glue")
     run = manual(aws, "glued")
     [job_run] = glue_runs()
-    assert job_run["Arguments"]["--flux_token"] == f"flux-{run['id']}-1-load"
+    assert job_run["Arguments"]["--flux_token"] == stored_token(aws, run["id"], "load")
     assert (faults.attempts["StartJobRun"], faults.attempts["GetJobRuns"]) == (1, 1)
     assert run["status"] == "running"
     assert [t["external_id"] for t in run_of(aws, run["id"])["tasks"]] == [job_run["Id"]]
@@ -540,7 +541,8 @@ def test_glue_start_that_keeps_failing_ambiguously_fails_the_run_with_what_is_kn
     assert (faults.attempts["StartJobRun"], faults.attempts["GetJobRuns"]) == (3, 3)
     error = run_of(aws, run["id"])["error"]
     assert run["status"] == "failed"
-    assert f"3 calls; no run of the job carries --flux_token flux-{run['id']}-1-load" in error
+    assert "3 calls; no run of the job carries this start's --flux_token" in error
+    assert str(stored_token(aws, run["id"], "load")) not in error  # the token is the task's secret
     assert glue_runs() == []
 
     # When even looking fails, the run fails saying so (a person checks the job, then retries).
@@ -587,7 +589,7 @@ def test_sqs_fifo_send_repeated_after_a_timeout_is_deduplicated(aws: Lambda, fau
     run = manual(aws, "fifo")
     assert faults.attempts["SendMessage"] == 2
     [message] = messages(FIFO_URL)
-    assert json.loads(message["Body"])["flux"]["token"] == f"flux-{run['id']}-1-notify"
+    assert json.loads(message["Body"])["flux"]["token"] == stored_token(aws, run["id"], "notify")
     assert run["status"] == "running"
 
 
@@ -601,7 +603,7 @@ def test_lambda_invoke_repeated_after_a_timeout_carries_the_same_token_and_repor
     run = manual(aws, "invoked")
     assert faults.attempts["Invoke"] == 2
     first, second = (invoked_flux(body) for body in faults.bodies["Invoke"])
-    assert first == second and first["token"] == f"flux-{run['id']}-1-consume"
+    assert first == second and first["token"] == stored_token(aws, run["id"], "consume")
     done = {"table_name": "invoked", "partitions": partitions(dt=DAY), "run_id": run["id"]}
     aws.ok("POST", "/register_execution", {"data": [done]})
     status, error = error_answer(aws, "POST", "/register_execution", {"data": [done]})

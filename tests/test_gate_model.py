@@ -38,6 +38,7 @@ from controller.files.validation import validate_sources
 from controller.files.yaml_documents import parse_bytes
 from controller.reconciler import apply
 from controller.services.registration import ExecutionInput, register_executions
+from tests.factories import person
 from tests.gate_reference import FrozenKey, Registered, freeze, key_of, opened_by, tables_from
 
 START = datetime(2026, 11, 29, 12, 0, tzinfo=UTC)
@@ -208,7 +209,7 @@ def check_against_database(engine: Engine, documents: list[dict[str, Any]], requ
         history.extend(batch)  # the items of one request see each other
         expected = set().union(*(opened_by(tables, e, history) for e in batch))
         answer = register_executions(
-            deps, [ExecutionInput(t, values, "model") for t, values in request], user="model"
+            deps, [ExecutionInput(t, values, "model") for t, values in request], person("model")
         )
         assert [(e["table_name"], freeze(e["partitions"])) for e in answer["executions"]] == [
             (e.table, e.key) for e in batch

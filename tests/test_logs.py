@@ -92,9 +92,10 @@ def test_an_api_request_writes_one_access_line(flux: Lambda, output: io.StringIO
 
 def test_refused_and_unknown_requests_are_logged_too(flux: Lambda, output: io.StringIO) -> None:
     records(output)
-    too_large = api_event("POST", "/approve", raw_body="x" * 300_000)
+    too_large = api_event("POST", "/approve", raw_body="x" * 300_000, authorizer={})
     assert lambda_handler(too_large, context("r-1"))["statusCode"] == 413
-    assert lambda_handler(api_event("GET", "/nowhere"), context("r-2"))["statusCode"] == 404
+    nowhere = api_event("GET", "/nowhere", authorizer={})
+    assert lambda_handler(nowhere, context("r-2"))["statusCode"] == 404
     statuses = [
         (r["path"], r["status"], r.get("caller")) for r in records(output) if r["message"] == "request"
     ]

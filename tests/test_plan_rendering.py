@@ -103,10 +103,27 @@ def test_text_of_a_creation_shows_every_field_as_added_and_aligned() -> None:
         '+ owner             = "squad"',
         "+ requires_approval = false",
         "+ approvers         = []",
+        "+ producers         = []",
+        "+ operators         = []",
         "+ debounce_seconds  = 60",
         "+ max_wait_seconds  = null",
         "+ partition dia (date, required)",
     ]
+
+
+def test_text_and_markdown_show_a_change_of_producers_and_operators() -> None:
+    role = "arn:aws:iam::123456789012:role/glue-etl"
+    plan = update_plan(
+        {"producers": [role], "operators": ["group:data-platform"]},
+        {"producers": [role, "arn:aws:iam::123456789012:user/ana"], "operators": []},
+    )
+    expected = [
+        f'~ producers: ["{role}"] → ["{role}", "arn:aws:iam::123456789012:user/ana"]',
+        '~ operators: ["group:data-platform"] → []',
+    ]
+    assert field_lines(render_text(plan, colour=False)) == expected
+    markdown = render_markdown(plan)
+    assert all(line in markdown for line in expected)
 
 
 def test_text_of_an_update_shows_each_field_change() -> None:

@@ -90,6 +90,8 @@ def test_state_of_fills_defaults_and_drops_version() -> None:
         "owner": None,
         "requires_approval": False,
         "approvers": [],
+        "producers": [],
+        "operators": [],
         "debounce_seconds": 60,
         "max_wait_seconds": None,
         "partitions": [],
@@ -103,12 +105,17 @@ def test_state_of_is_json_compatible_with_nested_defaults() -> None:
     state = table(
         "tb_x",
         approvers=["ana", "bia"],
+        producers=["arn:aws:iam::123456789012:role/glue-etl"],
+        operators=["group:data-platform"],
         partitions=[{"name": "dia", "type": "date"}],
         dependencies=[{"dependency_name": "tb_up"}],
         tasks=[{"alias": "t", "type": "sqs", "target": "q"}],
     )
     assert state["approvers"] == ["ana", "bia"]
     assert isinstance(state["approvers"], list)
+    assert state["producers"] == ["arn:aws:iam::123456789012:role/glue-etl"]
+    assert state["operators"] == ["group:data-platform"]
+    assert all(isinstance(state[people], list) for people in ("producers", "operators"))
     assert state["partitions"] == [{"name": "dia", "type": "date", "is_required": True}]
     assert state["dependencies"] == [{"dependency_name": "tb_up", "is_required": True, "partition_map": {}}]
     assert state["tasks"] == [{"alias": "t", "type": "sqs", "target": "q", "params": {}}]
@@ -151,6 +158,8 @@ def test_digest_of_nothing_differs_from_digest_of_one_table() -> None:
         {"owner": None},
         {"requires_approval": True},
         {"approvers": ["ana"]},
+        {"producers": ["arn:aws:iam::123456789012:role/glue-etl"]},
+        {"operators": ["group:data-platform"]},
         {"debounce_seconds": 300},
         {"max_wait_seconds": 3600},
         {"partitions": [{"name": "data_venda", "type": "date"}, {"name": "regiao", "type": "int"}]},
@@ -219,6 +228,8 @@ def test_create_lists_every_scalar_field_and_every_item_as_added() -> None:
         FieldChange("owner", "add", after="eu"),
         FieldChange("requires_approval", "add", after=False),
         FieldChange("approvers", "add", after=[]),
+        FieldChange("producers", "add", after=[]),
+        FieldChange("operators", "add", after=[]),
         FieldChange("debounce_seconds", "add", after=60),
         FieldChange("max_wait_seconds", "add", after=None),
         FieldChange("partitions.dia", "add", after={"name": "dia", "type": "date", "is_required": True}),
@@ -316,11 +327,28 @@ def test_scalar_change() -> None:
 
 
 def test_scalar_changes_follow_the_field_order() -> None:
-    changes = diff_table(full(), full(max_wait_seconds=10, owner=None, approvers=["ana"]))
+    changes = diff_table(
+        full(),
+        full(max_wait_seconds=10, operators=["group:ops"], owner=None, producers=["etl"], approvers=["ana"]),
+    )
     assert changes == (
         FieldChange("owner", "change", "squad-vendas", None),
         FieldChange("approvers", "change", [], ["ana"]),
+        FieldChange("producers", "change", [], ["etl"]),
+        FieldChange("operators", "change", [], ["group:ops"]),
         FieldChange("max_wait_seconds", "change", None, 10),
+    )
+
+
+def test_a_change_of_producers_or_operators_is_one_field_change_of_the_whole_list() -> None:
+    """Like approvers: the list is one value (its order is kept, as written), not items by name."""
+    role = "arn:aws:iam::123456789012:role/glue-etl"
+    before = full(producers=[role], operators=["group:data-platform"])
+    assert diff_table(before, full(producers=[role, "ana"], operators=["group:data-platform"])) == (
+        FieldChange("producers", "change", [role], [role, "ana"]),
+    )
+    assert diff_table(before, full(producers=[role])) == (
+        FieldChange("operators", "change", ["group:data-platform"], []),
     )
 
 

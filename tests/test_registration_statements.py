@@ -19,7 +19,7 @@ from controller.db.run_models import ExecutionRow, ExecutionValueRow, RunEventRo
 from controller.reconciler import apply
 from controller.services.dependencies import Dependencies
 from controller.services.registration import ExecutionInput, register_executions
-from tests.factories import StatementLog, states, table_doc
+from tests.factories import StatementLog, person, states, table_doc
 from tests.runtime_support import START
 
 DAILY = [{"name": "dt", "type": "date"}]
@@ -64,7 +64,7 @@ def applied(engine: Engine, documents: list[dict[str, Any]], revision: str) -> N
 
 
 def register(runtime: Dependencies, *items: tuple[str, dict[str, Any]]) -> dict[str, Any]:
-    return register_executions(runtime, [ExecutionInput(t, p, "test") for t, p in items], "tester")
+    return register_executions(runtime, [ExecutionInput(t, p, "test") for t, p in items], person("tester"))
 
 
 def runs_of(engine: Engine) -> list[tuple[str, str]]:

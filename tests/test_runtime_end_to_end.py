@@ -23,6 +23,7 @@ from tests.runtime_support import (
     schedule_of,
     schedules,
     sfn_event,
+    stored_token,
 )
 
 MONTH = [{"name": "ano_mes", "type": "int"}]
@@ -128,7 +129,7 @@ def test_the_chain_runs_end_to_end(flux: Lambda) -> None:
     assert job_run["Arguments"] == {
         "--ano_mes": "202305",
         "--flux_run_id": str(b_run["id"]),
-        "--flux_token": f"flux-{b_run['id']}-1-build",
+        "--flux_token": stored_token(flux, b_run["id"], "build"),
         "--mes": "202305",
     }
     status, detail = flux.call("GET", f"/runs/{b_run['id']}")
@@ -183,7 +184,8 @@ def test_a_glue_failure_fails_the_run_and_nothing_cascades(flux: Lambda) -> None
     status, c_runs = flux.call("GET", "/runs", query={"table": "tb_c"})
     assert c_runs["runs"] == []
     # Retry opens a new attempt that starts the job again.
-    status, retried = flux.call("POST", f"/runs/{run['id']}/retry", {"reason": "fixed the job"})
+    # tb_b lists approvers and no operators: its approver operates it.
+    status, retried = flux.call("POST", f"/runs/{run['id']}/retry", {"reason": "fixed the job"}, user="ana")
     assert status == 200, retried
     assert len(boto3.client("glue", region_name=REGION).get_job_runs(JobName="job-b")["JobRuns"]) == 2
 

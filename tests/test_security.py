@@ -217,7 +217,7 @@ def test_a_blank_identity_is_no_identity_even_where_anyone_may_decide(flux: Lamb
         assert status == 403, (context, raw)
         assert "no caller identity" in json.loads(raw)["error"]["message"]
     flux.deps.trust_body_user = True
-    status, raw = decide(flux, "/approve", {**body, "user": "   "})
+    status, raw = decide(flux, "/approve", {**body, "user": "   "}, authorizer={})
     assert status == 403, raw
     assert run_detail(flux, run["id"])["approval"]["status"] == "pending"
 
@@ -248,19 +248,19 @@ def test_identities_from_the_body_or_headers_are_ignored_outside_trusted_mode(
     assert status == 403, raw
     assert run_detail(flux, run["id"])["approval"]["status"] == "pending"
 
-    # Registrations record who registered: the authorizer's identity, never the body's user.
-    for month, user in [(202301, None), (202302, "zoe")]:
+    # Registrations record who registered: the authorizer's identity, never the body's user; without
+    # an identity the body's user does not make one (403, nothing written).
+    for month, user, expected in [(202301, None, 403), (202302, "zoe", 200)]:
         body = {"data": [{"table_name": "tb_a", "partitions": partitions(ano_mes=month)}], "user": "ana"}
-        status, raw = send(
-            flux, api_event("POST", "/register_execution", body, **(claims(user) if user else {}))
-        )
-        assert status == 200, raw
+        context = claims(user) if user else {"authorizer": {}}
+        status, raw = send(flux, api_event("POST", "/register_execution", body, **context))
+        assert status == expected, raw
     flux.deps.trust_body_user = True
     body = {"data": [{"table_name": "tb_a", "partitions": partitions(ano_mes=202303)}], "user": "ana"}
     assert send(flux, api_event("POST", "/register_execution", body, **claims("zoe")))[0] == 200
     with engine.connect() as connection:
         recorded = connection.execute(select(ExecutionRow.registered_by).order_by(ExecutionRow.id)).scalars()
-        assert list(recorded) == [None, "zoe", "ana"]
+        assert list(recorded) == ["zoe", "ana"]
 
 
 @pytest.mark.parametrize(
@@ -481,7 +481,7 @@ def test_hostile_text_in_every_field_is_stored_verbatim_and_harmless(flux: Lambd
         route = "/approve" if index % 2 else "/reject"
         flux.ok("POST", route, {"approval_status_id": approval_id, "comment": text}, user="ana")
         if route == "/approve":
-            flux.ok("POST", f"/runs/{run_id}/cancel", {"reason": text})
+            flux.ok("POST", f"/runs/{run_id}/cancel", {"reason": text}, user="ana")
         detail = run_detail(flux, run_id)
         assert detail["partitions"] == {"nome": text}
         assert [t["partitions"] for t in detail["triggers"]] == [{"nome": text}]

@@ -150,7 +150,10 @@ def test_the_walkthrough_over_http(server: Server) -> None:
     body = server.ok(
         "POST",
         "/register_execution",
-        {"data": [{"table_name": "tb_a", "partitions": [{"partition_name": "ano_mes", "value": 202305}]}]},
+        {
+            "data": [{"table_name": "tb_a", "partitions": [{"partition_name": "ano_mes", "value": 202305}]}],
+            "user": "etl",  # serve trusts the body's user; a write needs one (DESIGN §7)
+        },
     )
     [b_run] = body["runs"]
     assert (b_run["table_name"], b_run["status"]) == ("tb_b", "awaiting_approval")

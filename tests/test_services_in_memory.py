@@ -32,6 +32,7 @@ from controller.services.registering import ExecutionInput
 from controller.services.registration import register_executions
 from controller.services.run_actions import cancel_run, manual_run, retry_run
 from controller.services.sweep import sweep
+from tests.factories import person
 from tests.memory_store import (
     ConnectionLost,
     IntegrityViolation,
@@ -170,7 +171,7 @@ class World:
 
     def register(self, table: str, dt: str = DAY, **fields: Any) -> dict[str, Any]:
         item = ExecutionInput(table, {"dt": dt}, fields.pop("source", "test"), **fields)
-        return register_executions(self.deps, [item], "tester")
+        return register_executions(self.deps, [item], person("tester"))
 
     def open_c(self) -> Run:
         """Register ``a`` and ``b`` for :data:`DAY`: the run of ``c`` it opens."""
@@ -313,6 +314,8 @@ def test_a_due_run_fires_and_starts_its_glue_task_with_the_token(world: World) -
     assert fire(world.deps, run.id) == "running"
 
     [request] = world.tasks.started
+    [task] = world.store.tasks(run.id)
+    assert task.token is not None and len(task.token) == 43  # secrets.token_urlsafe(32)
     assert request == TaskRequest(
         run_id=run.id,
         attempt=1,
@@ -322,9 +325,8 @@ def test_a_due_run_fires_and_starts_its_glue_task_with_the_token(world: World) -
         target="job-c",
         partitions={"dt": DAY},
         params={"--dt": DAY},
+        token=task.token,  # drawn by the dispatch and recorded with the task
     )
-    assert request.token == f"flux-{run.id}-1-etl"
-    [task] = world.store.tasks(run.id)
     assert (task.status, task.external_id, task.started_at) == ("started", "jr_1", after(DEBOUNCE))
     assert world.store.run(run.id).status == "running"
     assert world.changes(run.id) == [
@@ -414,8 +416,9 @@ def test_a_glue_failure_fails_the_run_and_retry_starts_attempt_two(world: World)
         "fixed the job",
         None,
     )
-    second = world.tasks.started[-1]
-    assert (second.attempt, second.token) == (2, f"flux-{run.id}-2-etl")
+    first, second = world.tasks.started
+    assert second.attempt == 2 and second.token != first.token  # a new token for the new attempt
+    assert [t.token for t in world.store.tasks(run.id)] == [first.token, second.token]
     assert [(t.attempt, t.status, t.external_id) for t in world.store.tasks(run.id)] == [
         (1, "failed", "jr_1"),
         (2, "started", "jr_2"),
@@ -434,11 +437,13 @@ def test_a_glue_failure_fails_the_run_and_retry_starts_attempt_two(world: World)
 
 def test_a_task_reporting_failure_needs_a_token_of_the_current_attempt(world: World) -> None:
     run = world.running_c()
-    with pytest.raises(Forbidden):
-        fail_run(world.deps, run.id, "bad input", token=f"flux-{run.id}-2-etl")
+    [started] = world.tasks.started
+    for wrong in (f"flux-{run.id}-1-etl", started.token[:-1], started.token + "x", "", "é"):
+        with pytest.raises(Forbidden):
+            fail_run(world.deps, run.id, "bad input", token=wrong)
     assert world.store.run(run.id).status == "running"
 
-    answer = fail_run(world.deps, run.id, "bad input", token=f"flux-{run.id}-1-etl")
+    answer = fail_run(world.deps, run.id, "bad input", token=started.token)
 
     assert answer["status"] == "failed"
     assert world.store.run(run.id).error == "bad input"
@@ -448,11 +453,28 @@ def test_a_task_reporting_failure_needs_a_token_of_the_current_attempt(world: Wo
 def test_a_task_registering_its_partition_completes_its_run(world: World) -> None:
     run = world.running_c()
 
-    answer = world.register("c", run_id=run.id, token=f"flux-{run.id}-1-etl", source="sqs")
+    [started] = world.tasks.started
+    answer = world.register("c", run_id=run.id, token=started.token, source="sqs")
 
     assert world.store.run(run.id).status == "succeeded"
     assert world.store.tasks(run.id)[0].status == "succeeded"
     assert [r["table_name"] for r in answer["runs"]] == ["d"]
+
+
+def test_a_dispatch_draws_each_tasks_token_from_its_dependencies_and_no_read_shows_it(world: World) -> None:
+    drawn = iter(["drawn-first", "drawn-second"])
+    world.deps.new_token = lambda: next(drawn)
+    run = world.running_c()
+
+    [request] = world.tasks.started
+    assert request.token == "drawn-first" and "drawn-first" not in repr(request)
+    assert [t.token for t in world.store.tasks(run.id)] == ["drawn-first"]
+    detail = get_run(world.deps, run.id)
+    assert [t["alias"] for t in detail["run"]["tasks"]] == ["etl"]
+    assert "drawn-first" not in repr(detail)
+    with pytest.raises(Forbidden):
+        fail_run(world.deps, run.id, "bad input", token="drawn-second")  # drawn, never given to a task
+    assert fail_run(world.deps, run.id, "bad input", token="drawn-first")["status"] == "failed"
 
 
 def test_a_trigger_while_the_run_is_running_opens_a_new_run_once_it_succeeds(world: World) -> None:
@@ -526,9 +548,9 @@ def test_an_approved_run_is_scheduled_and_a_second_decision_is_a_conflict(world:
     assert world.scheduler.puts == []
 
     with pytest.raises(Forbidden):
-        decide(world.deps, approval.id, "mallory", True, None)
+        decide(world.deps, approval.id, person("mallory"), True, None)
     world.clock.advance(60)
-    answer = decide(world.deps, approval.id, "alice", True, "looks good")
+    answer = decide(world.deps, approval.id, person("alice"), True, "looks good")
 
     fire_at = after(DEBOUNCE)  # the last trigger + the debounce, still ahead
     assert answer == {
@@ -560,7 +582,7 @@ def test_an_approved_run_is_scheduled_and_a_second_decision_is_a_conflict(world:
 
     before = world.store.snapshot()
     with pytest.raises(Conflict) as second:
-        decide(world.deps, approval.id, "alice", False, "changed my mind")
+        decide(world.deps, approval.id, person("alice"), False, "changed my mind")
     assert second.value.details == {"status": "approved"}
     assert world.store.snapshot() == before
 
@@ -575,7 +597,7 @@ def test_two_decisions_at_once_make_one_decision_and_one_conflict(world: World) 
     def decide_now(identity: str, approve: bool) -> None:
         barrier.wait()
         try:
-            decide(world.deps, approval.id, identity, approve, None)
+            decide(world.deps, approval.id, person(identity), approve, None)
         except Conflict:
             results.append("conflict")
         else:
@@ -598,7 +620,7 @@ def test_a_rejected_run_ends(world: World) -> None:
     run = world.open_c()
     [approval] = world.store.approvals(run.id)
 
-    answer = decide(world.deps, approval.id, "bob", False, None)
+    answer = decide(world.deps, approval.id, person("bob"), False, None)
 
     assert answer["run"]["status"] == "rejected"
     rejected = world.store.run(run.id)
@@ -634,7 +656,7 @@ def test_cancelling_a_run_awaiting_approval_cancels_its_approval(world: World) -
     [approval] = world.store.approvals(run.id)
     assert (approval.status, approval.decided_at) == ("cancelled", T0)
     with pytest.raises(Conflict):
-        decide(world.deps, approval.id, "alice", True, None)
+        decide(world.deps, approval.id, person("alice"), True, None)
 
 
 def test_a_manual_run_fires_at_once_and_a_second_one_conflicts_while_it_runs(world: World) -> None:
@@ -694,7 +716,7 @@ def test_a_key_reused_for_another_item_is_a_conflict_naming_the_first_and_writes
         ExecutionInput(table, {"dt": dt}, "test", idempotency_key="load-1"),
     ]
     with pytest.raises(Conflict) as refused:
-        register_executions(world.deps, items, "tester")
+        register_executions(world.deps, items, person("tester"))
 
     assert refused.value.message == (
         f"data[1]: idempotency_key 'load-1' was used by execution {first['id']} "
@@ -714,7 +736,7 @@ def test_a_key_reused_for_another_item_is_a_conflict_naming_the_first_and_writes
 def test_one_key_twice_in_a_request_is_refused_whatever_the_tables(world: World) -> None:
     items = [ExecutionInput(t, {"dt": DAY}, "test", idempotency_key="same") for t in ("a", "b")]
     with pytest.raises(Unprocessable, match=r"^data\[1\]: idempotency_key 'same' is also used by data\[0\]$"):
-        register_executions(world.deps, items, "tester")
+        register_executions(world.deps, items, person("tester"))
     assert world.store.executions() == []
 
 
@@ -828,7 +850,7 @@ def test_a_service_error_inside_a_transaction_leaves_the_store_unchanged(world: 
 
     # The approval is decided (written) before the service finds the table gone and refuses.
     with pytest.raises(Conflict):
-        decide(world.deps, approval.id, "alice", True, None)
+        decide(world.deps, approval.id, person("alice"), True, None)
 
     assert world.store.snapshot() == before
     assert world.store.approvals(run.id)[0].status == "pending"

@@ -11,12 +11,14 @@ from sqlalchemy.orm import Session
 
 from controller.core.gates import Execution, Probe
 from controller.core.keys import Key, key_text
+from controller.core.runs import RunEvent
 from controller.db.migrate import upgrade
 from controller.db.reads import SqlReads
 from controller.db.run_models import (
     ApprovalRow,
     ExecutionRow,
     ExecutionValueRow,
+    RunEventRow,
     RunRow,
     RunTriggerRow,
     TaskDispatchRow,
@@ -179,9 +181,15 @@ def test_run_detail_orders_tasks_and_triggers(engine: Engine, reads: Reads) -> N
             insert(RunTriggerRow), [{"run_id": run_id, "execution_id": e} for e in (second, first)]
         )
 
+    changes = [RunEvent(run_id, "tb_b", {"mes": 1}, None, "scheduled", at=T0, actor="ana")]
+    changes.append(RunEvent(run_id, "tb_b", {"mes": 1}, "scheduled", "dispatching", at=at(1)))
+    with Session(engine) as session, session.begin():
+        rows = [{"run_id": run_id, "created_at": T0, "batch": "b", "detail": e.detail()} for e in changes]
+        session.execute(insert(RunEventRow), rows)
+
     detail = reads.run_detail(run_id)
     assert detail is not None
-    run, name, approval, tasks, triggers = detail
+    run, name, approval, tasks, triggers, events = detail
     assert (run.id, run.status, run.attempt, name) == (run_id, "running", 2, "tb_b")
     assert approval is not None
     assert (approval.id, approval.status, approval.decided_by, approval.decided_at) == (
@@ -192,6 +200,7 @@ def test_run_detail_orders_tasks_and_triggers(engine: Engine, reads: Reads) -> N
     )
     assert [t.id for t in tasks] == [earlier, later, retried]  # by attempt, then as recorded
     assert triggers == [(first, "tb_a", {"mes": 1}), (second, "tb_a", {"mes": 1})]
+    assert events == changes  # the timeline, oldest first, with who asked
     assert reads.run_detail(run_id + 1000) is None
 
 

@@ -224,6 +224,49 @@ CASES = [
         ["defs/a.yaml:4:12: 'approvers' lists the same value more than once"],
     ),
     Case(
+        "group-without-a-name",
+        {"a.yaml": table("partitions: []\noperators: [group:data-platform, 'group:']", name="a")},
+        [
+            "defs/a.yaml:4:34: 'operators[1]' 'group:' is not valid: group:NAME needs the name of a "
+            "Cognito group after 'group:', without spaces"
+        ],
+    ),
+    Case(
+        "session-arn-instead-of-the-role-arn",
+        {
+            "a.yaml": table(
+                "partitions: []\nproducers: ['arn:aws:sts::123456789012:assumed-role/glue-etl/jr_1']",
+                name="a",
+            )
+        },
+        [
+            "defs/a.yaml:4:13: 'producers[0]' 'arn:aws:sts::123456789012:assumed-role/glue-etl/jr_1' is not "
+            "valid: a session's ARN (arn:aws:sts::ACCOUNT:assumed-role/NAME/SESSION) changes with every "
+            "session; list the role ARN instead, arn:aws:iam::ACCOUNT:role/NAME, which matches any session "
+            "of the role"
+        ],
+    ),
+    Case(
+        "arn-neither-an-iam-user-nor-a-role",
+        {
+            "a.yaml": table(
+                "partitions: []\napprovers: [lrcxpnu, 'arn:aws:lambda:us-east-1:123456789012:function:f']",
+                name="a",
+            )
+        },
+        [
+            "defs/a.yaml:4:22: 'approvers[1]' 'arn:aws:lambda:us-east-1:123456789012:function:f' is not "
+            "valid: an ARN here must be an IAM user ARN (arn:aws:iam::ACCOUNT:user/NAME) or an IAM role ARN "
+            "(arn:aws:iam::ACCOUNT:role/NAME); for a Glue job, a Lambda or another service, list the ARN of "
+            "the role it runs as instead"
+        ],
+    ),
+    Case(
+        "duplicate-producers",
+        {"a.yaml": table("partitions: []\nproducers: [etl, etl]", name="a")},
+        ["defs/a.yaml:4:12: 'producers' lists the same value more than once"],
+    ),
+    Case(
         "duplicate-table-name",
         {"up.yaml": UPSTREAM, "z/again.yaml": UPSTREAM},
         ["defs/z/again.yaml:2:7: duplicate table name 'up' (first defined at defs/up.yaml:2:7)"],

@@ -178,6 +178,16 @@ class Trigger(BaseModel):
     partitions: Partitions
 
 
+class RunEventDetail(BaseModel):
+    """One change of the run's state: when, from what to what, by whom, and why."""
+
+    at: str | None
+    old_state: str | None = Field(description="none when the run was opened")
+    new_state: str
+    actor: str | None = Field(description="who asked for it; none when Flux Control did (a fire, the sweep)")
+    reason: str | None
+
+
 class RunDetail(RunSummary):
     attempt: int
     manual: bool
@@ -193,6 +203,7 @@ class RunDetail(RunSummary):
     approval: ApprovalDetail | None
     tasks: list[TaskDetail]
     triggers: list[Trigger]
+    events: list[RunEventDetail] = Field(description="the run's state changes, oldest first")
 
 
 class RunWithDetail(BaseModel):
@@ -285,6 +296,8 @@ _TABLE = {
     "owner": "squad-dados",
     "requires_approval": False,
     "approvers": [],
+    "producers": ["arn:aws:iam::123456789012:role/glue-pdz"],
+    "operators": ["group:squad-dados"],
     "debounce_seconds": 60,
     "max_wait_seconds": None,
     "partitions": [{"name": "ano_mes_referencia", "type": "int", "is_required": True}],

@@ -25,7 +25,7 @@ from pydantic import BaseModel
 
 from controller import __version__
 from controller.api import answers, openapi
-from controller.api.identity import caller_identity, resolved_caller
+from controller.api.identity import caller_from, resolved_caller
 from controller.api.models import (
     MAX_ID,
     DecisionRequest,
@@ -36,7 +36,8 @@ from controller.api.models import (
     TablesPayload,
     as_mapping,
 )
-from controller.core.errors import ServiceError, Unavailable
+from controller.core.access import Caller
+from controller.core.errors import Forbidden, ServiceError, Unavailable
 from controller.core.problems import json_path
 from controller.telemetry import count, logger
 from controller.wiring import dependencies
@@ -176,11 +177,18 @@ def _unexpected(exc: Exception) -> Response[str]:
     return error_response(500, "internal", f"internal error (reference {reference}); it was logged", {})
 
 
-def _identity(body_user: str | None) -> str | None:
+def _writer(body_user: str | None) -> Caller:
+    """The caller who writes; 403 without one (DESIGN §7), before anything is read or written. In
+    trusted mode (``serve``) that is the body's ``user``, which a write must then carry."""
     context = app.current_event.raw_event.get("requestContext") or {}
-    identity = caller_identity(context, body_user, dependencies().trust_body_user)
-    resolved_caller.set(identity)
-    return identity
+    caller = caller_from(context, body_user, dependencies().trust_body_user)
+    resolved_caller.set(caller.name if caller else None)
+    if caller is None:
+        where = (
+            "the body's user" if dependencies().trust_body_user else "the API Gateway authorizer's identity"
+        )
+        raise Forbidden(f"no caller identity: a write needs an identified caller ({where})")
+    return caller
 
 
 @route("GET", "/health", answers.Health, "getHealth", "Check that the service answers")
@@ -210,7 +218,7 @@ def register_execution(body: RegisterRequest) -> dict[str, Any]:
         )
         for item in body.data
     ]
-    result = registration.register_executions(dependencies(), items, _identity(body.user))
+    result = registration.register_executions(dependencies(), items, _writer(body.user))
     # Counted here, where the answer is still a dict (not parsed again from the response body).
     count("Registrations", len(result["executions"]))
     count("RunsOpenedOrPushed", len(result["runs"]))
@@ -221,16 +229,14 @@ def register_execution(body: RegisterRequest) -> dict[str, Any]:
 def approve(body: DecisionRequest) -> dict[str, Any]:
     from controller.services import approvals  # lazy: see the module docstring
 
-    return approvals.decide(dependencies(), body.approval_status_id, _identity(body.user), True, body.comment)
+    return approvals.decide(dependencies(), body.approval_status_id, _writer(body.user), True, body.comment)
 
 
 @route("POST", "/reject", answers.Decided, "reject", "Reject a pending approval")
 def reject(body: DecisionRequest) -> dict[str, Any]:
     from controller.services import approvals  # lazy: see the module docstring
 
-    return approvals.decide(
-        dependencies(), body.approval_status_id, _identity(body.user), False, body.comment
-    )
+    return approvals.decide(dependencies(), body.approval_status_id, _writer(body.user), False, body.comment)
 
 
 @route("GET", "/approvals", answers.Approvals, "listApprovals", "List approvals, newest first")
@@ -265,25 +271,23 @@ def manual_run(body: ManualRunRequest) -> dict[str, Any]:
     """Open the run of (table, key) now: skips the gate and the debounce, not the approval."""
     from controller.services import run_actions  # lazy: see the module docstring
 
-    return {
-        "run": run_actions.manual_run(
-            dependencies(), body.table_name, as_mapping(body.partitions), body.reason
-        )
-    }
+    caller = _writer(body.user)
+    partitions = as_mapping(body.partitions)
+    return {"run": run_actions.manual_run(dependencies(), body.table_name, partitions, body.reason, caller)}
 
 
 @route("POST", "/runs/<run_id>/cancel", answers.OneRun, "cancelRun", "Cancel an open run")
 def cancel_run(run_id: RunId, body: ReasonRequest) -> dict[str, Any]:
     from controller.services import run_actions  # lazy: see the module docstring
 
-    return {"run": run_actions.cancel_run(dependencies(), run_id, body.reason)}
+    return {"run": run_actions.cancel_run(dependencies(), run_id, body.reason, _writer(body.user))}
 
 
 @route("POST", "/runs/<run_id>/retry", answers.OneRun, "retryRun", "Retry a failed run as its next attempt")
 def retry_run(run_id: RunId, body: ReasonRequest) -> dict[str, Any]:
     from controller.services import run_actions  # lazy: see the module docstring
 
-    return {"run": run_actions.retry_run(dependencies(), run_id, body.reason)}
+    return {"run": run_actions.retry_run(dependencies(), run_id, body.reason, _writer(body.user))}
 
 
 @route("POST", "/runs/<run_id>/fail", answers.OneRun, "failRun", "Report that a run's task failed")
@@ -291,7 +295,8 @@ def fail_run(run_id: RunId, body: FailRequest) -> dict[str, Any]:
     """A task reports failure (the path for SQS and Lambda tasks)."""
     from controller.services import completion  # lazy: see the module docstring
 
-    return {"run": completion.fail_run(dependencies(), run_id, body.reason, body.token)}
+    caller = _writer(body.user)
+    return {"run": completion.fail_run(dependencies(), run_id, body.reason, body.token, caller)}
 
 
 @route("GET", "/executions", answers.Executions, "listExecutions", "List executions, newest first")

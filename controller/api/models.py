@@ -105,26 +105,31 @@ class ExecutionItem(_WithPartitions):
     )
 
 
+#: The body's ``user``: who writes, in trusted mode only (local ``serve``); elsewhere the caller is
+#: the API Gateway authorizer's identity and this field is ignored.
+_USER = "who writes: used only in trusted mode (local serve)"
+
+
 class RegisterRequest(_Body):
     data: list[ExecutionItem] = Field(min_length=1, max_length=500)
-    user: str | None = Field(default=None, max_length=_TEXT)
+    user: str | None = Field(default=None, max_length=_TEXT, description=_USER)
 
 
 class DecisionRequest(_Body):
     approval_status_id: Id
-    user: str | None = Field(
-        default=None, max_length=_TEXT, description="used only in trusted mode (local serve)"
-    )
+    user: str | None = Field(default=None, max_length=_TEXT, description=_USER)
     comment: str | None = Field(default=None, max_length=2000)
 
 
 class ManualRunRequest(_WithPartitions):
     table_name: str = Field(max_length=128)
     reason: str | None = Field(default=None, max_length=2000)
+    user: str | None = Field(default=None, max_length=_TEXT, description=_USER)
 
 
 class ReasonRequest(_Body):
     reason: str | None = Field(default=None, max_length=2000)
+    user: str | None = Field(default=None, max_length=_TEXT, description=_USER)
 
 
 class FailRequest(ReasonRequest):

@@ -1,20 +1,25 @@
 """Starting a run's tasks on AWS: Glue, Step Functions, SQS and Lambda (DESIGN §4, Dispatch).
 
+Each task receives its token (:attr:`~controller.core.effects.TaskRequest.token`, random per task and
+attempt): the Glue argument ``--flux_token``, ``flux.token`` in the Step Functions input and in the SQS
+and Lambda payloads. It is the task's secret to report with (DESIGN §7): never logged, never in an
+error message, never in a name or id AWS answers with (those are stored and shown by GET /runs).
+
 A task is started once per run attempt, even when AWS fails in a way that leaves open whether it
-acted (a read timeout, a 5xx answer) and the call is repeated. Each start carries the attempt's
-token (:attr:`~controller.services.ports.TaskRequest.token`):
+acted (a read timeout, a 5xx answer) and the call is repeated. Where AWS deduplicates, the start's
+deterministic :attr:`~controller.core.effects.TaskRequest.dispatch_id` (run, attempt, task) is used:
 
 - Step Functions: the execution name is derived from it; a repeat answers with the same execution
   (same name and input) or ``ExecutionAlreadyExists``, which is taken as started.
 - SQS FIFO queues: it is the deduplication id. SQS standard queues deliver at least once anyway.
-- Glue: it is the ``--flux_token`` argument. ``StartJobRun`` has no idempotency token, so botocore does
-  not repeat it after a failure that may have started the job (see :mod:`controller.aws.clients`);
-  instead the job's recent runs are searched for one carrying the token, and only if there is none is
-  the job started again.
-- Lambda (asynchronous ``Invoke``): ``flux.token`` in the payload. Lambda queues an event at least
-  once and may deliver it more than once whatever the caller does, so the function has to recognise a
-  repeat itself (``flux.token`` seen before: do nothing); botocore's retries only add to that. A
-  repeated completion report (``POST /register_execution`` with the run id) is refused with a 409.
+- Glue: ``StartJobRun`` has no idempotency token, so botocore does not repeat it after a failure that
+  may have started the job (see :mod:`controller.aws.clients`); instead the job's recent runs are
+  searched for one carrying this start's ``--flux_token``, and only if there is none is the job started
+  again.
+- Lambda (asynchronous ``Invoke``): Lambda queues an event at least once and may deliver it more than
+  once whatever the caller does, so the function has to recognise a repeat itself (``flux.token`` seen
+  before: do nothing); botocore's retries only add to that. A repeated completion report
+  (``POST /register_execution`` with the run id) is refused with a 409.
 """
 
 from __future__ import annotations
@@ -83,15 +88,16 @@ def payload(request: TaskRequest) -> dict[str, Any]:
     }
 
 
-def execution_name(token: str) -> str:
-    """A Step Functions execution name from ``token``: only ``[A-Za-z0-9_-]``, at most 80 characters.
+def execution_name(dispatch_id: str) -> str:
+    """A Step Functions execution name from a start's ``dispatch_id`` (never from its token: the name is
+    part of the execution ARN, stored and shown): only ``[A-Za-z0-9_-]``, at most 80 characters.
 
-    A token that has to be cut keeps a hash of the whole token, so two long tokens stay distinct.
+    An id that has to be cut keeps a hash of the whole id, so two long ids stay distinct.
     """
-    name = _NOT_IN_EXECUTION_NAME.sub("_", token)
+    name = _NOT_IN_EXECUTION_NAME.sub("_", dispatch_id)
     if len(name) <= EXECUTION_NAME_LIMIT:
         return name
-    digest = hashlib.sha256(token.encode()).hexdigest()[:8]
+    digest = hashlib.sha256(dispatch_id.encode()).hexdigest()[:8]
     return f"{name[: EXECUTION_NAME_LIMIT - len(digest) - 1]}-{digest}"
 
 
@@ -154,7 +160,12 @@ class AwsTaskStarter:
                     raise
                 logger.warning(
                     "StartJobRun failed and may have started the job; looking for its run",
-                    extra={"job": request.target, "token": token, "call": call, "error": str(error)},
+                    extra={
+                        "job": request.target,
+                        "task": request.dispatch_id,
+                        "call": call,
+                        "error": str(error),
+                    },
                 )
                 found = self._glue_run_carrying(glue, request, token, error)
                 if found is not None:
@@ -162,14 +173,15 @@ class AwsTaskStarter:
                 if call == GLUE_START_CALLS:
                     raise TaskStartError(
                         f"{_aws_error(request, error)} ({call} calls; no run of the job carries "
-                        f"{GLUE_TOKEN_ARGUMENT} {token})"
+                        f"this start's {GLUE_TOKEN_ARGUMENT})"
                     ) from error
         raise AssertionError("unreachable")
 
     def _glue_run_carrying(
         self, glue: Any, request: TaskRequest, token: str, error: ClientError | BotoCoreError
     ) -> str | None:
-        """The id of the job's run whose ``--flux_token`` is ``token``, among its newest runs."""
+        """The id of the job's run whose ``--flux_token`` is ``token``, among its newest runs (the token
+        is compared, never logged: it is the task's secret)."""
         time.sleep(GLUE_LOOKUP_DELAY)
         pages = glue.get_paginator("get_job_runs").paginate(
             JobName=request.target, PaginationConfig={"MaxItems": 200 * GLUE_LOOKUP_PAGES, "PageSize": 200}
@@ -184,12 +196,12 @@ class AwsTaskStarter:
             cause = _aws_error(request, error)
             raise TaskStartError(
                 f"{cause}; whether the job started is unknown: looking for its run "
-                f"(argument {GLUE_TOKEN_ARGUMENT} {token}) failed: {_aws_error(request, lookup)}"
+                f"(by its argument {GLUE_TOKEN_ARGUMENT}) failed: {_aws_error(request, lookup)}"
             ) from lookup
         return None
 
     def _start_step_function(self, request: TaskRequest) -> str:
-        name = execution_name(request.token)
+        name = execution_name(request.dispatch_id)
         try:
             response = self._client("stepfunctions").start_execution(
                 stateMachineArn=request.target, name=name, input=json.dumps(payload(request))
@@ -205,7 +217,7 @@ class AwsTaskStarter:
         params: dict[str, Any] = {"QueueUrl": request.target, "MessageBody": json.dumps(payload(request))}
         if request.target.endswith(".fifo"):
             params["MessageGroupId"] = request.table
-            params["MessageDeduplicationId"] = request.token
+            params["MessageDeduplicationId"] = request.dispatch_id
         response = self._client("sqs").send_message(**params)
         return str(response["MessageId"])
 

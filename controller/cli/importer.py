@@ -13,7 +13,7 @@ import click
 import yaml
 
 from controller.core.payloads import PayloadError, payload_tables
-from controller.core.plans import LIST_FIELDS, SCALAR_FIELDS
+from controller.core.plans import LIST_FIELDS, PEOPLE_FIELDS, SCALAR_FIELDS
 from controller.core.terminal_text import printable
 from controller.files.validation import ValidationResult, validate_directory
 
@@ -28,7 +28,7 @@ _ITEM_FIELDS = {
     "tasks": ("alias", "type", "target", "params"),
 }
 _ONE_PER_LINE = ("partitions", "dependencies")  # each item as a flow mapping on its own line
-_FLOW = ("approvers",)
+_FLOW = PEOPLE_FIELDS  # approvers, producers, operators: one flow list each
 
 
 @click.command("import")

@@ -28,8 +28,12 @@ class ScheduleRequest:
 
 @dataclass(frozen=True, slots=True)
 class TaskRequest:
-    """One task of a run to start. ``params`` are already rendered. ``token`` is unique per run,
-    attempt and task, and deterministic: adapters use it where AWS offers idempotency."""
+    """One task of a run to start. ``params`` are already rendered.
+
+    ``token`` is the task's secret for this attempt (``flux.token``): random, generated when the
+    dispatch records the task and stored with it; whoever holds it may complete or fail the run
+    (DESIGN §7). Never logged nor shown (left out of the repr). ``dispatch_id`` is unique per run,
+    attempt and task, deterministic and no secret: adapters use it where AWS offers idempotency."""
 
     run_id: int
     attempt: int
@@ -39,18 +43,21 @@ class TaskRequest:
     target: str
     partitions: Key
     params: dict[str, Any] = field(default_factory=dict)
+    token: str = field(kw_only=True, repr=False)
 
     @property
-    def token(self) -> str:
-        return task_token(self.run_id, self.attempt, self.alias)
+    def dispatch_id(self) -> str:
+        return dispatch_id(self.run_id, self.attempt, self.alias)
 
 
 class TaskStartError(Exception):
     """A task could not be started; the message is the AWS error, shown to users as is."""
 
 
-def task_token(run_id: int, attempt: int, alias: str) -> str:
-    """The token task ``alias`` of run ``run_id``'s attempt ``attempt`` is started with (``flux.token``)."""
+def dispatch_id(run_id: int, attempt: int, alias: str) -> str:
+    """The id of task ``alias``'s start in run ``run_id``'s attempt ``attempt``: deterministic, for
+    idempotency (a Step Functions execution name, an SQS FIFO deduplication id). Anyone can compute
+    it: it proves nothing (the task's :attr:`TaskRequest.token` does)."""
     return f"flux-{run_id}-{attempt}-{alias}"
 
 

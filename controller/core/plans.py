@@ -25,9 +25,13 @@ SCALAR_FIELDS = (
     "owner",
     "requires_approval",
     "approvers",
+    "producers",
+    "operators",
     "debounce_seconds",
     "max_wait_seconds",
 )
+#: The lists of callers (DESIGN §7): stored and compared as JSON lists.
+PEOPLE_FIELDS = ("approvers", "producers", "operators")
 #: Nested lists and the field that names each of their items.
 LIST_FIELDS = (("partitions", "name"), ("dependencies", "dependency_name"), ("tasks", "alias"))
 
@@ -35,7 +39,8 @@ LIST_FIELDS = (("partitions", "name"), ("dependencies", "dependency_name"), ("ta
 def state_of(spec: TableSpec) -> TableState:
     """The comparable state of a definition: every field but ``version``, JSON types only."""
     state = spec.model_dump(mode="json", exclude={"version"})
-    state["approvers"] = list(state["approvers"])
+    for people in PEOPLE_FIELDS:
+        state[people] = list(state[people])
     return state
 
 

@@ -3,12 +3,12 @@ runs to create and what triggered them, task dispatches, approvals. Plain values
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
 from controller.core.keys import Key
-from controller.core.runs import Run
+from controller.core.runs import Run, RunEvent
 from controller.core.specs import TableSpec
 
 #: States of a task dispatch: recorded before the start, started with its external id, then ended.
@@ -75,7 +75,10 @@ class StoredExecution:
 
 @dataclass(frozen=True, slots=True)
 class Task:
-    """One task of a run as dispatched (``task_dispatches``): pending, started, succeeded or failed."""
+    """One task of a run as dispatched (``task_dispatches``): pending, started, succeeded or failed.
+
+    ``token``: the secret the task was started with (``flux.token``); None for a task recorded before
+    tokens were stored (migration 0006), and as the GET routes read tasks (they never show it)."""
 
     id: int
     run_id: int
@@ -88,16 +91,19 @@ class Task:
     error: str | None
     started_at: datetime | None
     finished_at: datetime | None
+    token: str | None = field(default=None, repr=False)
 
 
 @dataclass(frozen=True, slots=True)
 class NewTask:
-    """A task dispatch to record before the task starts."""
+    """A task dispatch to record before the task starts, with the token it is started with (None:
+    only an operator or its AWS state change can settle it)."""
 
     alias: str
     type: str
     target: str
     request: dict[str, Any]
+    token: str | None = field(default=None, repr=False)
 
 
 @dataclass(frozen=True, slots=True)
@@ -116,6 +122,6 @@ class Approval:
 # The shapes of the read port's answers (GET routes), shared by its implementations.
 #: (id, table name, partitions, source, registered_at, run id) of an execution.
 ExecutionEntry = tuple[int, str, Key, str, datetime, int | None]
-#: A run with its table name, newest approval, tasks (every attempt) and triggering executions
-#: (execution id, table name, partitions).
-RunDetail = tuple[Run, str, Approval | None, list[Task], list[tuple[int, str, Key]]]
+#: A run with its table name, newest approval, tasks (every attempt), triggering executions
+#: (execution id, table name, partitions) and its state changes, oldest first (the timeline).
+RunDetail = tuple[Run, str, Approval | None, list[Task], list[tuple[int, str, Key]], list[RunEvent]]

@@ -47,7 +47,9 @@ TRANSITIONS: Mapping[str | None, frozenset[str]] = MappingProxyType(
         SCHEDULED: frozenset({DISPATCHING, CANCELLED}),  # claimed by a fire; cancelled (or its table deleted)
         DISPATCHING: frozenset({RUNNING, SUCCEEDED, FAILED}),  # started (or finished meanwhile), failed
         RUNNING: frozenset({SUCCEEDED, FAILED}),
-        FAILED: frozenset({SCHEDULED}),  # retried: a new attempt
+        # Retried: a new attempt, awaiting approval when the table requires it now and the run was
+        # never approved.
+        FAILED: frozenset({SCHEDULED, AWAITING_APPROVAL}),
         SUCCEEDED: frozenset(),
         REJECTED: frozenset(),
         CANCELLED: frozenset(),
@@ -95,6 +97,9 @@ class RunEvent:
     approval_id: int | None = None
     reason: str | None = None
     at: datetime | None = None
+    #: Who made the change: the caller of the write (a producer, an approver, an operator, a task
+    #: reporting); None when Flux Control did (a schedule's fire, the sweep, an AWS state change).
+    actor: str | None = None
 
     def detail(self) -> dict[str, Any]:
         return {
@@ -106,6 +111,7 @@ class RunEvent:
             "approval_id": self.approval_id,
             "reason": self.reason,
             "at": self.at.isoformat() if self.at else None,
+            "actor": self.actor,
         }
 
     @classmethod
@@ -121,6 +127,7 @@ class RunEvent:
             approval_id=detail.get("approval_id"),
             reason=detail.get("reason"),
             at=datetime.fromisoformat(at) if at else None,
+            actor=detail.get("actor"),
         )
 
 
@@ -151,6 +158,7 @@ def transition(
     reason: str | None = None,
     approval_id: int | None = None,
     fire_at: datetime | None = None,
+    actor: str | None = None,
 ) -> RunChange:
     """Decide moving ``run`` to state ``to``: the columns to set and the event to publish.
 
@@ -167,8 +175,9 @@ def transition(
         values["finished_at"] = now
     if run.status == SCHEDULED and to == DISPATCHING:
         values["scheduled_fire_at"] = None
-    if run.status == FAILED:  # a retry: the next attempt fires now, its reason replaces the last
-        values.update(attempt=run.attempt + 1, fire_at=now, error=None, finished_at=None, reason=reason)
+    if run.status == FAILED:  # a retry: the next attempt (fires now, unless it awaits approval)
+        fire = now if to == SCHEDULED else None
+        values.update(attempt=run.attempt + 1, fire_at=fire, error=None, finished_at=None, reason=reason)
     elif run.status == AWAITING_APPROVAL and to == SCHEDULED:
         # Approved: the reason is the approver's comment, for the event; the run keeps its own.
         if fire_at is None:
@@ -176,17 +185,23 @@ def transition(
         values["fire_at"] = fire_at
     elif reason is not None:
         values["error" if to == FAILED else "reason"] = reason
-    event = RunEvent(run.id, table, run.partitions, run.status, to, approval_id, reason, now)
+    event = RunEvent(run.id, table, run.partitions, run.status, to, approval_id, reason, now, actor)
     return RunChange(run.id, run.status, MappingProxyType(values), event)
 
 
 def opened(
-    run: Run, table: str, now: datetime, *, approval_id: int | None = None, reason: str | None = None
+    run: Run,
+    table: str,
+    now: datetime,
+    *,
+    approval_id: int | None = None,
+    reason: str | None = None,
+    actor: str | None = None,
 ) -> RunEvent:
     """The event of a run just created (checked against :data:`TRANSITIONS` like any change)."""
     if run.status not in TRANSITIONS[None]:
         raise IllegalTransition(f"run {run.id} cannot be created {run.status}")
-    return RunEvent(run.id, table, run.partitions, None, run.status, approval_id, reason, now)
+    return RunEvent(run.id, table, run.partitions, None, run.status, approval_id, reason, now, actor)
 
 
 def opening_state(requires_approval: bool) -> str:

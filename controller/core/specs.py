@@ -57,7 +57,11 @@ class TableSpec(_Spec):
     description: str = ""
     owner: str | None = None
     requires_approval: bool = False
+    #: Who may approve or reject its runs; who may register its executions; who may run, backfill,
+    #: cancel and retry them (DESIGN §7). Empty: any identified caller (operators: the approvers).
     approvers: tuple[str, ...] = ()
+    producers: tuple[str, ...] = ()
+    operators: tuple[str, ...] = ()
     debounce_seconds: int = DEFAULT_DEBOUNCE_SECONDS
     max_wait_seconds: int | None = None
     partitions: tuple[PartitionSpec, ...] = ()

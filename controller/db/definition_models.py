@@ -8,7 +8,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Boolean, ForeignKey, Index, Integer, String, Text, UniqueConstraint
+from sqlalchemy import Boolean, ForeignKey, Index, Integer, String, Text, UniqueConstraint, text
 from sqlalchemy.orm import Mapped, mapped_column
 
 from controller.db.base import Base, Id, Json, UTCDateTime, utcnow
@@ -38,6 +38,9 @@ class TableRow(Base):
     owner: Mapped[str | None] = mapped_column(String(128))
     requires_approval: Mapped[bool] = mapped_column(Boolean, default=False)
     approvers: Mapped[list[str]] = mapped_column(Json, default=list)
+    # Added by migration 0005, which gave existing rows [] through this server default (kept: see there).
+    producers: Mapped[list[str]] = mapped_column(Json, default=list, server_default=text("'[]'"))
+    operators: Mapped[list[str]] = mapped_column(Json, default=list, server_default=text("'[]'"))
     debounce_seconds: Mapped[int] = mapped_column(Integer)
     max_wait_seconds: Mapped[int | None] = mapped_column(Integer)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)

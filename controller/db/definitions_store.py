@@ -103,14 +103,19 @@ def read_state(session: Session) -> DatabaseState:
             t.owner,
             t.requires_approval,
             _as_text(t.approvers),
+            _as_text(t.producers),
+            _as_text(t.operators),
             t.debounce_seconds,
             t.max_wait_seconds,
         )
     ).all()
     approvers = _decode(row[6] for row in tables)
-    for (table_id, alive, name, description, owner, requires, _, debounce, max_wait), people in zip(
-        tables, approvers, strict=True
+    producers = _decode(row[7] for row in tables)
+    operators = _decode(row[8] for row in tables)
+    for row, approved_by, produced_by, operated_by in zip(
+        tables, approvers, producers, operators, strict=True
     ):
+        table_id, alive, name, description, owner, requires, _, _, _, debounce, max_wait = row
         state.ids[name] = table_id
         names[table_id] = name
         if alive:
@@ -120,7 +125,9 @@ def read_state(session: Session) -> DatabaseState:
                 "description": description,
                 "owner": owner,
                 "requires_approval": requires,
-                "approvers": list(people or []),
+                "approvers": list(approved_by or []),
+                "producers": list(produced_by or []),
+                "operators": list(operated_by or []),
                 "debounce_seconds": debounce,
                 "max_wait_seconds": max_wait,
                 "partitions": [],
@@ -268,6 +275,8 @@ def _table_row(state: TableState) -> dict[str, Any]:
         "owner": state.get("owner"),
         "requires_approval": bool(state.get("requires_approval")),
         "approvers": list(state.get("approvers") or []),
+        "producers": list(state.get("producers") or []),
+        "operators": list(state.get("operators") or []),
         "debounce_seconds": state["debounce_seconds"],
         "max_wait_seconds": state.get("max_wait_seconds"),
     }

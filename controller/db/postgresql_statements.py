@@ -329,11 +329,11 @@ STUCK_DISPATCHING = f"SELECT {RUNS} FROM runs WHERE status = %s AND updated_at <
 
 @lru_cache(maxsize=64)
 def add_tasks(count: int) -> str:
-    """Task dispatches. Parameters: run id, attempt, alias, type, target, status, request (JSON text)."""
-    rows = _rows(count, ("bigint", "integer", "text", "text", "text", "text", "jsonb"))
-    return (
-        f"INSERT INTO task_dispatches (run_id, attempt, alias, type, target, status, request) VALUES {rows}"
-    )
+    """Task dispatches. Parameters: run id, attempt, alias, type, target, status, request (JSON text),
+    token."""
+    rows = _rows(count, ("bigint", "integer", "text", "text", "text", "text", "jsonb", "text"))
+    columns = "run_id, attempt, alias, type, target, status, request, token"
+    return f"INSERT INTO task_dispatches ({columns}) VALUES {rows}"
 
 
 #: The unfinished last, then in the order recorded.

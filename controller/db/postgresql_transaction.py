@@ -266,11 +266,20 @@ class PostgresqlTransaction:
     # --- task dispatches --------------------------------------------------------------------------
 
     def add_tasks(self, run: Run, tasks: Sequence[NewTask]) -> None:
-        for batch in sql.batched(tasks, lambda _: 7):
+        for batch in sql.batched(tasks, lambda _: 8):
             parameters = [
                 x
                 for t in batch
-                for x in (run.id, run.attempt, t.alias, t.type, t.target, TASK_PENDING, json.dumps(t.request))
+                for x in (
+                    run.id,
+                    run.attempt,
+                    t.alias,
+                    t.type,
+                    t.target,
+                    TASK_PENDING,
+                    json.dumps(t.request),
+                    t.token,
+                )
             ]
             self._changed(sql.add_tasks(len(batch)), parameters)
 

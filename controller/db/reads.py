@@ -23,7 +23,7 @@ from controller.core.gates import Execution, Probe
 from controller.core.keys import Key, key_from_text
 from controller.core.plans import TableState
 from controller.core.records import Approval, ExecutionEntry, RunDetail, Task
-from controller.core.runs import RUN_FIELDS, Run
+from controller.core.runs import RUN_FIELDS, Run, RunEvent
 from controller.db.catalog_store import load_catalog, newest_revision
 from controller.db.definition_models import TableRow
 from controller.db.definitions_store import last_revision, read_state
@@ -33,6 +33,7 @@ from controller.db.run_models import (
     ApprovalRow,
     ExecutionRow,
     ExecutionValueRow,
+    RunEventRow,
     RunRow,
     RunTriggerRow,
     TaskDispatchRow,
@@ -48,7 +49,8 @@ def _columns(model: Any, names: Iterable[str]) -> list[InstrumentedAttribute[Any
 
 
 _RUN = _columns(RunRow, RUN_FIELDS)
-_TASK = _columns(TaskDispatchRow, Task.__dataclass_fields__)
+#: Every column of a task but its token: no read route shows it (a task read here has None).
+_TASK = _columns(TaskDispatchRow, [name for name in Task.__dataclass_fields__ if name != "token"])
 _APPROVAL = _columns(ApprovalRow, Approval.__dataclass_fields__)
 _RUN_WIDTH, _APPROVAL_WIDTH = len(_RUN), len(_APPROVAL)
 
@@ -140,12 +142,16 @@ class SqlReads:
                 .where(RunTriggerRow.run_id == run_id)
                 .order_by(ExecutionRow.id)
             ).all()
+            events = session.scalars(
+                select(RunEventRow.detail).where(RunEventRow.run_id == run_id).order_by(RunEventRow.id)
+            ).all()
         return (
             _run(found),
             cast(str, found[-1]),
             None if approval is None else _approval(approval),
             [Task(*row) for row in tasks],
             [(execution_id, name, partitions) for execution_id, name, partitions in triggers],
+            [RunEvent.from_detail(detail) for detail in events],
         )
 
     def runs_of_key(self, table_id: int, partition_key: str, limit: int) -> list[tuple[Run, Approval | None]]:

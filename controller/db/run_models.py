@@ -23,6 +23,8 @@ _OPEN = text("status IN ({})".format(", ".join(f"'{s}'" for s in OPEN_RUN_STATES
 _PENDING = text("status = 'pending'")
 _KEYED = text("idempotency_key IS NOT NULL")
 _WRITTEN = text("scheduled_fire_at IS NOT NULL")
+#: Room for a task's token (``secrets.token_urlsafe(32)``: 43 characters).
+TOKEN_LENGTH = 64
 
 
 class ExecutionRow(Base):
@@ -140,6 +142,8 @@ class TaskDispatchRow(Base):
     error: Mapped[str | None] = mapped_column(Text)
     started_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    #: The secret the task was started with (``flux.token``; migration 0006: NULL before).
+    token: Mapped[str | None] = mapped_column(String(TOKEN_LENGTH))
 
 
 class ApprovalRow(Base):

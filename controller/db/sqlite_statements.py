@@ -157,6 +157,7 @@ def task_rows(run: Run, found: Sequence[NewTask]) -> list[dict[str, Any]]:
             "target": t.target,
             "status": records.TASK_PENDING,
             "request": t.request,
+            "token": t.token,
         }
         for t in found
     ]

@@ -131,6 +131,8 @@ def _message(kind: str, error: ValidationError, path: tuple[PathSegment, ...], s
     if kind in ("pattern", "propertyNames"):
         what = schema.get("description") or f"it must match {expected}"
         return f"{field} {value!r} is not valid: {what}"
+    if kind == "not" and "description" in schema:  # a form refused with its own explanation
+        return f"{field} {value!r} is not valid: {schema['description']}"
     if kind in ("minimum", "maximum"):
         bound = "at least" if kind == "minimum" else "at most"
         return f"{field} must be {bound} {expected}, got {value!r}"

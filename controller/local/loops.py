@@ -19,7 +19,7 @@ from typing import Any
 from sqlalchemy import Engine, select
 from sqlalchemy.orm import Session
 
-from controller.core.effects import task_token
+from controller.core.effects import dispatch_id
 from controller.db.definition_models import TableRow
 from controller.db.run_models import RunRow, TaskDispatchRow
 from controller.local.http import to_event
@@ -124,13 +124,15 @@ def consume_queues(sqs: Any, queues: list[str], invoke: Invoke, delay: float, no
 def receive_invocations(engine: Engine, invoke: Invoke, delay: float, now: datetime, done: set[str]) -> int:
     """Act as each Lambda task's function: ``delay`` seconds after the asynchronous invocation, report
     its run complete with the token it carried. moto runs no function code without Docker, so the
-    invocations are read from the runs' started tasks; ``done`` holds the tokens already reported."""
+    invocations are read from the runs' started tasks, with the token each was started with;
+    ``done`` holds the starts already reported (their dispatch ids)."""
     with Session(engine) as session:
         started = session.execute(
             select(
                 TaskDispatchRow.run_id,
                 TaskDispatchRow.attempt,
                 TaskDispatchRow.alias,
+                TaskDispatchRow.token,
                 RunRow.partitions,
                 TableRow.name,
             )
@@ -143,10 +145,10 @@ def receive_invocations(engine: Engine, invoke: Invoke, delay: float, now: datet
             )
         ).all()
     reported = 0
-    for run_id, attempt, alias, partitions, table in started:
-        token = task_token(run_id, attempt, alias)
-        if token not in done and _report(invoke, table, partitions, run_id, token, "lambda"):
-            done.add(token)
+    for run_id, attempt, alias, token, partitions, table in started:
+        start = dispatch_id(run_id, attempt, alias)
+        if start not in done and _report(invoke, table, partitions, run_id, token, "lambda"):
+            done.add(start)
             reported += 1
     return reported
 

@@ -6,10 +6,9 @@ success and one 409, never two decisions.
 
 from __future__ import annotations
 
-import re
-from collections.abc import Iterable
 from typing import Any
 
+from controller.core.access import Caller, may
 from controller.core.effects import AfterCommit, ScheduleRequest, schedule_name
 from controller.core.errors import Conflict, Forbidden, NotFound
 from controller.core.records import APPROVAL_PENDING
@@ -20,23 +19,15 @@ from controller.services.firing import perform, refreshed
 from controller.services.ports import Transaction
 from controller.services.transitions import move
 
-_IAM_USER = re.compile(r"^arn:aws[\w-]*:iam::\d{12}:user/(?:[^/]+/)*([^/]+)$")
-
-
-def is_approver(identity: str, approvers: Iterable[str]) -> bool:
-    """An approver is named exactly, or by the user name of an IAM user ARN (never a role session)."""
-    allowed = set(approvers)
-    iam_user = _IAM_USER.match(identity)
-    return identity in allowed or (iam_user is not None and iam_user.group(1) in allowed)
-
 
 def decide(
-    deps: Dependencies, approval_id: int, identity: str | None, approve: bool, comment: str | None
+    deps: Dependencies, approval_id: int, caller: Caller | None, approve: bool, comment: str | None
 ) -> dict[str, Any]:
-    """Approve (the run is scheduled) or reject (the run ends) a pending approval."""
+    """Approve (the run is scheduled) or reject (the run ends) a pending approval, as ``caller``: one
+    of the table's approvers (any identified caller if it lists none: DESIGN §7)."""
 
     def work(tx: Transaction, after: AfterCommit) -> dict[str, Any]:
-        return _decide(tx, deps, approval_id, identity, approve, comment, after)
+        return _decide(tx, deps, approval_id, caller, approve, comment, after)
 
     result = perform(deps, work)
     return {**result, "run": refreshed(deps, result["run"])}
@@ -46,7 +37,7 @@ def _decide(
     tx: Transaction,
     deps: Dependencies,
     approval_id: int,
-    identity: str | None,
+    caller: Caller | None,
     approve: bool,
     comment: str | None,
     after: AfterCommit,
@@ -59,12 +50,15 @@ def _decide(
     assert run is not None
     table = catalog.names.get(run.table_id)
     spec = catalog.table(table) if table else None
-    if identity is None:
+    if caller is None:
         raise Forbidden("no caller identity: approvals need an authenticated caller")
-    if spec is not None and spec.approvers and not is_approver(identity, spec.approvers):
-        raise Forbidden(
-            f"{identity} may not decide runs of {spec.name} (approvers: {', '.join(spec.approvers)})"
+    if spec is not None:
+        allowed = may(
+            "decide", caller, table=spec.name, approvers=spec.approvers, own_account=deps.own_account
         )
+        if not allowed.allowed:
+            raise Forbidden(allowed.message, dict(allowed.details or {}))
+    identity = caller.name
     if approval.status != APPROVAL_PENDING:
         by = f" by {approval.decided_by}" if approval.decided_by else ""
         raise Conflict(
@@ -78,11 +72,21 @@ def _decide(
     if spec is None or run.status != AWAITING_APPROVAL:
         raise Conflict(f"run {run.id} is {run.status}; it cannot be {status}")
     if not approve:
-        decided = move(tx, after, run, REJECTED, now, name, reason=comment or f"rejected by {identity}")
+        reason = comment or f"rejected by {identity}"
+        decided = move(tx, after, run, REJECTED, now, name, reason=reason, actor=identity)
     else:
         fire_at = now if run.manual else approved_fire_time(now, run.last_trigger_at, spec.debounce_seconds)
         decided = move(
-            tx, after, run, SCHEDULED, now, name, reason=comment, approval_id=approval_id, fire_at=fire_at
+            tx,
+            after,
+            run,
+            SCHEDULED,
+            now,
+            name,
+            reason=comment,
+            approval_id=approval_id,
+            fire_at=fire_at,
+            actor=identity,
         )
         if fire_at <= now:
             after.fire_now.append(run.id)

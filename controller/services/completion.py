@@ -12,12 +12,14 @@ import logging
 from datetime import datetime
 from typing import Any
 
+from controller.core.access import Caller
 from controller.core.catalog import Catalog
 from controller.core.effects import AfterCommit
 from controller.core.errors import Conflict, NotFound
 from controller.core.records import TASK_FAILED, TASK_SUCCEEDED
 from controller.core.runs import FAILED, IN_PROGRESS_STATES, RUNNING
 from controller.services.answers import run_summary
+from controller.services.authorization import require
 from controller.services.dependencies import Dependencies
 from controller.services.firing import perform
 from controller.services.ports import Transaction
@@ -78,9 +80,16 @@ def _settle(
     return "run succeeded" + (f"; {problem}" if problem else "")
 
 
-def fail_run(deps: Dependencies, run_id: int, reason: str | None, token: str | None = None) -> dict[str, Any]:
-    """``POST /runs/{id}/fail``: a task reports failure (the path for SQS and Lambda tasks); ``token``,
-    when given, must be one the run's current attempt started a task with."""
+def fail_run(
+    deps: Dependencies,
+    run_id: int,
+    reason: str | None,
+    token: str | None = None,
+    caller: Caller | None = None,
+) -> dict[str, Any]:
+    """``POST /runs/{id}/fail``: a task reports failure (the path for SQS and Lambda tasks) with its
+    ``token`` (one the run's current attempt started a task with), or an operator of the table does
+    (DESIGN §7: ``caller``, recorded as the actor)."""
 
     def work(tx: Transaction, after: AfterCommit) -> dict[str, Any]:
         catalog = deps.catalog(tx)
@@ -89,12 +98,15 @@ def fail_run(deps: Dependencies, run_id: int, reason: str | None, token: str | N
             raise NotFound(f"unknown run {run_id}")
         if run.status not in IN_PROGRESS_STATES:
             raise Conflict(f"run {run_id} is {run.status}, not in progress")
+        table = table_of(tx, catalog, run)
         if token is not None:
             check_token(tx, run, token)
-        table = table_of(tx, catalog, run)
+        else:
+            require("complete", caller, catalog, table, deps.own_account)
         now = deps.clock()
         message = reason or "reported as failed"
-        failed = move(tx, after, run, FAILED, now, table, reason=message) or run
+        actor = caller.name if caller else None
+        failed = move(tx, after, run, FAILED, now, table, reason=message, actor=actor) or run
         tx.settle_unfinished_tasks([run.id], TASK_FAILED, message, now)
         approval = tx.newest_approvals([run_id]).get(run_id)
         return run_summary(failed.id, table, failed.partitions, failed.status, failed.fire_at, approval)

@@ -3,6 +3,7 @@ ports, the clock and the settings, built once per process by :mod:`controller.wi
 
 from __future__ import annotations
 
+import secrets
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -16,6 +17,11 @@ def utcnow() -> datetime:
     return datetime.now(UTC)
 
 
+def new_task_token() -> str:
+    """A task's token (``flux.token``): 32 random bytes, URL-safe (43 characters)."""
+    return secrets.token_urlsafe(32)
+
+
 @dataclass
 class Dependencies:
     """The adapters behind the services' ports, the clock and the settings."""
@@ -26,8 +32,13 @@ class Dependencies:
     tasks: TaskStarter
     events: EventPublisher
     clock: Callable[[], datetime] = utcnow
+    #: A new token for each task of each attempt a dispatch records (random; a test may pass its own).
+    new_token: Callable[[], str] = new_task_token
     #: Trust the ``user`` of a request body (local use only; never behind API Gateway).
     trust_body_user: bool = False
+    #: The AWS account the function runs in: IAM users match ``approvers`` (and the other lists) only
+    #: when of this account (DESIGN §7); None (unknown) matches no IAM user.
+    own_account: str | None = None
     catalogs: CatalogCache = field(default_factory=CatalogCache)
 
     def catalog(self, tx: Transaction) -> Catalog:

@@ -13,6 +13,7 @@ succeeded meanwhile succeeds at once.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from datetime import datetime
 from typing import Any
 
@@ -32,9 +33,17 @@ logger = logging.getLogger("flux_control.runtime")
 
 
 def claim(
-    tx: Transaction, catalog: Catalog, run_id: int, now: datetime, after: AfterCommit
+    tx: Transaction,
+    catalog: Catalog,
+    run_id: int,
+    now: datetime,
+    after: AfterCommit,
+    new_token: Callable[[], str],
 ) -> tuple[str, list[TaskRequest]]:
-    """Claim a due scheduled run; returns what happened and the tasks to start (none: nothing to do)."""
+    """Claim a due scheduled run; returns what happened and the tasks to start (none: nothing to do).
+
+    Each task gets a token of its own from ``new_token``, recorded with it: the secret it reports with
+    (a transaction tried again draws new ones; only the committed ones are ever sent)."""
     run = tx.lock_run(run_id)
     if run is None:
         logger.warning("fire for an unknown run ignored", extra={"run_id": run_id})
@@ -54,13 +63,13 @@ def claim(
     if claimed is None:  # pragma: no cover - the row lock makes this impossible; keep the guard
         return "ignored: claimed elsewhere", []
     try:
-        requests = _requests(tx, spec, claimed)
+        requests = _requests(tx, spec, claimed, new_token)
     except TemplateError as exc:
         move(tx, after, claimed, FAILED, now, table_name, reason=f"task parameters did not render: {exc}")
         return "failed: parameters did not render", []
     if not requests:
         return _succeed_without_tasks(tx, catalog, claimed, table_name, now, after), []
-    tx.add_tasks(claimed, [NewTask(r.alias, r.type, r.target, r.params) for r in requests])
+    tx.add_tasks(claimed, [NewTask(r.alias, r.type, r.target, r.params, r.token) for r in requests])
     return "dispatching", requests
 
 
@@ -72,7 +81,7 @@ def _rearm(tx: Transaction, run: Run, table_name: str | None, after: AfterCommit
     after.schedule.append(ScheduleRequest(name, run.id, run.fire_at))
 
 
-def _requests(tx: Transaction, spec: TableSpec, run: Run) -> list[TaskRequest]:
+def _requests(tx: Transaction, spec: TableSpec, run: Run, new_token: Callable[[], str]) -> list[TaskRequest]:
     context = {
         "partitions": dict(run.partitions),
         "table": {"name": spec.name, "description": spec.description, "owner": spec.owner},
@@ -89,6 +98,7 @@ def _requests(tx: Transaction, spec: TableSpec, run: Run) -> list[TaskRequest]:
             target=task.target,
             partitions=dict(run.partitions),
             params=render_params(task.params, context),
+            token=new_token(),
         )
         for task in spec.tasks
     ]

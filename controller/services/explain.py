@@ -26,6 +26,8 @@ class Explanation:
     last_runs: list[dict[str, Any]] = field(default_factory=list)
     requires_approval: bool = False
     approvers: list[str] = field(default_factory=list)
+    producers: list[str] = field(default_factory=list)
+    operators: list[str] = field(default_factory=list)
     debounce_seconds: int = 0
     max_wait_seconds: int | None = None
 
@@ -39,6 +41,8 @@ class Explanation:
             "last_runs": self.last_runs,
             "requires_approval": self.requires_approval,
             "approvers": self.approvers,
+            "producers": self.producers,
+            "operators": self.operators,
             "debounce_seconds": self.debounce_seconds,
             "max_wait_seconds": self.max_wait_seconds,
         }
@@ -75,6 +79,8 @@ def explain(reads: Reads, table: str, partitions: dict[str, Any]) -> Explanation
         key,
         requires_approval=spec.requires_approval,
         approvers=list(spec.approvers),
+        producers=list(spec.producers),
+        operators=list(spec.operators),
         debounce_seconds=spec.debounce_seconds,
         max_wait_seconds=spec.max_wait_seconds,
     )
@@ -146,6 +152,10 @@ def render(explanation: Explanation) -> str:
         lines.append(
             "  approval: required" + (f" (approvers: {', '.join(e.approvers)})" if e.approvers else "")
         )
+    if e.producers:
+        lines.append(f"  producers: {', '.join(e.producers)}")
+    if e.operators:
+        lines.append(f"  operators: {', '.join(e.operators)}")
     run = e.open_run
     if run is None:
         lines.append("  open run: none")

@@ -51,7 +51,8 @@ def fire_after_commit(deps: Dependencies, run_id: int) -> None:
 def fire(deps: Dependencies, run_id: int) -> str:
     """Fire run ``run_id`` (a schedule, the sweep, or an immediate run); returns what happened."""
     outcome, requests = perform(
-        deps, lambda tx, after: dispatch.claim(tx, deps.catalog(tx), run_id, deps.clock(), after)
+        deps,
+        lambda tx, after: dispatch.claim(tx, deps.catalog(tx), run_id, deps.clock(), after, deps.new_token),
     )
     if not requests:
         return outcome

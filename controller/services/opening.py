@@ -46,8 +46,10 @@ def open_or_push(
     *,
     manual: bool = False,
     reason: str | None = None,
+    actor: str | None = None,
 ) -> list[dict[str, Any]]:
-    """Create the run of each (table, key), or push the open one; returns the runs as API dicts."""
+    """Create the run of each (table, key), or push the open one; returns the runs as API dicts.
+    ``actor``: who opened them (the registering producer, the operator of a manual run)."""
     merged = _merged(catalog, wanted)
     existing = tx.lock_open_runs(merged)
     new_runs: list[NewRun] = []
@@ -83,7 +85,8 @@ def open_or_push(
         table = merged[pair].table
         approval = approvals.get(run.id, existing[pair][1] if pair in existing else None)
         if pair in inserted:
-            after.events.append(opened(run, table, now, approval_id=approvals.get(run.id), reason=reason))
+            approval_id = approvals.get(run.id)
+            after.events.append(opened(run, table, now, approval_id=approval_id, reason=reason, actor=actor))
         if run.status == SCHEDULED and run.fire_at is not None:
             if run.fire_at <= now:
                 after.fire_now.append(run.id)

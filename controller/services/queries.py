@@ -34,7 +34,7 @@ def get_run(deps: Dependencies, run_id: int) -> dict[str, Any]:
     found = deps.reads.run_detail(run_id)
     if found is None:
         raise NotFound(f"unknown run {run_id}")
-    run, name, approval, tasks, triggers = found
+    run, name, approval, tasks, triggers, events = found
     detail = run_summary(
         run.id, name, run.partitions, run.status, run.fire_at, approval.id if approval else None
     )
@@ -77,6 +77,16 @@ def get_run(deps: Dependencies, run_id: int) -> dict[str, Any]:
         triggers=[
             {"execution_id": execution_id, "table_name": table, "partitions": partitions}
             for execution_id, table, partitions in triggers
+        ],
+        events=[
+            {
+                "at": iso(e.at),
+                "old_state": e.old_state,
+                "new_state": e.new_state,
+                "actor": e.actor,
+                "reason": e.reason,
+            }
+            for e in events
         ],
     )
     return {"run": detail}

@@ -8,19 +8,21 @@ same item (table and partitions), and is a 409 naming that registration when it 
 
 from __future__ import annotations
 
+import hmac
 import json
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
+from controller.core.access import Caller
 from controller.core.catalog import Catalog
-from controller.core.effects import AfterCommit, task_token
+from controller.core.effects import AfterCommit
 from controller.core.errors import Conflict, Forbidden, NotFound, ServiceError, Unprocessable
 from controller.core.gates import Execution, GateLock, gate_locks, openings, probes
 from controller.core.keys import InvalidPartition, Key, key_text, make_key
 from controller.core.records import TASK_SUCCEEDED, NewExecution, StoredExecution, partition_values
 from controller.core.runs import IN_PROGRESS_STATES, SUCCEEDED, Run
-from controller.services import settling
+from controller.services import authorization, settling
 from controller.services.answers import run_summary
 from controller.services.opening import Wanted, open_or_push
 from controller.services.ports import Transaction
@@ -56,35 +58,46 @@ def register_in(
     tx: Transaction,
     catalog: Catalog,
     items: list[ExecutionInput],
-    user: str | None,
+    caller: Caller | None,
     now: datetime,
     after: AfterCommit,
     *,
     verified: bool = True,
+    own_account: str | None = None,
 ) -> dict[str, Any]:
     """Register ``items`` in the caller's transaction; returns ``{"executions": […], "runs": […]}``.
 
-    ``verified=False``: ``catalog`` may be stale; :class:`StaleCatalog` is raised, before anything is
-    written, when it is (the gate-lock statement reads the newest revision) or when it refuses an item.
+    ``caller`` must be allowed each item (DESIGN §7; None: Flux Control itself, unchecked) and is
+    recorded as who registered. ``verified=False``: ``catalog`` may be stale; :class:`StaleCatalog` is
+    raised, before anything is written, when it is (the gate-lock statement reads the newest
+    revision) or when it refuses an item.
     """
     prepared, reports = _prepare_all(catalog, items, verified=verified)
+    try:
+        checked = [(i, item.table_name, item.run_id, item.token) for i, item in enumerate(items)]
+        authorization.require_registration(caller, catalog, checked, own_account)
+    except Forbidden:
+        if not verified:
+            raise StaleCatalog from None  # the lists may be newer than the cached definitions
+        raise
+    user = caller.name if caller else None
     _reject_repeated_keys(prepared)
     _find_replays(tx, catalog, prepared)
     fresh = [p for p in prepared if p.replay is None]
     revision = _lock_gates(tx, catalog, fresh)
     if not verified and revision != catalog.revision:
         raise StaleCatalog
-    reruns = _complete_runs(tx, fresh, now, after)
+    reruns = _complete_runs(tx, fresh, now, after, user)
     ids = tx.insert_executions([_new_execution(catalog, p) for p in fresh], now, user)
     for p, execution_id in zip(fresh, ids, strict=True):
         p.execution_id = execution_id
     wanted = _gate_openings(tx, catalog, fresh) + reruns
-    runs = open_or_push(tx, catalog, wanted, now, after) if wanted else []
+    runs = open_or_push(tx, catalog, wanted, now, after, actor=user) if wanted else []
     executions = [p.replay["execution"] if p.replay else _execution_out(p) for p in prepared]
     replayed_runs = [run for p in prepared if p.replay for run in p.replay["runs"]]
     result: dict[str, Any] = {"executions": executions, "runs": runs + replayed_runs}
     if reports:
-        result["not_registered"] = _settle_reports(tx, catalog, reports, now, after)
+        result["not_registered"] = _settle_reports(tx, catalog, reports, now, after, user)
     return result
 
 
@@ -113,6 +126,7 @@ def _settle_reports(
     reports: list[tuple[int, ExecutionInput, ServiceError]],
     now: datetime,
     after: AfterCommit,
+    actor: str | None,
 ) -> list[dict[str, Any]]:
     """A run's task reported success, but the definitions changed since the run opened (its table
     deleted, its partitions changed): the run succeeds without an execution, and its key is free.
@@ -130,7 +144,7 @@ def _settle_reports(
             raise refusal
         if item.token is not None:
             check_token(tx, run, item.token, f"data[{index}]")
-        reason = settling.succeed_unregistered(tx, run, item.table_name, problem, now, after)
+        reason = settling.succeed_unregistered(tx, run, item.table_name, problem, now, after, actor)
         settled.append({"index": index, "run_id": run.id, "status": SUCCEEDED, "reason": reason})
     return settled
 
@@ -269,7 +283,9 @@ def _gate_openings(tx: Transaction, catalog: Catalog, fresh: list[Prepared]) -> 
     return [Wanted(o.dependent, o.key, o.triggers) for o in found]
 
 
-def _complete_runs(tx: Transaction, fresh: list[Prepared], now: datetime, after: AfterCommit) -> list[Wanted]:
+def _complete_runs(
+    tx: Transaction, fresh: list[Prepared], now: datetime, after: AfterCommit, actor: str | None
+) -> list[Wanted]:
     """Items with a run_id complete that run: it must be this table's, for this key, in progress.
 
     Returns the runs to open again: a trigger arrived while they were in progress.
@@ -283,7 +299,7 @@ def _complete_runs(tx: Transaction, fresh: list[Prepared], now: datetime, after:
     finished = list(targets)
     tx.settle_unfinished_tasks(finished, TASK_SUCCEEDED, None, now)
     for run_id in finished:
-        move(tx, after, rows[run_id], SUCCEEDED, now, targets[run_id].item.table_name)
+        move(tx, after, rows[run_id], SUCCEEDED, now, targets[run_id].item.table_name, actor=actor)
     return [Wanted(targets[i].item.table_name, targets[i].key) for i in finished if rows[i].rerun_requested]
 
 
@@ -303,9 +319,14 @@ def _check_completable(tx: Transaction, run: Run | None, run_id: int, p: Prepare
 
 
 def check_token(tx: Transaction, run: Run, token: str, where: str = "") -> None:
-    """Refuse ``token`` unless a task of ``run``'s current attempt was started with it."""
-    aliases = {task.alias for task in tx.tasks_of(run.id, run.attempt)}
-    if token not in {task_token(run.id, run.attempt, alias) for alias in aliases}:
+    """Refuse ``token`` unless a task of ``run``'s current attempt was started with it (the stored
+    token of one of its tasks, compared in constant time; a task stored without one matches none)."""
+    given = token.encode()
+    matched = False
+    for task in tx.tasks_of(run.id, run.attempt):
+        if task.token is not None:
+            matched |= hmac.compare_digest(given, task.token.encode())
+    if not matched:
         prefix = f"{where}: " if where else ""
         raise Forbidden(
             f"{prefix}the token is not one of run {run.id}'s current attempt ({run.attempt}): "

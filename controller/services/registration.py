@@ -9,6 +9,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
+from controller.core.access import Caller
 from controller.core.catalog import Catalog
 from controller.core.effects import AfterCommit
 from controller.core.errors import Unprocessable
@@ -20,15 +21,18 @@ from controller.services.registering import ExecutionInput, StaleCatalog, regist
 MAX_ITEMS = 500
 
 
-def register_executions(deps: Dependencies, items: list[ExecutionInput], user: str | None) -> dict[str, Any]:
-    """Register every item (all or none); returns ``{"executions": […], "runs": […]}``."""
+def register_executions(
+    deps: Dependencies, items: list[ExecutionInput], caller: Caller | None
+) -> dict[str, Any]:
+    """Register every item (all or none) as ``caller`` (a producer of each table, or completing a run:
+    DESIGN §7; None: unchecked, Flux Control itself); returns ``{"executions": […], "runs": […]}``."""
     if not items:
         raise Unprocessable("data must hold at least one execution")
     if len(items) > MAX_ITEMS:
         raise Unprocessable(f"at most {MAX_ITEMS} executions per request, got {len(items)}")
 
     def work(tx: Transaction, after: AfterCommit) -> dict[str, Any]:
-        return _register_current(tx, deps, items, user, deps.clock(), after)
+        return _register_current(tx, deps, items, caller, deps.clock(), after)
 
     return perform(deps, work)
 
@@ -37,7 +41,7 @@ def _register_current(
     tx: Transaction,
     deps: Dependencies,
     items: list[ExecutionInput],
-    user: str | None,
+    caller: Caller | None,
     now: datetime,
     after: AfterCommit,
 ) -> dict[str, Any]:
@@ -49,13 +53,14 @@ def _register_current(
     first decision took stay held to commit (harmless: a deadlock they could cause with another
     order is detected by PostgreSQL and the transaction runs again).
     """
+    own = deps.own_account
     cached: Catalog | None = deps.catalogs.cached()
     if cached is not None:
         try:
-            return register_in(tx, cached, items, user, now, after, verified=False)
+            return register_in(tx, cached, items, caller, now, after, verified=False, own_account=own)
         except StaleCatalog:
             pass
-    return register_in(tx, deps.catalog(tx), items, user, now, after)
+    return register_in(tx, deps.catalog(tx), items, caller, now, after, own_account=own)
 
 
 #: ExecutionInput is part of this entry point (the API builds the items with it).

@@ -4,10 +4,13 @@ from __future__ import annotations
 
 from typing import Any
 
+from controller.core.access import Caller
 from controller.core.effects import AfterCommit, schedule_name
 from controller.core.errors import Conflict, NotFound, Unprocessable
 from controller.core.keys import InvalidPartition, key_text, make_key
+from controller.core.records import APPROVAL_APPROVED
 from controller.core.runs import (
+    AWAITING_APPROVAL,
     CANCELLABLE_STATES,
     CANCELLED,
     FAILED,
@@ -17,6 +20,7 @@ from controller.core.runs import (
     Run,
 )
 from controller.services.answers import run_summary
+from controller.services.authorization import require
 from controller.services.dependencies import Dependencies
 from controller.services.firing import perform, refreshed
 from controller.services.opening import Wanted, open_or_push
@@ -25,15 +29,21 @@ from controller.services.transitions import move, table_of
 
 
 def manual_run(
-    deps: Dependencies, table_name: str, partitions: dict[str, Any], reason: str | None
+    deps: Dependencies,
+    table_name: str,
+    partitions: dict[str, Any],
+    reason: str | None,
+    caller: Caller | None = None,
 ) -> dict[str, Any]:
-    """Open the run of (table, key) now: no gate, no debounce; approval still applies."""
+    """Open the run of (table, key) now: no gate, no debounce; approval still applies. ``caller``: an
+    operator of the table (DESIGN §7), recorded on the run's events."""
 
     def work(tx: Transaction, after: AfterCommit) -> dict[str, Any]:
         catalog = deps.catalog(tx)
         spec = catalog.table(table_name)
         if spec is None:
             raise NotFound(f"unknown table {table_name!r}")
+        require("operate", caller, catalog, table_name, deps.own_account)
         try:
             key = make_key(spec, partitions)
         except InvalidPartition as exc:
@@ -48,26 +58,40 @@ def manual_run(
                 f"run {busy.id} of {table_name} for this key is already {busy.status}", {"run_id": busy.id}
             )
         [run] = open_or_push(
-            tx, catalog, [Wanted(table_name, key)], deps.clock(), after, manual=True, reason=reason
+            tx,
+            catalog,
+            [Wanted(table_name, key)],
+            deps.clock(),
+            after,
+            manual=True,
+            reason=reason,
+            actor=caller.name if caller else None,
         )
         return run
 
     return refreshed(deps, perform(deps, work))
 
 
-def cancel_run(deps: Dependencies, run_id: int, reason: str | None) -> dict[str, Any]:
-    """Cancel a run awaiting approval or scheduled; its schedule is deleted after commit."""
+def cancel_run(
+    deps: Dependencies, run_id: int, reason: str | None, caller: Caller | None = None
+) -> dict[str, Any]:
+    """Cancel a run awaiting approval or scheduled, as an operator of its table (DESIGN §7); its
+    schedule is deleted after commit."""
 
     def work(tx: Transaction, after: AfterCommit) -> dict[str, Any]:
         catalog = deps.catalog(tx)
         run = _locked(tx, run_id)
         table = table_of(tx, catalog, run)
+        require("operate", caller, catalog, table, deps.own_account)
+        actor = caller.name if caller else None
         if run.status not in CANCELLABLE_STATES:
             raise Conflict(
                 f"run {run_id} is {run.status}; only runs {' or '.join(CANCELLABLE_STATES)} can be cancelled"
             )
         now = deps.clock()
-        cancelled = move(tx, after, run, CANCELLED, now, table, reason=reason or "cancelled") or run
+        cancelled = (
+            move(tx, after, run, CANCELLED, now, table, reason=reason or "cancelled", actor=actor) or run
+        )
         tx.cancel_pending_approvals(run_id, now)
         after.unschedule.append(run.schedule_name or schedule_name(run.id, table))
         return _summary(tx, cancelled, table)
@@ -75,8 +99,12 @@ def cancel_run(deps: Dependencies, run_id: int, reason: str | None) -> dict[str,
     return perform(deps, work)
 
 
-def retry_run(deps: Dependencies, run_id: int, reason: str | None) -> dict[str, Any]:
-    """Re-open a failed run as a new attempt that fires now."""
+def retry_run(
+    deps: Dependencies, run_id: int, reason: str | None, caller: Caller | None = None
+) -> dict[str, Any]:
+    """Re-open a failed run as a new attempt, as an operator of its table (DESIGN §7): it fires now,
+    or awaits approval when its table requires approval now and the run was never approved (the
+    definitions as they are now decide, not as they were when the run opened)."""
 
     def work(tx: Transaction, after: AfterCommit) -> dict[str, Any]:
         catalog = deps.catalog(tx)
@@ -84,17 +112,42 @@ def retry_run(deps: Dependencies, run_id: int, reason: str | None) -> dict[str, 
         table = catalog.names.get(run.table_id)
         if table is None:
             raise Conflict(f"run {run_id} belongs to a deleted table")
+        require("operate", caller, catalog, table, deps.own_account)
+        actor = caller.name if caller else None
         if run.status != FAILED:
             raise Conflict(f"run {run_id} is {run.status}; only failed runs can be retried")
         tx.lock_gates([run.table_id])
         other = tx.run_of_key(run.table_id, run.partition_key, OPEN_STATES)
         if other is not None:
             raise Conflict(f"run {other.id} is already open for this table and key", {"run_id": other.id})
-        retried = move(tx, after, run, SCHEDULED, deps.clock(), table, reason=reason) or run
+        now = deps.clock()
+        spec = catalog.table(table)
+        if spec is not None and spec.requires_approval and not _approved(tx, run_id):
+            [approval_id] = tx.request_approvals([run_id], now).values()
+            waiting = move(
+                tx,
+                after,
+                run,
+                AWAITING_APPROVAL,
+                now,
+                table,
+                reason=reason,
+                approval_id=approval_id,
+                actor=actor,
+            )
+            return _summary(tx, waiting or run, table)
+        retried = move(tx, after, run, SCHEDULED, now, table, reason=reason, actor=actor) or run
         after.fire_now.append(run_id)
         return _summary(tx, retried, table)
 
     return refreshed(deps, perform(deps, work))
+
+
+def _approved(tx: Transaction, run_id: int) -> bool:
+    """Whether the run's newest approval was granted (a retried run keeps the approval it had)."""
+    newest = tx.newest_approvals([run_id]).get(run_id)
+    approval = tx.lock_approval(newest) if newest is not None else None
+    return approval is not None and approval.status == APPROVAL_APPROVED
 
 
 def _summary(tx: Transaction, run: Run, table: str) -> dict[str, Any]:

@@ -39,10 +39,16 @@ def registration_problem(catalog: Catalog, table: str, run: Run) -> str | None:
 
 
 def succeed_unregistered(
-    tx: Transaction, run: Run, table: str, problem: str, now: datetime, after: AfterCommit
+    tx: Transaction,
+    run: Run,
+    table: str,
+    problem: str,
+    now: datetime,
+    after: AfterCommit,
+    actor: str | None = None,
 ) -> str:
     """End ``run`` as succeeded without an execution (``problem`` says why); returns the reason."""
     reason = NOT_REGISTERED + problem
     tx.settle_unfinished_tasks([run.id], TASK_SUCCEEDED, None, now)
-    move(tx, after, run, SUCCEEDED, now, table, reason=reason)
+    move(tx, after, run, SUCCEEDED, now, table, reason=reason, actor=actor)
     return reason

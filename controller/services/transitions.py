@@ -23,9 +23,13 @@ def move(
     reason: str | None = None,
     approval_id: int | None = None,
     fire_at: datetime | None = None,
+    actor: str | None = None,
 ) -> Run | None:
-    """Move ``run`` to state ``to``; the run as changed, or None if it moved meanwhile (nothing done)."""
-    change = transition(run, to, now, table, reason=reason, approval_id=approval_id, fire_at=fire_at)
+    """Move ``run`` to state ``to`` (``actor``: who asked; None: Flux Control itself); the run as
+    changed, or None if it moved meanwhile (nothing done)."""
+    change = transition(
+        run, to, now, table, reason=reason, approval_id=approval_id, fire_at=fire_at, actor=actor
+    )
     if not tx.apply(change):
         return None
     after.events.append(change.event)
