@@ -189,10 +189,15 @@ def written_after_delete(log: list[LogEntry]) -> int:
 def schedule_problems(
     session: Session, aws: SharedAws, now: datetime, *, window: timedelta
 ) -> list[tuple[str, str]]:
-    """Invariant (b): no schedule whose run is not ``scheduled`` (nor at another time than the run's),
-    and every scheduled run firing after ``now + window`` has its schedule, written at its fire time.
-    (Runs firing sooner are not the sweep's to write: their fire, or the next sweep, handles them.)
-    Each problem is (its kind, with the run's state for a schedule outliving it; its story)."""
+    """Invariant (b): no schedule whose run is not ``scheduled`` (nor later than the run's fire time),
+    and every scheduled run firing after ``now + window`` has its schedule, written at or before its
+    fire time. (Runs firing sooner are not the sweep's to write: their fire, or the next sweep, handles
+    them.) Each problem is (its kind, with the run's state for a schedule outliving it; its story).
+
+    A schedule *earlier* than its run is allowed: two writes of one schedule race (a push's and the
+    write before it), the scheduler keeps the last to land, and fire times only move later, so a
+    stale write is an earlier one; its fire comes early, dispatches nothing and writes the schedule
+    again for the fire time (``dispatch._rearm``, tested in test_nothing_stuck)."""
     schedules = aws.schedules()
     runs = {
         row.id: row
@@ -212,13 +217,14 @@ def schedule_problems(
         if run.status != SCHEDULED:
             story = f"schedule {name} at {fire_at} outlives its run:\n{describe(session, aws, run_id, name)}"
             problems.append((f"outlives a {run.status} run", story))
-        elif run.fire_at > now + window and run.fire_at != fire_at:
+        elif run.fire_at > now + window and fire_at > run.fire_at:
             story = f"schedule {name} at {fire_at}, its run at {run.fire_at}\n{describe(session, aws, run_id, name)}"
-            problems.append(("at another time than its run", story))
+            problems.append(("later than its run", story))
     for run in runs.values():
         if run.status == SCHEDULED and run.fire_at > now + window:
             written = schedules.get(run.schedule_name or "")
-            if written != (run.id, run.fire_at) or run.scheduled_fire_at != run.fire_at:
+            found = written is not None and written[0] == run.id and written[1] <= run.fire_at
+            if not found or run.scheduled_fire_at != run.fire_at:
                 story = (
                     f"run {run.id} fires at {run.fire_at}: schedule {run.schedule_name} is {written}, "
                     f"recorded {run.scheduled_fire_at}\n{describe(session, aws, run.id, run.schedule_name)}"
