@@ -1026,7 +1026,15 @@ class MemoryReads:
                 if table is None or names[e.table_id] == table
             ][:limit]
             return [
-                (e.id, names[e.table_id], dict(e.partitions), e.source, e.registered_at, e.run_id)
+                (
+                    e.id,
+                    names[e.table_id],
+                    dict(e.partitions),
+                    e.source,
+                    e.registered_at,
+                    e.run_id,
+                    e.registered_by,
+                )
                 for e in rows
             ]
 

@@ -15,7 +15,15 @@ from sqlalchemy import Engine
 from controller.reconciler import apply
 from tests.api_support import api_event, run_detail, send
 from tests.factories import states, table_doc
-from tests.runtime_support import ACCOUNT, START, Lambda, partitions, running_lambda, stored_token
+from tests.runtime_support import (
+    ACCOUNT,
+    START,
+    Lambda,
+    glue_event,
+    partitions,
+    running_lambda,
+    stored_token,
+)
 
 OTHER = "999999999999"
 MONTH = [{"name": "ano_mes", "type": "int"}]
@@ -197,3 +205,52 @@ def test_a_retry_of_an_approved_run_keeps_its_approval(flux: Lambda) -> None:
     retried = run_detail(flux, run["id"])
     assert (retried["status"], retried["attempt"]) == ("running", 2)
     assert retried["approval"]["status"] == "approved"
+
+
+READS = ["/approvals", "/runs", "/runs/1", "/executions", "/tables", "/tables/open"]
+
+
+@pytest.mark.parametrize("path", READS)
+def test_reading_needs_an_identified_caller_outside_trusted_mode(flux: Lambda, path: str) -> None:
+    post(flux, "ops", "/runs", {"table_name": "open", "partitions": partitions(ano_mes=5)})
+    status, answer = flux.call("GET", path, user=None)
+    assert (status, answer["error"]["code"]) == (403, "forbidden"), answer
+    assert "reading needs an identified caller" in answer["error"]["message"]
+    # Any identified caller reads everything (DESIGN §7: no finer read model), an IAM session too.
+    assert send(flux, api_event("GET", path, None, **WHO["glue-session"]))[0] == 200
+    assert flux.call("GET", path, user="sam")[0] == 200
+
+
+@pytest.mark.parametrize("path", ["/health", "/openapi.json"])
+def test_the_health_check_and_the_document_need_no_identity(flux: Lambda, path: str) -> None:
+    assert flux.call("GET", path, user=None)[0] == 200
+
+
+@pytest.mark.parametrize("path", READS)
+def test_trusted_mode_reads_openly(flux: Lambda, path: str) -> None:
+    post(flux, "ops", "/runs", {"table_name": "open", "partitions": partitions(ano_mes=5)})
+    flux.deps.trust_body_user = True
+    assert flux.call("GET", path, user=None)[0] == 200
+
+
+def test_every_execution_shows_who_registered_it(flux: Lambda) -> None:
+    session = f"arn:aws:sts::{ACCOUNT}:assumed-role/glue-etl/jr_42"
+    assert post(flux, "glue-session", "/register_execution", registration("guarded", 1))[0] == 200
+    assert post(flux, "stranger", "/register_execution", registration("open", 1))[0] == 200
+    # A run completed through the API with its token: who reported it.
+    run = post(flux, "ops", "/runs", {"table_name": "open", "partitions": partitions(ano_mes=2)})[1]["run"]
+    item = registration("open", 2, run_id=run["id"], token=stored_token(flux, run["id"], "load"))
+    assert post(flux, "glue-session", "/register_execution", item)[0] == 200
+    # A run completed on its Glue job's event: Flux Control registers the execution itself.
+    other = post(flux, "ops", "/runs", {"table_name": "open", "partitions": partitions(ano_mes=3)})[1]["run"]
+    job_run = run_detail(flux, other["id"])["tasks"][0]["external_id"]
+    assert flux.invoke(glue_event("job-guarded", job_run, "SUCCEEDED")) == {"status": "run succeeded"}
+
+    listed = flux.ok("GET", "/executions")["executions"]
+
+    assert [(e["table_name"], e["partitions"], e["run_id"], e["registered_by"]) for e in listed] == [
+        ("open", {"ano_mes": 3}, other["id"], "flux-control"),
+        ("open", {"ano_mes": 2}, run["id"], session),
+        ("open", {"ano_mes": 1}, None, "sam"),
+        ("guarded", {"ano_mes": 1}, None, session),
+    ]

@@ -121,6 +121,22 @@ def test_a_bad_entry_is_reported_at_the_entry_in_each_list(
     ]
 
 
+@pytest.mark.parametrize("field", PEOPLE)
+@pytest.mark.parametrize("entry", ["Group:leads", "groups:leads", "GROUP:leads", "group :leads"])
+def test_a_group_written_almost_right_is_reported_with_the_spelling_that_works(
+    field: str, entry: str, write_defs: WriteDefs
+) -> None:
+    result = validate_directory(write_defs({"a.yaml": document(field, ["ok", entry])}))
+    column = len(f'{field}: ["ok", ') + 1
+    assert [(str(p), p.code) for p in result.problems] == [
+        (
+            f"defs/a.yaml:4:{column}: {entry!r} is a name, not a group (and matches nobody): write "
+            "'group:leads' for the members of Cognito group 'leads'",
+            "principal",
+        )
+    ]
+
+
 def test_the_example_approvers_stay_valid_and_the_old_rules_still_apply(write_defs: WriteDefs) -> None:
     """What approvers accepted before (any non-empty name) is still accepted unless it is written as a
     group or an ARN; duplicates, empty and overlong entries are refused as before."""

@@ -239,7 +239,8 @@ def call(method, path, body=None):
              "pathParameters": None, "stageVariables": None, "isBase64Encoded": False,
              "body": json.dumps(body) if body is not None else None,
              "requestContext": {"requestId": "zip-" + path, "stage": "v1", "httpMethod": method, "path": path,
-                                "resourcePath": path, "identity": {"sourceIp": "127.0.0.1"}}}
+                                "resourcePath": path, "identity": {"sourceIp": "127.0.0.1", "accountId": "123456789012",
+                                                                   "userArn": "arn:aws:iam::123456789012:user/probe"}}}
     answer = lambda_handler(event, None)
     return answer["statusCode"], json.loads(answer["body"])
 

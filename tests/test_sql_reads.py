@@ -54,7 +54,9 @@ def ids(reads: Reads) -> dict[str, int]:
     return reads.catalog().ids
 
 
-def add_execution(engine: Engine, table_id: int, key: Key, *, source: str = "glue", minute: int = 0) -> int:
+def add_execution(
+    engine: Engine, table_id: int, key: Key, *, source: str = "glue", minute: int = 0, by: str | None = None
+) -> int:
     """An execution with a value row per given partition (an omitted one is stored as NULL)."""
     with Session(engine) as session, session.begin():
         execution_id = session.execute(
@@ -65,6 +67,7 @@ def add_execution(engine: Engine, table_id: int, key: Key, *, source: str = "glu
                 partitions=key,
                 source=source,
                 registered_at=at(minute),
+                registered_by=by,
             )
             .returning(ExecutionRow.id)
         ).scalar_one()
@@ -248,10 +251,10 @@ def test_approvals_newest_first_with_their_run(engine: Engine, reads: Reads) -> 
 def test_executions_newest_first_and_by_id(engine: Engine, reads: Reads) -> None:
     table = ids(reads)
     a = add_execution(engine, table["tb_a"], {"mes": 1}, minute=1)
-    b = add_execution(engine, table["tb_b"], {"mes": 1}, source="run", minute=2)
+    b = add_execution(engine, table["tb_b"], {"mes": 1}, source="run", minute=2, by="ana")
     assert reads.executions(None, 10) == [
-        (b, "tb_b", {"mes": 1}, "run", at(2), None),
-        (a, "tb_a", {"mes": 1}, "glue", at(1), None),
+        (b, "tb_b", {"mes": 1}, "run", at(2), None, "ana"),
+        (a, "tb_a", {"mes": 1}, "glue", at(1), None, None),
     ]
     assert [e[0] for e in reads.executions("tb_a", 10)] == [a]
     assert [e[0] for e in reads.executions(None, 1)] == [b]

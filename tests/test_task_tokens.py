@@ -26,7 +26,9 @@ from controller.aws import clients, tasks
 from controller.aws.tasks import AwsTaskStarter
 from controller.core.effects import TaskRequest, TaskStartError
 from controller.db.migrate import alembic_config, upgrade
+from controller.files.validation import validate_directory
 from controller.telemetry import logger
+from tests.conftest import WriteDefs
 from tests.factories import table_doc
 from tests.runtime_support import (
     ACCOUNT,
@@ -353,3 +355,23 @@ def test_a_glue_start_that_failed_ambiguously_names_no_token(
     assert {getattr(r, "task", None) for r in warnings} == {"flux-7-2-load"}
     assert not [r for r in caplog.records if secret in json.dumps(r.__dict__, default=str)]
     assert secret not in repr(request)
+
+
+@pytest.mark.parametrize(
+    ("task_type", "target", "param"),
+    [("glue", "job", "--flux_token"), ("glue", "job", "--flux_run_id"), ("sqs", QUEUE_URL, "flux")],
+)
+def test_a_param_that_would_replace_the_token_is_refused_where_it_is_written(
+    task_type: str, target: str, param: str, write_defs: WriteDefs
+) -> None:
+    task = {"alias": "load", "type": task_type, "target": target, "params": {"day": "1", param: "x"}}
+    document = json.dumps({"version": 1, "name": "a", "partitions": [], "tasks": [task]})
+    result = validate_directory(write_defs({"a.yaml": document}))
+    assert [(p.code, p.message) for p in result.problems] == [
+        (
+            "reserved-param",
+            f"param {param!r} is reserved: Flux Control passes the run's id and token under '--flux_*' "
+            "(Glue) and 'flux' (the payload of the other targets); rename it",
+        )
+    ]
+    assert str(result.problems[0]).startswith("defs/a.yaml:1:")

@@ -263,6 +263,10 @@ class ExecutionDetail(ExecutionSummary):
     source: str
     registered_at: str | None
     run_id: int | None = Field(description="the run whose success registered it")
+    registered_by: str | None = Field(
+        description="who registered it: the caller, or flux-control for a run's completion on its AWS "
+        "event (null: registered before this was recorded)"
+    )
 
 
 class Executions(BaseModel):
@@ -278,6 +282,7 @@ class Executions(BaseModel):
                     "source": "glue",
                     "registered_at": "2023-06-01T12:00:00+00:00",
                     "run_id": None,
+                    "registered_by": "arn:aws:sts::123456789012:assumed-role/glue-prep/GlueJobRunnerSession",
                 }
             ]
         }

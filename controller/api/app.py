@@ -191,6 +191,21 @@ def _writer(body_user: str | None) -> Caller:
     return caller
 
 
+def _reader() -> None:
+    """403 for a read without an identified caller outside trusted mode (DESIGN §7): reads show
+    everything, so they need someone to show it to. ``serve`` (trusted mode) reads openly; ``/health``
+    and ``/openapi.json`` are open everywhere (a health check and the document describe no data)."""
+    if dependencies().trust_body_user:
+        return
+    context = app.current_event.raw_event.get("requestContext") or {}
+    caller = caller_from(context, None, False)
+    resolved_caller.set(caller.name if caller else None)
+    if caller is None:
+        raise Forbidden(
+            "no caller identity: reading needs an identified caller (the API Gateway authorizer's identity)"
+        )
+
+
 @route("GET", "/health", answers.Health, "getHealth", "Check that the service answers")
 def health() -> dict[str, str]:
     return {"status": "ok"}
@@ -243,6 +258,7 @@ def reject(body: DecisionRequest) -> dict[str, Any]:
 def list_approvals(
     status: Annotated[str | None, Query()] = "pending", limit: Annotated[int, Query()] = 100
 ) -> dict[str, Any]:
+    _reader()
     from controller.services import queries  # lazy: see the module docstring
 
     return queries.list_approvals(dependencies(), status, limit)
@@ -254,6 +270,7 @@ def list_runs(
     status: Annotated[str | None, Query()] = None,
     limit: Annotated[int, Query()] = 100,
 ) -> dict[str, Any]:
+    _reader()
     from controller.services import queries  # lazy: see the module docstring
 
     return queries.list_runs(dependencies(), table, status, limit)
@@ -261,6 +278,7 @@ def list_runs(
 
 @route("GET", "/runs/<run_id>", answers.RunWithDetail, "getRun", "Get a run with its tasks and triggers")
 def get_run(run_id: RunId) -> dict[str, Any]:
+    _reader()
     from controller.services import queries  # lazy: see the module docstring
 
     return queries.get_run(dependencies(), run_id)
@@ -303,6 +321,7 @@ def fail_run(run_id: RunId, body: FailRequest) -> dict[str, Any]:
 def list_executions(
     table: Annotated[str | None, Query()] = None, limit: Annotated[int, Query()] = 100
 ) -> dict[str, Any]:
+    _reader()
     from controller.services import queries  # lazy: see the module docstring
 
     return queries.list_executions(dependencies(), table, limit)
@@ -310,6 +329,7 @@ def list_executions(
 
 @route("GET", "/tables", answers.Tables, "listTables", "List the tables as reconciled")
 def list_tables() -> dict[str, Any]:
+    _reader()
     from controller.services import queries  # lazy: see the module docstring
 
     return queries.list_tables(dependencies())
@@ -317,6 +337,7 @@ def list_tables() -> dict[str, Any]:
 
 @route("GET", "/tables/<name>", answers.OneTable, "getTable", "Get one table as reconciled")
 def get_table(name: str) -> dict[str, Any]:
+    _reader()
     from controller.services import queries  # lazy: see the module docstring
 
     return queries.list_tables(dependencies(), name)

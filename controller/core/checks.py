@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 
+from controller.core.access import GROUP_PREFIX
 from controller.core.problems import Locator, PathSegment, Problem, did_you_mean
 from controller.core.specs import PartitionSpec, TableSpec
 from controller.core.templates import template_errors, template_strings
@@ -60,6 +62,8 @@ def check_tables(tables: Sequence[LocatedTable], known_names: Iterable[str] = ()
         problems.extend(_own_names(table))
         problems.extend(_dependencies(table, by_name, known, upstream_partitions))
         problems.extend(_templates(table, template_messages))
+        problems.extend(_reserved_params(table))
+        problems.extend(_principal_typos(table))
     problems.extend(_cycles(by_name))
     return problems
 
@@ -228,6 +232,42 @@ def _templates(
                     messages = known_messages[source, names] = template_errors(source, known)
                 for message in messages:
                     yield _at(table, ("tasks", index, "params", *path), message, "template")
+
+
+#: Task params Flux Control sets itself (DESIGN §7): a param of that name would replace the task's
+#: token (Glue arguments ``--flux_run_id``, ``--flux_token``; ``flux`` in the other targets' payload),
+#: so the task could not report back, and a repeated Glue start would not be recognised.
+_RESERVED_PARAM = re.compile(r"--flux_.*|flux", re.DOTALL)
+# "Group:leads", "groups:leads", "group :leads": meant as group:NAME, but names nobody (a name match).
+_GROUP_TYPO = re.compile(r"\s*groups?\s*:.*", re.IGNORECASE | re.DOTALL)
+
+
+def _reserved_params(table: LocatedTable) -> Iterator[Problem]:
+    for index, task in enumerate(table.spec.tasks):
+        for key in task.params:
+            if _RESERVED_PARAM.fullmatch(key):
+                yield _at(
+                    table,
+                    ("tasks", index, "params", key),
+                    f"param {key!r} is reserved: Flux Control passes the run's id and token under "
+                    "'--flux_*' (Glue) and 'flux' (the payload of the other targets); rename it",
+                    "reserved-param",
+                    key=True,
+                )
+
+
+def _principal_typos(table: LocatedTable) -> Iterator[Problem]:
+    for field in ("approvers", "producers", "operators"):
+        for index, entry in enumerate(getattr(table.spec, field)):
+            if _GROUP_TYPO.fullmatch(entry) and not entry.startswith(GROUP_PREFIX):
+                name = entry.split(":", 1)[1].strip()
+                yield _at(
+                    table,
+                    (field, index),
+                    f"{entry!r} is a name, not a group (and matches nobody): write "
+                    f"'{GROUP_PREFIX}{name}' for the members of Cognito group {name!r}",
+                    "principal",
+                )
 
 
 def _cycles(by_name: dict[str, LocatedTable]) -> Iterator[Problem]:

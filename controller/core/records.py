@@ -120,8 +120,8 @@ class Approval:
 
 
 # The shapes of the read port's answers (GET routes), shared by its implementations.
-#: (id, table name, partitions, source, registered_at, run id) of an execution.
-ExecutionEntry = tuple[int, str, Key, str, datetime, int | None]
+#: (id, table name, partitions, source, registered_at, run id, registered_by) of an execution.
+ExecutionEntry = tuple[int, str, Key, str, datetime, int | None, str | None]
 #: A run with its table name, newest approval, tasks (every attempt), triggering executions
 #: (execution id, table name, partitions) and its state changes, oldest first (the timeline).
 RunDetail = tuple[Run, str, Approval | None, list[Task], list[tuple[int, str, Key]], list[RunEvent]]

@@ -198,16 +198,20 @@ class SqlReads:
         """The newest executions (of a table), newest first."""
         e = ExecutionRow
         with self._session() as session:
-            query = select(e.id, TableRow.name, e.partitions, e.source, e.registered_at, e.run_id).join(
-                TableRow, TableRow.id == e.table_id
+            columns = (
+                e.id,
+                TableRow.name,
+                e.partitions,
+                e.source,
+                e.registered_at,
+                e.run_id,
+                e.registered_by,
             )
+            query = select(*columns).join(TableRow, TableRow.id == e.table_id)
             if table is not None:
                 query = query.where(TableRow.name == table)
             rows = session.execute(query.order_by(e.id.desc()).limit(limit)).all()
-        return [
-            (execution_id, name, partitions, source, registered_at, run_id)
-            for execution_id, name, partitions, source, registered_at, run_id in rows
-        ]
+        return [cast(ExecutionEntry, tuple(row)) for row in rows]  # the selected columns, in order
 
     def executions_by_id(self, ids: Sequence[int]) -> dict[int, tuple[Key, str, datetime]]:
         """(partitions, source, registered at) of these executions, by id (unknown ids are left out)."""

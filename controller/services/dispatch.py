@@ -56,7 +56,7 @@ def claim(
         return "ignored: not due yet (its schedule is written again)", []
     spec = catalog.table(table_name) if table_name else None
     if spec is None or table_name is None:
-        name = tx.table_name(run.table_id) or str(run.table_id)
+        name = table_of(tx, catalog, run)
         move(tx, after, run, CANCELLED, now, name, reason="the table was deleted by a reconcile")
         return "cancelled: table deleted", []
     claimed = move(tx, after, run, DISPATCHING, now, table_name)

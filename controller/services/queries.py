@@ -124,8 +124,9 @@ def list_executions(deps: Dependencies, table: str | None, limit: int) -> dict[s
                 "source": source,
                 "registered_at": iso(registered_at),
                 "run_id": run_id,
+                "registered_by": registered_by,
             }
-            for execution_id, name, partitions, source, registered_at, run_id in rows
+            for execution_id, name, partitions, source, registered_at, run_id, registered_by in rows
         ]
     }
 

@@ -50,6 +50,11 @@ class Prepared:
     replay: dict[str, Any] | None = None  # an idempotent repeat: the first result
 
 
+#: Who registered an execution that Flux Control registers itself, on the completion of a run (its
+#: ``run_id`` names the run; its ``source`` what reported the completion).
+SYSTEM_ACTOR = "flux-control"
+
+
 class StaleCatalog(Exception):
     """The cached definitions are older than the database's: decide again with the current ones."""
 
@@ -64,13 +69,14 @@ def register_in(
     *,
     verified: bool = True,
     own_account: str | None = None,
+    system: str | None = None,
 ) -> dict[str, Any]:
     """Register ``items`` in the caller's transaction; returns ``{"executions": […], "runs": […]}``.
 
     ``caller`` must be allowed each item (DESIGN §7; None: Flux Control itself, unchecked) and is
-    recorded as who registered. ``verified=False``: ``catalog`` may be stale; :class:`StaleCatalog` is
-    raised, before anything is written, when it is (the gate-lock statement reads the newest
-    revision) or when it refuses an item.
+    recorded as who registered (``system`` when it is None: the name Flux Control records itself as).
+    ``verified=False``: ``catalog`` may be stale; :class:`StaleCatalog` is raised, before anything is
+    written, when it is (the gate-lock statement reads the newest revision) or when it refuses an item.
     """
     prepared, reports = _prepare_all(catalog, items, verified=verified)
     try:
@@ -80,7 +86,7 @@ def register_in(
         if not verified:
             raise StaleCatalog from None  # the lists may be newer than the cached definitions
         raise
-    user = caller.name if caller else None
+    user = caller.name if caller else None  # the actor of the runs' events: None is Flux Control
     _reject_repeated_keys(prepared)
     _find_replays(tx, catalog, prepared)
     fresh = [p for p in prepared if p.replay is None]
@@ -88,7 +94,7 @@ def register_in(
     if not verified and revision != catalog.revision:
         raise StaleCatalog
     reruns = _complete_runs(tx, fresh, now, after, user)
-    ids = tx.insert_executions([_new_execution(catalog, p) for p in fresh], now, user)
+    ids = tx.insert_executions([_new_execution(catalog, p) for p in fresh], now, user or system)
     for p, execution_id in zip(fresh, ids, strict=True):
         p.execution_id = execution_id
     wanted = _gate_openings(tx, catalog, fresh) + reruns
@@ -343,5 +349,5 @@ def complete_run(
     if problem is not None:
         return settling.succeed_unregistered(tx, run, table, problem, now, after)
     item = ExecutionInput(table, dict(run.partitions), source, run_id=run.id)
-    register_in(tx, catalog, [item], None, now, after)
+    register_in(tx, catalog, [item], None, now, after, system=SYSTEM_ACTOR)
     return None
