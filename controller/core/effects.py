@@ -44,6 +44,8 @@ class TaskRequest:
     partitions: Key
     params: dict[str, Any] = field(default_factory=dict)
     token: str = field(kw_only=True, repr=False)
+    #: Stopped, and its run failed, when it runs longer (DESIGN §8).
+    timeout_seconds: int = field(kw_only=True, default=86400)
 
     @property
     def dispatch_id(self) -> str:
@@ -51,7 +53,29 @@ class TaskRequest:
 
 
 class TaskStartError(Exception):
-    """A task could not be started; the message is the AWS error, shown to users as is."""
+    """A task could not be started; the message is the AWS error, shown to users as is.
+
+    ``limited``: the target refused because of its own concurrency limit (Glue
+    ``ConcurrentRunsExceededException``, Step Functions ``ExecutionLimitExceeded``, Lambda
+    ``TooManyRequestsException`` after botocore's retries): the run is queued, not failed (DESIGN §8).
+    """
+
+    def __init__(self, message: str, *, limited: bool = False) -> None:
+        super().__init__(message)
+        self.limited = limited
+
+
+@dataclass(frozen=True, slots=True)
+class TaskStatus:
+    """What AWS says of a started task, asked when its completion event may have been lost.
+
+    ``finished``: it ended (``succeeded`` says how; ``message`` is AWS's error or final state);
+    not finished: it is still running (or queued by AWS).
+    """
+
+    finished: bool
+    succeeded: bool = False
+    message: str | None = None
 
 
 def dispatch_id(run_id: int, attempt: int, alias: str) -> str:

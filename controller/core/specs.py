@@ -14,6 +14,10 @@ from pydantic import BaseModel, ConfigDict, Field
 PartitionType = Literal["int", "string", "date"]
 TaskType = Literal["glue", "step_function", "sqs", "lambda"]
 DEFAULT_DEBOUNCE_SECONDS = 60
+#: A task running longer than this is stopped and its run failed (DESIGN §8): one day.
+DEFAULT_TASK_TIMEOUT_SECONDS = 86400
+#: The longest wait between two automatic attempts, whatever ``backoff_seconds`` doubles to.
+MAX_RETRY_BACKOFF_SECONDS = 3600
 
 
 class _Spec(BaseModel):
@@ -47,6 +51,19 @@ class TaskSpec(_Spec):
     type: TaskType
     target: str
     params: dict[str, Any] = Field(default_factory=dict)
+    timeout_seconds: int = DEFAULT_TASK_TIMEOUT_SECONDS
+
+
+class RetrySpec(_Spec):
+    """Automatic retries of a failed run (DESIGN §8): up to ``max_attempts`` attempts in all, the
+    next one ``backoff_seconds × 2^(attempt−1)`` after a failure, capped at one hour."""
+
+    max_attempts: int
+    backoff_seconds: int
+
+    def delay_after(self, attempt: int) -> int:
+        """Seconds from the failure of attempt ``attempt`` (1-based) to the next attempt."""
+        return min(self.backoff_seconds * 2 ** min(attempt - 1, 32), MAX_RETRY_BACKOFF_SECONDS)
 
 
 class TableSpec(_Spec):
@@ -64,6 +81,9 @@ class TableSpec(_Spec):
     operators: tuple[str, ...] = ()
     debounce_seconds: int = DEFAULT_DEBOUNCE_SECONDS
     max_wait_seconds: int | None = None
+    #: Runs of this table dispatching or running at once; None: no limit (DESIGN §8).
+    max_concurrent_runs: int | None = None
+    retries: RetrySpec | None = None
     partitions: tuple[PartitionSpec, ...] = ()
     dependencies: tuple[DependencySpec, ...] = ()
     tasks: tuple[TaskSpec, ...] = ()

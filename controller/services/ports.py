@@ -13,7 +13,7 @@ from datetime import datetime
 from typing import Any, Protocol, TypeVar
 
 from controller.core.catalog import Catalog
-from controller.core.effects import AfterCommit, ScheduleRequest, TaskRequest
+from controller.core.effects import AfterCommit, ScheduleRequest, TaskRequest, TaskStatus
 from controller.core.gates import Execution, Probe
 from controller.core.keys import Key
 from controller.core.plans import TableState
@@ -264,8 +264,19 @@ class TaskStarter(Protocol):
     def start(self, request: TaskRequest) -> str:
         """Start the task; return its external id (JobRunId, executionArn, MessageId, request id).
 
-        Raises :class:`~controller.core.effects.TaskStartError` when AWS refuses.
+        Raises :class:`~controller.core.effects.TaskStartError` when AWS refuses (``limited`` when
+        the target's own concurrency limit refused it).
         """
+        ...
+
+    def status(self, type: str, target: str, external_id: str) -> TaskStatus | None:
+        """Ask AWS how a started task is (Glue ``GetJobRun``, Step Functions ``DescribeExecution``);
+        None for the kinds of task AWS cannot be asked about (SQS, Lambda)."""
+        ...
+
+    def stop(self, type: str, target: str, external_id: str) -> bool:
+        """Stop a started task (Glue ``BatchStopJobRun``, Step Functions ``StopExecution``); False for
+        the kinds that cannot be stopped (SQS, Lambda). Stopping a task that already ended is no error."""
         ...
 
 
