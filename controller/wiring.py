@@ -31,6 +31,21 @@ def truthy(value: str | None) -> bool:
     return (value or "").strip().lower() in ("1", "true", "yes", "on")
 
 
+def positive_int(name: str, default: int) -> int:
+    """The environment variable ``name`` as a positive integer (``default`` when unset); a clear
+    error naming it otherwise."""
+    text = os.environ.get(name, "").strip()
+    if not text:
+        return default
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise ValueError(f"{name} must be a positive integer, not {text!r}")
+    return value
+
+
 def dependencies() -> Dependencies:
     """The process's dependencies, built on first use from FLUX_* and AWS_* environment variables."""
     global _dependencies
@@ -97,6 +112,8 @@ def dependencies_for(
         events=events,
         trust_body_user=trust_body_user,
         own_account=own_account_from(function_arn or os.environ.get("FLUX_FUNCTION_ARN")),
+        poll_after_seconds=positive_int("FLUX_POLL_AFTER_SECONDS", 900),
+        poll_batch=positive_int("FLUX_POLL_BATCH", 50),
     )
     if clock is not None:
         built.clock = clock

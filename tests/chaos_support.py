@@ -292,6 +292,13 @@ class SharedTasks:
         self.aws.record_start(request.run_id, request.attempt, request.alias)
         return f"ext-{request.dispatch_id}"
 
+    def status(self, type: str, target: str, external_id: str) -> None:
+        # Completions come from the soak's own events; AWS is never asked.
+        return None
+
+    def stop(self, type: str, target: str, external_id: str) -> bool:
+        return False
+
 
 @dataclass
 class SharedEvents:

@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import json
 import threading
+from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
@@ -42,6 +43,8 @@ from controller.core.keys import Key, key_from_text
 from controller.core.plans import TableState, state_of
 from controller.core.records import (
     Approval,
+    Backfill,
+    BackfillDetail,
     ExecutionEntry,
     NewExecution,
     NewRun,
@@ -51,7 +54,16 @@ from controller.core.records import (
     Task,
     Trigger,
 )
-from controller.core.runs import DISPATCHING, OPEN_STATES, SCHEDULED, Run, RunChange, RunEvent
+from controller.core.runs import (
+    DISPATCHING,
+    IN_PROGRESS_STATES,
+    OPEN_STATES,
+    QUEUED,
+    SCHEDULED,
+    Run,
+    RunChange,
+    RunEvent,
+)
 from controller.core.specs import TableSpec
 from controller.db.retries import MAX_RECONNECTS, unavailable  # the real stores' policy (no driver)
 
@@ -131,6 +143,11 @@ class Tables:
     outbox: dict[int, OutboxRecord] = field(default_factory=dict)
     #: The last id given per kind of row.
     last_ids: dict[str, int] = field(default_factory=dict)
+    #: (check_at, deadline_at) of each started task (``task_dispatches.check_at``, ``deadline_at``).
+    task_checks: dict[int, tuple[datetime | None, datetime | None]] = field(default_factory=dict)
+    backfills: dict[int, Backfill] = field(default_factory=dict)
+    #: The runs each backfill opened (``backfill_runs``).
+    backfill_runs: dict[int, tuple[int, ...]] = field(default_factory=dict)
 
     def copy(self) -> Tables:
         return Tables(
@@ -142,6 +159,9 @@ class Tables:
             dict(self.approvals),
             dict(self.outbox),
             dict(self.last_ids),
+            dict(self.task_checks),
+            dict(self.backfills),
+            dict(self.backfill_runs),
         )
 
     def next_id(self, kind: str) -> int:
@@ -484,6 +504,39 @@ class MemorySession:
             ][:limit]
 
         return self._check().read_with("leftover_schedules", read)
+
+    def tasks_to_check(self, now: datetime, limit: int) -> list[tuple[Task, datetime | None]]:
+        """Started tasks whose check time has come, oldest check first, with their deadlines."""
+
+        def read(data: Tables, _: Definitions) -> list[tuple[Task, datetime | None]]:
+            due = [
+                (check_at, task.id)
+                for task in data.tasks.values()
+                if task.status == "started"
+                for check_at, _deadline in [data.task_checks.get(task.id, (None, None))]
+                if check_at is not None and check_at <= now
+            ]
+            return [(data.tasks[i], data.task_checks[i][1]) for _, i in sorted(due)[:limit]]
+
+        return self._check().read_with("tasks_to_check", read)
+
+    def postpone_check(self, task_id: int, check_at: datetime) -> None:
+        """Ask about the task again at ``check_at``."""
+
+        def postpone(data: Tables) -> None:
+            if task_id in data.tasks:
+                deadline = data.task_checks.get(task_id, (None, None))[1]
+                data.task_checks[task_id] = (check_at, deadline)
+
+        self._check().commit_with("postpone_check", postpone)
+
+    def queued_tables(self, limit: int) -> list[int]:
+        """Tables with queued runs."""
+
+        def read(data: Tables, _: Definitions) -> list[int]:
+            return sorted({r.table_id for r in data.runs.values() if r.status == QUEUED})[:limit]
+
+        return self._check().read_with("queued_tables", read)
 
     def forget_schedules(self, deleted: Sequence[tuple[int, datetime]]) -> None:
         """The schedules of these runs were deleted (where still the one written, the run not scheduled)."""
@@ -831,12 +884,66 @@ class MemoryTransaction:
             None,
         )
 
-    def task_started(self, run_id: int, attempt: int, alias: str, external_id: str, at: datetime) -> None:
+    def task_started(
+        self,
+        run_id: int,
+        attempt: int,
+        alias: str,
+        external_id: str,
+        at: datetime,
+        check_at: datetime | None = None,
+        deadline_at: datetime | None = None,
+    ) -> None:
         """A pending task started with ``external_id`` (a task no longer pending is left as it is)."""
         data = self._use("task_started")
         task = self._pending(data, run_id, attempt, alias)
         if task is not None:
             data.tasks[task.id] = replace(task, status="started", external_id=external_id, started_at=at)
+            data.task_checks[task.id] = (check_at, deadline_at)
+
+    def forget_tasks(self, run_id: int, attempt: int) -> None:
+        """Delete an attempt's tasks that did not start (pending, or failed to start)."""
+        data = self._use("forget_tasks")
+        for task in list(data.tasks.values()):
+            if (task.run_id, task.attempt) == (run_id, attempt) and task.status in ("pending", "failed"):
+                del data.tasks[task.id]
+                data.task_requests.pop(task.id, None)
+
+    # --- backfills -----------------------------------------------------------------------------
+    def insert_backfill(
+        self,
+        table_id: int,
+        keys: int,
+        already_open: int,
+        reason: str | None,
+        by: str | None,
+        at: datetime,
+        run_ids: Sequence[int],
+    ) -> int:
+        """Record a backfill and the runs it opened; its id."""
+        data = self._use("insert_backfill")
+        self._table_exists(table_id, "a backfill")
+        for run_id in run_ids:
+            self._run_exists(data, run_id, "a backfill's run")
+        backfill_id = data.next_id("backfills")
+        data.backfills[backfill_id] = Backfill(backfill_id, table_id, keys, already_open, reason, by, at)
+        data.backfill_runs[backfill_id] = tuple(run_ids)
+        return backfill_id
+
+    # --- concurrency ---------------------------------------------------------------------------
+    def busy_runs(self, table_id: int, *, lock: bool) -> list[int]:
+        """The table's runs dispatching or running, by id (units of work are serialised here)."""
+        data = self._use("busy_runs")
+        return sorted(
+            r.id for r in data.runs.values() if r.table_id == table_id and r.status in IN_PROGRESS_STATES
+        )
+
+    def queued_runs(self, table_id: int, limit: int) -> list[int]:
+        """The table's queued runs, oldest first (fire time, then id)."""
+        data = self._use("queued_runs")
+        queued = [r for r in data.runs.values() if r.table_id == table_id and r.status == QUEUED]
+        queued.sort(key=lambda r: (r.fire_at or datetime.min.replace(tzinfo=UTC), r.id))
+        return [r.id for r in queued[:limit]]
 
     def task_not_started(self, run_id: int, attempt: int, alias: str, error: str, at: datetime) -> None:
         """A pending task failed to start."""
@@ -947,6 +1054,18 @@ class MemoryReads:
             return [(_fresh(run), names[run.table_id], approvals.get(run.id)) for run in rows]
 
         return self._store.read_with("runs", read)
+
+    def backfill(self, backfill_id: int) -> BackfillDetail | None:
+        """A backfill, its table's name and its runs counted per state."""
+
+        def read(data: Tables, definitions: Definitions) -> BackfillDetail | None:
+            found = data.backfills.get(backfill_id)
+            if found is None:
+                return None
+            counts = Counter(data.runs[run_id].status for run_id in data.backfill_runs[backfill_id])
+            return found, definitions.names()[found.table_id], dict(counts)
+
+        return self._store.read_with("backfill", read)
 
     def run_detail(self, run_id: int) -> RunDetail | None:
         """A run with its table name, newest approval, tasks (by attempt, then recorded) and the

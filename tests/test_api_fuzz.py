@@ -402,6 +402,20 @@ def aimed_bodies(label: str, target: Target) -> st.SearchStrategy[Any] | None:
         )
     if label.startswith("POST /runs/{run_id}/"):
         return st.fixed_dictionaries({}, optional={"reason": reason})
+    if label == "POST /backfills":
+        values = st.lists(st.integers(-2, 2**31) | NASTY_TEXT, max_size=3) | st.fixed_dictionaries(
+            {"from": st.integers(-5, 5) | NASTY_TEXT, "to": st.integers(-5, 3000)},
+            optional={"step": st.sampled_from(["day", "month"])},
+        )
+        return st.fixed_dictionaries(
+            {
+                "table_name": table_names(),
+                "partitions": st.dictionaries(
+                    st.sampled_from(["ano_mes", "dt", "x"]) | NASTY_TEXT, values, max_size=2
+                ),
+            },
+            optional={"reason": reason},
+        )
     return None
 
 
@@ -449,6 +463,7 @@ MINIMAL_BODIES: dict[str, dict[str, Any]] = {
     "POST /runs/{run_id}/cancel": {"reason": "r"},
     "POST /runs/{run_id}/retry": {"reason": "r"},
     "POST /runs/{run_id}/fail": {"reason": "r"},
+    "POST /backfills": {"table_name": "tb_a", "partitions": {"ano_mes": {"from": 1, "to": 2}}},
 }
 JSON_SCALARS = st.one_of(
     st.none(), st.booleans(), st.integers(), st.floats(allow_nan=False), st.text(max_size=8)

@@ -187,7 +187,7 @@ def test_plan_text_escapes_values_from_the_definitions(tmp_path: Path) -> None:
     result = run("plan", str(defs), "--database-url", f"sqlite:///{tmp_path / 'x.db'}")
     assert result.exit_code == 0, result.output
     assert "\x85" not in result.output and "\u202e" not in result.output
-    assert '      + description       = "one\\x85  + table forged\\u202e"' in result.output.splitlines()
+    assert '      + description         = "one\\x85  + table forged\\u202e"' in result.output.splitlines()
 
 
 def test_validate_escapes_control_characters_in_file_names(tmp_path: Path) -> None:

@@ -256,6 +256,7 @@ FUNCTION_STATEMENTS = {
     "PublishRunStateChanges": None,
     "StartListedGlueJobs": "HasGlueJobs",
     "StartListedStateMachines": "HasStateMachines",
+    "WatchListedStateMachineExecutions": "HasStateMachines",
     "SendToListedQueues": "HasQueues",
     "InvokeListedFunctions": "HasTargetFunctions",
     "FailedInvocationsToTheDeadLetterQueue": None,

@@ -6,18 +6,26 @@ what AWS itself requires around them (:data:`IMPLIED`).
 
 ``glue:GetJobRuns`` was missing: the lookup of the run a Glue start that failed ambiguously may have made
 was AccessDenied in AWS, invisible under moto. ``scheduler:GetSchedule`` was granted and never called.
+IAM checks ``states:DescribeExecution`` and ``states:StopExecution`` against the execution, not the state
+machine: granted on the listed state machines they would be AccessDenied in AWS, and invisible under
+moto too, so the resources the policy names are evaluated here for listed targets and matched against
+the ARNs the code calls with.
 """
 
 from __future__ import annotations
 
 import json
 from collections.abc import Iterator
+from fnmatch import fnmatchcase
 from typing import Any
 
 import boto3
 import pytest
 from aws_lambda_powertools.utilities import parameters
 from botocore.exceptions import ReadTimeoutError
+from moto.core.responses import ActionResult
+from moto.glue.responses import GlueResponse
+from moto.moto_api import state_manager
 from sqlalchemy import Engine
 
 from controller import wiring
@@ -39,6 +47,10 @@ from tests.runtime_support import (
 MONTH = [{"name": "mes", "type": "int"}]
 QUEUE = f"https://sqs.{REGION}.amazonaws.com/{ACCOUNT}/flux-tasks"
 STATE_MACHINE = f"arn:aws:states:{REGION}:{ACCOUNT}:stateMachine:flow"
+#: Past FLUX_POLL_AFTER_SECONDS (900, the default) the sweep asks AWS about a running task; past its
+#: timeout_seconds it stops it.
+POLL_AFTER = 900
+TIMEOUT = 3600
 TABLES = [
     table_doc("up", partitions=MONTH),
     table_doc(
@@ -46,13 +58,13 @@ TABLES = [
         partitions=MONTH,
         debounce_seconds=300,
         dependencies=[{"dependency_name": "up"}],
-        tasks=[{"alias": "load", "type": "glue", "target": "job-load"}],
+        tasks=[{"alias": "load", "type": "glue", "target": "job-load", "timeout_seconds": TIMEOUT}],
     ),
     table_doc(
         "everything",
         partitions=MONTH,
         tasks=[
-            {"alias": "flow", "type": "step_function", "target": STATE_MACHINE},
+            {"alias": "flow", "type": "step_function", "target": STATE_MACHINE, "timeout_seconds": TIMEOUT},
             {"alias": "notify", "type": "sqs", "target": QUEUE},
             {"alias": "consume", "type": "lambda", "target": "fn-consumer"},
         ],
@@ -95,8 +107,16 @@ def granted() -> dict[str, set[str | None]]:
 
 @pytest.fixture
 def flux(engine: Engine, monkeypatch: pytest.MonkeyPatch) -> Iterator[Lambda]:
-    with running_lambda(engine, TABLES, monkeypatch) as handler:
-        yield handler
+    """The function, and moto's Glue job runs kept running (STARTING), for the sweep to ask about and
+    stop them."""
+    state_manager.set_transition(
+        model_name="glue::job_run", transition={"progression": "manual", "times": 10**6}
+    )
+    try:
+        with running_lambda(engine, TABLES, monkeypatch) as handler:
+            yield handler
+    finally:
+        state_manager.unset_transition("glue::job_run")
 
 
 def _fail_the_first_start_ambiguously() -> None:
@@ -110,6 +130,20 @@ def _fail_the_first_start_ambiguously() -> None:
             raise ReadTimeoutError(endpoint_url="https://glue.amazonaws.com")
 
     clients.client("glue").meta.events.register_first("before-send.glue.StartJobRun", fail_once)
+
+
+def _glue_stops_job_runs(monkeypatch: pytest.MonkeyPatch) -> None:
+    """BatchStopJobRun, which moto does not implement: each run asked to stop is STOPPED."""
+
+    def batch_stop_job_run(self: GlueResponse) -> ActionResult:
+        name, asked = self._get_param("JobName"), self._get_param("JobRunIds")
+        stopped = [run for run in self.glue_backend.get_job(name).job_runs if run.job_run_id in asked]
+        for run in stopped:
+            run.status = "STOPPED"
+        submitted = [{"JobName": name, "JobRunId": run.job_run_id} for run in stopped]
+        return ActionResult({"SuccessfulSubmissions": submitted, "Errors": []})
+
+    monkeypatch.setattr(GlueResponse, "batch_stop_job_run", batch_stop_job_run, raising=False)
 
 
 def every_kind_of_event(flux: Lambda, engine: Engine, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -139,6 +173,16 @@ def every_kind_of_event(flux: Lambda, engine: Engine, monkeypatch: pytest.Monkey
     everything = flux.ok("POST", "/runs", {"table_name": "everything", "partitions": partitions(mes=1)})
     assert flux.ok("GET", f"/runs/{everything['run']['id']}")["run"]["status"] == "running"
     assert flux.invoke({"flux_action": "sweep"})["status"] == "swept"
+    # Their completion events are lost: the sweep asks (GetJobRun, DescribeExecution), then, past their
+    # timeout, stops them (BatchStopJobRun, StopExecution).
+    flux.clock.advance(POLL_AFTER + 100)
+    assert flux.invoke({"flux_action": "sweep"})["status"] == "swept"
+    assert flux.ok("GET", f"/runs/{glued['id']}")["run"]["status"] == "running"
+    _glue_stops_job_runs(monkeypatch)
+    flux.clock.advance(TIMEOUT)
+    assert flux.invoke({"flux_action": "sweep"})["status"] == "swept"
+    for run in (glued, everything["run"]):
+        assert flux.ok("GET", f"/runs/{run['id']}")["run"]["status"] == "failed"
 
 
 def test_the_function_role_grants_exactly_the_calls_the_code_makes(
@@ -180,3 +224,48 @@ def test_the_scan_finds_a_new_call(tmp_path: Any) -> None:
 
     found = aws_calls.calls_in_code(package)
     assert set(found) == {"sqs:DeleteQueue"}
+
+
+def _evaluated(node: Any, parameters: dict[str, list[str]]) -> Any:
+    """A policy's ``Resource`` with the stack's list parameters: ``Ref``, ``Fn::Join``, ``Fn::Split``."""
+    if isinstance(node, list):
+        return [_evaluated(item, parameters) for item in node]
+    if not isinstance(node, dict):
+        return node
+    ((function, argument),) = node.items()
+    if function == "Ref":
+        return parameters[argument]
+    delimiter, values = argument
+    if function == "Fn::Join":
+        return str(delimiter).join(_evaluated(values, parameters))
+    assert function == "Fn::Split", f"no evaluation of {function} here"
+    return str(_evaluated(values, parameters)).split(delimiter)
+
+
+def test_the_task_calls_are_granted_on_the_arns_the_code_calls_them_with() -> None:
+    """Each listed target's ARN, as AWS checks it for each call the code makes, matches a resource the
+    policy names for that call; an unlisted target's matches none."""
+    (policy,) = load_template()["Resources"]["FunctionRole"]["Properties"]["Policies"]
+    other = f"arn:aws:states:{REGION}:{ACCOUNT}:stateMachine:other-flow"
+    parameters = {"GlueJobNames": ["job-load", "job-other"], "StateMachineArns": [STATE_MACHINE, other]}
+
+    def granted_on(arn: str, action: str) -> bool:
+        return any(
+            fnmatchcase(arn, resource)
+            for _, statement in statements(policy["PolicyDocument"])
+            if action in as_list(statement["Action"])
+            for resource in as_list(_evaluated(statement["Resource"], parameters))
+        )
+
+    for job in [*parameters["GlueJobNames"], "job-unlisted"]:
+        job_arn = f"arn:aws:glue:{REGION}:{ACCOUNT}:job/{job}"
+        for action in ("glue:StartJobRun", "glue:GetJobRuns", "glue:GetJobRun", "glue:BatchStopJobRun"):
+            assert granted_on(job_arn, action) == (job != "job-unlisted"), (action, job_arn)
+    unlisted = f"arn:aws:states:{REGION}:{ACCOUNT}:stateMachine:unlisted"
+    for machine in [*parameters["StateMachineArns"], unlisted]:
+        listed = machine != unlisted
+        assert granted_on(machine, "states:StartExecution") == listed, machine
+        execution = tasks.execution_arn(machine, tasks.execution_name("flux-7-1-flow"))
+        for action in ("states:DescribeExecution", "states:StopExecution"):
+            assert granted_on(execution, action) == listed, (action, execution)
+            assert not granted_on(machine, action), (action, machine)

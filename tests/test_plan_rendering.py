@@ -99,14 +99,16 @@ def test_text_of_a_creation_shows_every_field_as_added_and_aligned() -> None:
         {}, by_name(table("tb_new", owner="squad", partitions=[{"name": "dia", "type": "date"}]))
     )
     assert field_lines(render_text(plan, colour=False)) == [
-        '+ description       = ""',
-        '+ owner             = "squad"',
-        "+ requires_approval = false",
-        "+ approvers         = []",
-        "+ producers         = []",
-        "+ operators         = []",
-        "+ debounce_seconds  = 60",
-        "+ max_wait_seconds  = null",
+        '+ description         = ""',
+        '+ owner               = "squad"',
+        "+ requires_approval   = false",
+        "+ approvers           = []",
+        "+ producers           = []",
+        "+ operators           = []",
+        "+ debounce_seconds    = 60",
+        "+ max_wait_seconds    = null",
+        "+ max_concurrent_runs = null",
+        "+ retries             = null",
         "+ partition dia (date, required)",
     ]
 

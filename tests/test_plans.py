@@ -94,6 +94,8 @@ def test_state_of_fills_defaults_and_drops_version() -> None:
         "operators": [],
         "debounce_seconds": 60,
         "max_wait_seconds": None,
+        "max_concurrent_runs": None,
+        "retries": None,
         "partitions": [],
         "dependencies": [],
         "tasks": [],
@@ -118,7 +120,9 @@ def test_state_of_is_json_compatible_with_nested_defaults() -> None:
     assert all(isinstance(state[people], list) for people in ("producers", "operators"))
     assert state["partitions"] == [{"name": "dia", "type": "date", "is_required": True}]
     assert state["dependencies"] == [{"dependency_name": "tb_up", "is_required": True, "partition_map": {}}]
-    assert state["tasks"] == [{"alias": "t", "type": "sqs", "target": "q", "params": {}}]
+    assert state["tasks"] == [
+        {"alias": "t", "type": "sqs", "target": "q", "params": {}, "timeout_seconds": 86400}
+    ]
     assert json.loads(json.dumps(state)) == state
 
 
@@ -162,12 +166,15 @@ def test_digest_of_nothing_differs_from_digest_of_one_table() -> None:
         {"operators": ["group:data-platform"]},
         {"debounce_seconds": 300},
         {"max_wait_seconds": 3600},
+        {"max_concurrent_runs": 2},
+        {"retries": {"max_attempts": 3, "backoff_seconds": 300}},
         {"partitions": [{"name": "data_venda", "type": "date"}, {"name": "regiao", "type": "int"}]},
         {"partitions": [{"name": "data_venda", "type": "date", "is_required": False}]},
         {"dependencies": [{"dependency_name": "tb_diarias", "is_required": False}]},
         {"dependencies": [{"dependency_name": "tb_cambio", "partition_map": {"data_venda": "dia"}}]},
         {"tasks": [{"alias": "build", "type": "glue", "target": "job-build", "params": {"--dia": "y"}}]},
         {"tasks": [{"alias": "build", "type": "glue", "target": "job-other"}]},
+        {"tasks": [{"alias": "build", "type": "glue", "target": "job-build", "timeout_seconds": 600}]},
     ],
     ids=lambda overrides: ",".join(overrides),
 )
@@ -232,6 +239,8 @@ def test_create_lists_every_scalar_field_and_every_item_as_added() -> None:
         FieldChange("operators", "add", after=[]),
         FieldChange("debounce_seconds", "add", after=60),
         FieldChange("max_wait_seconds", "add", after=None),
+        FieldChange("max_concurrent_runs", "add", after=None),
+        FieldChange("retries", "add", after=None),
         FieldChange("partitions.dia", "add", after={"name": "dia", "type": "date", "is_required": True}),
     )
 

@@ -36,6 +36,12 @@ class Quiet:
     def start(self, request: object) -> str:
         return "x"
 
+    def status(self, type: str, target: str, external_id: str) -> None:
+        return None
+
+    def stop(self, type: str, target: str, external_id: str) -> bool:
+        return False
+
     def publish(self, events: object) -> None:
         raise ConnectionError("not published: the test records by hand")
 

@@ -38,6 +38,12 @@ class Ports:
     def start(self, request: object) -> str:
         return "x"
 
+    def status(self, type: str, target: str, external_id: str) -> None:
+        return None
+
+    def stop(self, type: str, target: str, external_id: str) -> bool:
+        return False
+
     def publish(self, events: object) -> None:
         pass
 

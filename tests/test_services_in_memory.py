@@ -118,13 +118,15 @@ class RecordingScheduler:
 @dataclass
 class RecordingTasks:
     """Glue and friends: each start returns ``jr_<n>``; ``refuse`` maps an alias to the AWS error it gets;
-    ``crash`` plays the Lambda dying mid-dispatch."""
+    ``crash`` plays the Lambda dying mid-dispatch. AWS knows nothing of a started task (``status`` is
+    None); ``stop`` records the external id and stops Glue and Step Functions tasks."""
 
     started: list[TaskRequest] = field(default_factory=list)
     refuse: dict[str, str] = field(default_factory=dict)
     crash: bool = False
     #: Called before each start (what AWS does meanwhile: another task's completion event).
     on_start: Callable[[TaskRequest], None] | None = None
+    stopped: list[str] = field(default_factory=list)
 
     def start(self, request: TaskRequest) -> str:
         if self.on_start is not None:
@@ -135,6 +137,13 @@ class RecordingTasks:
             raise TaskStartError(self.refuse[request.alias])
         self.started.append(request)
         return f"jr_{len(self.started)}"
+
+    def status(self, type: str, target: str, external_id: str) -> None:
+        return None
+
+    def stop(self, type: str, target: str, external_id: str) -> bool:
+        self.stopped.append(external_id)
+        return type in ("glue", "step_function")
 
 
 @dataclass
@@ -757,6 +766,11 @@ def test_the_sweep_writes_the_schedules_that_could_not_be_written(world: World) 
         "events_published": 0,
         "stuck_settled": 0,
         "stuck_failed": 0,
+        "queued_fired": 0,
+        "tasks_settled": 0,
+        "tasks_timed_out": 0,
+        "tasks_still_running": 0,
+        "tasks_unreachable": 0,
     }
     synced = world.store.run(run.id)
     assert (synced.scheduled_fire_at, synced.schedule_name) == (synced.fire_at, f"flux-run-{run.id}-c")

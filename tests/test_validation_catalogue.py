@@ -267,6 +267,26 @@ CASES = [
         ["defs/a.yaml:4:12: 'producers' lists the same value more than once"],
     ),
     Case(
+        "no-concurrent-run-at-all",
+        {"a.yaml": table("partitions: []\nmax_concurrent_runs: 0", name="a")},
+        ["defs/a.yaml:4:22: 'max_concurrent_runs' must be at least 1, got 0"],
+    ),
+    Case(
+        "retries-without-backoff",
+        {"a.yaml": table("partitions: []\nretries: {max_attempts: 3}", name="a")},
+        ["defs/a.yaml:4:10: missing required field 'backoff_seconds' in 'retries'"],
+    ),
+    Case(
+        "task-timeout-of-zero",
+        {
+            "a.yaml": table(
+                "partitions: []\ntasks:\n  - {alias: t, type: glue, target: job, timeout_seconds: 0}",
+                name="a",
+            )
+        },
+        ["defs/a.yaml:5:58: 'tasks[0].timeout_seconds' must be at least 1, got 0"],
+    ),
+    Case(
         "duplicate-table-name",
         {"up.yaml": UPSTREAM, "z/again.yaml": UPSTREAM},
         ["defs/z/again.yaml:2:7: duplicate table name 'up' (first defined at defs/up.yaml:2:7)"],

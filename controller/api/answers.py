@@ -188,6 +188,24 @@ class RunEventDetail(BaseModel):
     reason: str | None
 
 
+class AttemptTask(BaseModel):
+    alias: str
+    status: str
+    external_id: str | None
+    error: str | None
+
+
+class AttemptDetail(BaseModel):
+    """One attempt of the run: a retry (by hand or automatic) starts the next."""
+
+    attempt: int
+    status: str | None = Field(description="the state the attempt reached")
+    error: str | None = Field(description="why it failed")
+    started_at: str | None = Field(description="its first dispatch")
+    ended_at: str | None
+    tasks: list[AttemptTask]
+
+
 class RunDetail(RunSummary):
     attempt: int
     manual: bool
@@ -204,6 +222,7 @@ class RunDetail(RunSummary):
     tasks: list[TaskDetail]
     triggers: list[Trigger]
     events: list[RunEventDetail] = Field(description="the run's state changes, oldest first")
+    attempts: list[AttemptDetail] = Field(description="every attempt, oldest first, with its tasks")
 
 
 class RunWithDetail(BaseModel):
@@ -305,9 +324,19 @@ _TABLE = {
     "operators": ["group:squad-dados"],
     "debounce_seconds": 60,
     "max_wait_seconds": None,
+    "max_concurrent_runs": 2,
+    "retries": {"max_attempts": 3, "backoff_seconds": 300},
     "partitions": [{"name": "ano_mes_referencia", "type": "int", "is_required": True}],
     "dependencies": [],
-    "tasks": [],
+    "tasks": [
+        {
+            "alias": "prep",
+            "type": "glue",
+            "target": "job-pdz-prep",
+            "params": {"--ano_mes": "{{ partitions.ano_mes_referencia }}"},
+            "timeout_seconds": 7200,
+        }
+    ],
 }
 _REVISION = {"revision": "4e587db", "applied_at": "2023-06-01T09:00:00+00:00"}
 
@@ -362,3 +391,65 @@ class Document(BaseModel):
         extra="allow", json_schema_extra={"examples": [{"openapi": "3.1.0", "info": {}, "paths": {}}]}
     )
     openapi: str
+
+
+class BackfillRuns(BaseModel):
+    id: int
+    table_name: str
+    keys: int = Field(description="how many keys the request named")
+    runs: list[RunSummary] = Field(description="the runs it opened")
+    already_open: list[RunSummary] = Field(description="the open runs of keys it did not open again")
+
+
+class BackfillDetail(BaseModel):
+    id: int
+    table_name: str
+    keys: int = Field(description="how many keys the request named")
+    already_open: int = Field(description="how many of them had an open run (not opened again)")
+    reason: str | None
+    requested_by: str | None
+    created_at: str | None
+    runs: dict[str, int] = Field(description="its runs per state")
+    total_runs: int
+
+
+class BackfillOpened(BaseModel):
+    """The runs a backfill opened, and the keys whose run was open already (not opened twice)."""
+
+    model_config = _example(
+        {
+            "backfill": {
+                "id": 4,
+                "table_name": "tb_op_enriquecido",
+                "keys": 2,
+                "runs": [
+                    {**_RUN, "id": 21, "status": "queued", "partitions": {"ano_mes_referencia": 202301}}
+                ],
+                "already_open": [{**_RUN, "id": 9, "status": "running"}],
+            }
+        }
+    )
+
+    backfill: BackfillRuns
+
+
+class OneBackfill(BaseModel):
+    """A backfill with its runs counted per state."""
+
+    model_config = _example(
+        {
+            "backfill": {
+                "id": 4,
+                "table_name": "tb_op_enriquecido",
+                "keys": 12,
+                "already_open": 1,
+                "reason": "reprocess 2023",
+                "requested_by": "lrcxpnu",
+                "created_at": "2023-06-01T12:00:00+00:00",
+                "runs": {"queued": 8, "running": 2, "succeeded": 1},
+                "total_runs": 11,
+            }
+        }
+    )
+
+    backfill: BackfillDetail

@@ -28,6 +28,7 @@ from controller.api import answers, openapi
 from controller.api.identity import caller_from, resolved_caller
 from controller.api.models import (
     MAX_ID,
+    BackfillRequest,
     DecisionRequest,
     FailRequest,
     ManualRunRequest,
@@ -315,6 +316,23 @@ def fail_run(run_id: RunId, body: FailRequest) -> dict[str, Any]:
 
     caller = _writer(body.user)
     return {"run": completion.fail_run(dependencies(), run_id, body.reason, body.token, caller)}
+
+
+@route("POST", "/backfills", answers.BackfillOpened, "startBackfill", "Open manual runs for many keys")
+def start_backfill(body: BackfillRequest) -> dict[str, Any]:
+    """Open a manual run for every key of the partitions' product (DESIGN §8), as an operator."""
+    from controller.services import backfills  # lazy: see the module docstring
+
+    caller = _writer(body.user)
+    return backfills.backfill(dependencies(), body.table_name, body.partition_request(), body.reason, caller)
+
+
+@route("GET", "/backfills/<backfill_id>", answers.OneBackfill, "getBackfill", "Get a backfill and its runs")
+def get_backfill(backfill_id: RunId) -> dict[str, Any]:
+    _reader()
+    from controller.services import backfills  # lazy: see the module docstring
+
+    return backfills.get_backfill(dependencies(), backfill_id)
 
 
 @route("GET", "/executions", answers.Executions, "listExecutions", "List executions, newest first")

@@ -6,7 +6,7 @@ value, and a string is never an id (pydantic's lax mode turned ``true`` into 1 a
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from pydantic import (
     BaseModel,
@@ -125,6 +125,43 @@ class ManualRunRequest(_WithPartitions):
     table_name: str = Field(max_length=128)
     reason: str | None = Field(default=None, max_length=2000)
     user: str | None = Field(default=None, max_length=_TEXT, description=_USER)
+
+
+#: A partition value of a backfill: an integer, a date (YYYY-MM-DD) or a string, never a boolean.
+BackfillValue = StrictInt | StrictStr
+
+
+class BackfillRange(_Body):
+    """Every value from ``from`` to ``to``, both included: integers by 1, dates by ``step``."""
+
+    from_: BackfillValue = Field(alias="from")
+    to: BackfillValue
+    step: Literal["day", "month"] | None = Field(
+        default=None, description="dates only: day (default) or month"
+    )
+
+    model_config = ConfigDict(extra="forbid", str_max_length=4096, populate_by_name=True)
+
+    def as_request(self) -> dict[str, Any]:
+        found: dict[str, Any] = {"from": self.from_, "to": self.to}
+        return found | ({"step": self.step} if self.step else {})
+
+
+class BackfillRequest(_Body):
+    table_name: str = Field(max_length=128)
+    partitions: dict[str, list[BackfillValue] | BackfillRange] = Field(
+        max_length=16,
+        description="each partition's values: a list, or a range {from, to, step?}; the backfill opens "
+        "a run for every key of their product (at most 1,000)",
+    )
+    reason: str | None = Field(default=None, max_length=2000)
+    user: str | None = Field(default=None, max_length=_TEXT, description=_USER)
+
+    def partition_request(self) -> dict[str, Any]:
+        return {
+            name: given.as_request() if isinstance(given, BackfillRange) else list(given)
+            for name, given in self.partitions.items()
+        }
 
 
 class ReasonRequest(_Body):

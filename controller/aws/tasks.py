@@ -20,6 +20,12 @@ deterministic :attr:`~controller.core.effects.TaskRequest.dispatch_id` (run, att
   once whatever the caller does, so the function has to recognise a repeat itself (``flux.token`` seen
   before: do nothing); botocore's retries only add to that. A repeated completion report
   (``POST /register_execution`` with the run id) is refused with a 409.
+
+A target refusing for its own concurrency limit (Glue ``ConcurrentRunsExceededException``, Step
+Functions ``ExecutionLimitExceeded``, Lambda ``TooManyRequestsException`` once botocore's retries are
+spent: :data:`LIMITED`) is a :class:`~controller.core.effects.TaskStartError` marked ``limited``: its
+run is queued, not failed (DESIGN §8). Asking AWS about a started task and stopping it (the sweep's
+lost completions and timeouts) is :mod:`controller.aws.task_monitoring`.
 """
 
 from __future__ import annotations
@@ -36,7 +42,8 @@ from botocore.exceptions import BotoCoreError, ClientError
 
 from controller.aws.clients import client as default_client
 from controller.aws.clients import maybe_applied
-from controller.core.effects import TaskRequest, TaskStartError
+from controller.aws.task_monitoring import TaskMonitor
+from controller.core.effects import TaskRequest, TaskStartError, TaskStatus
 
 ClientFactory = Callable[[str], Any]
 logger = logging.getLogger("flux_control.aws")
@@ -52,6 +59,12 @@ GLUE_START_CALLS = 3
 GLUE_LOOKUP_DELAY = 1.0
 #: Pages of 200 of the job's runs (newest first) searched for the token.
 GLUE_LOOKUP_PAGES = 3
+#: Per task type, the AWS error codes of the target's own concurrency limit (DESIGN §8).
+LIMITED: dict[str, frozenset[str]] = {
+    "glue": frozenset({"ConcurrentRunsExceededException"}),
+    "step_function": frozenset({"ExecutionLimitExceeded"}),
+    "lambda": frozenset({"TooManyRequestsException"}),
+}
 
 
 def glue_arguments(request: TaskRequest) -> dict[str, str]:
@@ -109,24 +122,34 @@ def execution_arn(state_machine_arn: str, name: str) -> str:
     return ":".join([*parts[:5], "execution", parts[6], name])
 
 
+def _error_code(error: BaseException) -> str | None:
+    if isinstance(error, ClientError):
+        return str(error.response.get("Error", {}).get("Code", "Unknown"))
+    return None
+
+
 def _aws_error(request: TaskRequest, error: ClientError | BotoCoreError) -> TaskStartError:
+    """``<type> <target>: <AWS code>: <AWS message>``; ``limited`` for the target's own limit."""
     if isinstance(error, ClientError):
         details = error.response.get("Error", {})
         code, message = details.get("Code", "Unknown"), details.get("Message", str(error))
     else:
         code, message = type(error).__name__, str(error)
-    return TaskStartError(f"{request.type} {request.target}: {code}: {message}")
+    limited = code in LIMITED.get(request.type, frozenset())
+    return TaskStartError(f"{request.type} {request.target}: {code}: {message}", limited=limited)
 
 
 class AwsTaskStarter:
     """The runtime's :class:`~controller.services.ports.TaskStarter`: one AWS call per task.
 
     AWS refusals (``ClientError``, ``BotoCoreError``) become :class:`TaskStartError` with the AWS code
-    and message verbatim; anything else propagates.
+    and message verbatim (``limited`` for the target's own concurrency limit); anything else
+    propagates. :meth:`status` and :meth:`stop` are :class:`~controller.aws.task_monitoring.TaskMonitor`'s.
     """
 
     def __init__(self, client_factory: ClientFactory | None = None) -> None:
         self._client = client_factory or default_client
+        self._monitor = TaskMonitor(self._client)
         self._starters: dict[str, Callable[[TaskRequest], str]] = {
             "glue": self._start_glue,
             "step_function": self._start_step_function,
@@ -145,9 +168,20 @@ class AwsTaskStarter:
         except (ClientError, BotoCoreError) as error:
             raise _aws_error(request, error) from error
 
+    def status(self, type: str, target: str, external_id: str) -> TaskStatus | None:
+        """What AWS says of a started task (Glue ``GetJobRun``, Step Functions ``DescribeExecution``);
+        None for SQS and Lambda tasks. AWS errors propagate."""
+        return self._monitor.status(type, target, external_id)
+
+    def stop(self, type: str, target: str, external_id: str) -> bool:
+        """Stop a started task (Glue ``BatchStopJobRun``, Step Functions ``StopExecution``); False for
+        SQS and Lambda tasks. A task that already ended, or that AWS does not know, is no error."""
+        return self._monitor.stop(type, target, external_id)
+
     def _start_glue(self, request: TaskRequest) -> str:
         """``StartJobRun``; after a failure that may have started the job, the run carrying this start's
-        token if there is one, else another call (at most :data:`GLUE_START_CALLS` in all)."""
+        token if there is one, else another call (at most :data:`GLUE_START_CALLS` in all). A job at its
+        concurrency limit after such a failure is looked at again: the failed call may have filled it."""
         glue = self._client("glue")
         arguments = glue_arguments(request)
         token = arguments[GLUE_TOKEN_ARGUMENT]
@@ -156,6 +190,11 @@ class AwsTaskStarter:
                 response = glue.start_job_run(JobName=request.target, Arguments=arguments)
                 return str(response["JobRunId"])
             except (ClientError, BotoCoreError) as error:
+                if call > 1 and _error_code(error) in LIMITED["glue"]:
+                    # The job is at its limit, maybe because the failed call before started it.
+                    found = self._glue_run_carrying(glue, request, token, error)
+                    if found is not None:
+                        return found
                 if not maybe_applied(error):
                     raise
                 logger.warning(

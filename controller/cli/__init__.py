@@ -19,6 +19,7 @@ from controller.cli.db import db_group
 from controller.cli.explain import explain_command
 from controller.cli.graph import graph_command
 from controller.cli.importer import import_command
+from controller.cli.operator import backfill_command, runs_group
 from controller.cli.reconcile import apply_command, drift_command, plan_command
 from controller.cli.serve import serve_command
 from controller.cli.validate import validate
@@ -97,5 +98,7 @@ for command in (
     openapi_command,
     explain_command,
     serve_command,
+    runs_group,
+    backfill_command,
 ):
     main.add_command(command)

@@ -13,7 +13,8 @@ import click
 import yaml
 
 from controller.core.payloads import PayloadError, payload_tables
-from controller.core.plans import LIST_FIELDS, PEOPLE_FIELDS, SCALAR_FIELDS
+from controller.core.plans import LIST_FIELDS, OBJECT_FIELDS, PEOPLE_FIELDS, SCALAR_FIELDS
+from controller.core.specs import DEFAULT_TASK_TIMEOUT_SECONDS
 from controller.core.terminal_text import printable
 from controller.files.validation import ValidationResult, validate_directory
 
@@ -25,10 +26,14 @@ _FIELDS = ("version", "name", *SCALAR_FIELDS, *(list_field for list_field, _ in 
 _ITEM_FIELDS = {
     "partitions": ("name", "type", "is_required"),
     "dependencies": ("dependency_name", "is_required", "partition_map"),
-    "tasks": ("alias", "type", "target", "params"),
+    "tasks": ("alias", "type", "target", "params", "timeout_seconds"),
+    "retries": ("max_attempts", "backoff_seconds"),
 }
 _ONE_PER_LINE = ("partitions", "dependencies")  # each item as a flow mapping on its own line
-_FLOW = PEOPLE_FIELDS  # approvers, producers, operators: one flow list each
+# approvers, producers, operators: one flow list each; retries: one flow mapping
+_FLOW = (*PEOPLE_FIELDS, *OBJECT_FIELDS)
+#: Item fields left out when they say what their default says (DESIGN §2: "default 86400").
+_ITEM_DEFAULTS = {"tasks": {"timeout_seconds": DEFAULT_TASK_TIMEOUT_SECONDS}}
 
 
 @click.command("import")
@@ -81,19 +86,23 @@ def import_command(payload: Path, out: Path, force: bool) -> None:
 
 
 def render_table(table: dict[str, Any]) -> str:
-    """One table as a definition document: DESIGN field order, null fields left out."""
+    """One table as a definition document: DESIGN field order, null fields left out (and a task's
+    ``timeout_seconds`` when it is the default)."""
     fields = _ordered(table, _FIELDS)
     if "version" not in fields:
         fields = {"version": 1, **fields}
     parts: list[str] = []
     for key, value in fields.items():
         if key in _ITEM_FIELDS and isinstance(value, list):
-            value = [_ordered(v, _ITEM_FIELDS[key]) if isinstance(v, dict) else v for v in value]
+            defaults = _ITEM_DEFAULTS.get(key, {})
+            value = [_ordered(v, _ITEM_FIELDS[key], defaults) if isinstance(v, dict) else v for v in value]
+        elif key in _ITEM_FIELDS and isinstance(value, dict):
+            value = _ordered(value, _ITEM_FIELDS[key])
         if key in _ONE_PER_LINE and _mappings(value):
             lines = [f"{key}:"]
             lines += [f"  - {_dump(item, flow=True).rstrip()}" for item in value]
             parts.append("\n".join(lines) + "\n")
-        elif key in _FLOW and isinstance(value, list):
+        elif key in _FLOW and isinstance(value, list | dict):
             parts.append(f"{key}: {_dump(value, flow=True)}")
         else:
             parts.append(_dump({key: value}))
@@ -140,10 +149,23 @@ def _mappings(value: Any) -> bool:
     return isinstance(value, list) and bool(value) and all(isinstance(v, dict) for v in value)
 
 
-def _ordered(mapping: dict[str, Any], order: tuple[str, ...]) -> dict[str, Any]:
-    """Known keys in ``order``, then the others as given; keys whose value is null are dropped."""
+def _ordered(
+    mapping: dict[str, Any], order: tuple[str, ...], defaults: dict[str, Any] | None = None
+) -> dict[str, Any]:
+    """Known keys in ``order``, then the others as given; keys whose value is null, or is the one in
+    ``defaults``, are dropped."""
     keys = [k for k in order if k in mapping] + [k for k in mapping if k not in order]
-    return {k: mapping[k] for k in keys if mapping[k] is not None}
+    omitted = defaults or {}
+    return {
+        k: mapping[k]
+        for k in keys
+        if mapping[k] is not None and not (k in omitted and _same(mapping[k], omitted[k]))
+    }
+
+
+def _same(value: Any, default: Any) -> bool:
+    """``value`` is ``default`` (an integer, not a boolean or a float that equals it)."""
+    return type(value) is type(default) and value == default
 
 
 def _read_payload(path: Path) -> list[dict[str, Any]]:

@@ -29,9 +29,13 @@ SCALAR_FIELDS = (
     "operators",
     "debounce_seconds",
     "max_wait_seconds",
+    "max_concurrent_runs",
+    "retries",
 )
 #: The lists of callers (DESIGN §7): stored and compared as JSON lists.
 PEOPLE_FIELDS = ("approvers", "producers", "operators")
+#: Fields holding a small object (or null): a change inside it is planned key by key (DESIGN §8).
+OBJECT_FIELDS = ("retries",)
 #: Nested lists and the field that names each of their items.
 LIST_FIELDS = (("partitions", "name"), ("dependencies", "dependency_name"), ("tasks", "alias"))
 
@@ -254,12 +258,24 @@ def apply_actions(current: Mapping[str, TableState], actions: Iterable[TableActi
 
 
 def diff_table(before: TableState, after: TableState) -> tuple[FieldChange, ...]:
-    """Field-level changes between two states of the same table, in a stable order."""
-    changes = [
-        FieldChange(name, "change", before.get(name), after.get(name))
-        for name in SCALAR_FIELDS
-        if before.get(name) != after.get(name)
-    ]
+    """Field-level changes between two states of the same table, in a stable order.
+
+    An object field (``retries``) present on both sides changes key by key
+    (``retries.backoff_seconds: 300 → 600``); added or removed, it changes as a whole.
+    """
+    changes: list[FieldChange] = []
+    for name in SCALAR_FIELDS:
+        old, new = before.get(name), after.get(name)
+        if old == new:
+            continue
+        if name in OBJECT_FIELDS and isinstance(old, dict) and isinstance(new, dict):
+            changes.extend(
+                FieldChange(f"{name}.{key}", "change", old.get(key), new.get(key))
+                for key in [*new, *(k for k in old if k not in new)]
+                if old.get(key) != new.get(key)
+            )
+        else:
+            changes.append(FieldChange(name, "change", old, new))
     for list_field, key in LIST_FIELDS:
         changes.extend(_diff_items(list_field, key, before.get(list_field, []), after.get(list_field, [])))
     return tuple(changes)

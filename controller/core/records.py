@@ -125,3 +125,21 @@ ExecutionEntry = tuple[int, str, Key, str, datetime, int | None, str | None]
 #: A run with its table name, newest approval, tasks (every attempt), triggering executions
 #: (execution id, table name, partitions) and its state changes, oldest first (the timeline).
 RunDetail = tuple[Run, str, Approval | None, list[Task], list[tuple[int, str, Key]], list[RunEvent]]
+
+
+@dataclass(frozen=True, slots=True)
+class Backfill:
+    """A backfill as stored: how many keys it named, how many of them had an open run already (not
+    opened again), and who asked why."""
+
+    id: int
+    table_id: int
+    keys: int
+    already_open: int
+    reason: str | None
+    requested_by: str | None
+    created_at: datetime
+
+
+#: (the backfill, its table's name, its runs' count per state) of ``GET /backfills/{id}``.
+BackfillDetail = tuple[Backfill, str, dict[str, int]]

@@ -1,7 +1,9 @@
 """Runs: their states, the one table of allowed transitions, and the function that makes one. Pure.
 
-``awaiting_approval → scheduled → dispatching → running → succeeded | failed``, plus ``rejected``
-and ``cancelled``, and a failed run retried as a new attempt. At most one run per (table, key) is
+``awaiting_approval → scheduled → (queued →) dispatching → running → succeeded | failed``, plus
+``rejected`` and ``cancelled``, and a failed run retried as a new attempt (by hand, or by itself with
+the table's ``retries``). A run waits ``queued`` while its table's ``max_concurrent_runs`` are busy, or
+when its target refused it for its own limit (DESIGN §8). At most one run per (table, key) is
 open (the database enforces it).
 
 Like an aggregate of a domain model, :func:`transition` decides and records: it checks the change
@@ -21,6 +23,7 @@ from controller.core.keys import Key
 
 AWAITING_APPROVAL = "awaiting_approval"
 SCHEDULED = "scheduled"
+QUEUED = "queued"
 DISPATCHING = "dispatching"
 RUNNING = "running"
 SUCCEEDED = "succeeded"
@@ -28,10 +31,13 @@ FAILED = "failed"
 REJECTED = "rejected"
 CANCELLED = "cancelled"
 
-OPEN_STATES = (AWAITING_APPROVAL, SCHEDULED, DISPATCHING, RUNNING)
+OPEN_STATES = (AWAITING_APPROVAL, SCHEDULED, QUEUED, DISPATCHING, RUNNING)
 #: Open runs a new trigger can still change (push the fire time, add triggers).
 PUSHABLE_STATES = (AWAITING_APPROVAL, SCHEDULED)
-CANCELLABLE_STATES = (AWAITING_APPROVAL, SCHEDULED)
+#: Open runs whose tasks have not started: a new trigger is recorded and changes nothing else (a
+#: queued run is due; it starts with whatever its upstreams hold then).
+WAITING_STATES = (QUEUED,)
+CANCELLABLE_STATES = (AWAITING_APPROVAL, SCHEDULED, QUEUED)
 #: Runs whose tasks were started (or are being started): a completion may settle them.
 IN_PROGRESS_STATES = (DISPATCHING, RUNNING)
 FINAL_STATES = (SUCCEEDED, FAILED, REJECTED, CANCELLED)
@@ -42,10 +48,12 @@ APPROVAL_STATES = ("pending", "approved", "rejected", "cancelled")
 #: Every allowed change of state; ``None`` is a run not yet created.
 TRANSITIONS: Mapping[str | None, frozenset[str]] = MappingProxyType(
     {
-        None: frozenset({AWAITING_APPROVAL, SCHEDULED}),  # opened by a gate or by hand
+        None: frozenset({AWAITING_APPROVAL, SCHEDULED, QUEUED}),  # by a gate, by hand, by a backfill
         AWAITING_APPROVAL: frozenset({SCHEDULED, REJECTED, CANCELLED}),  # approved, rejected, cancelled
-        SCHEDULED: frozenset({DISPATCHING, CANCELLED}),  # claimed by a fire; cancelled (or its table deleted)
-        DISPATCHING: frozenset({RUNNING, SUCCEEDED, FAILED}),  # started (or finished meanwhile), failed
+        SCHEDULED: frozenset({DISPATCHING, QUEUED, CANCELLED}),  # claimed by a fire (or queued); cancelled
+        QUEUED: frozenset({DISPATCHING, CANCELLED}),  # a slot freed; cancelled (or its table deleted)
+        # Started (or finished meanwhile), failed; queued again when the target's own limit refused it.
+        DISPATCHING: frozenset({RUNNING, SUCCEEDED, FAILED, QUEUED}),
         RUNNING: frozenset({SUCCEEDED, FAILED}),
         # Retried: a new attempt, awaiting approval when the table requires it now and the run was
         # never approved.
@@ -164,9 +172,11 @@ def transition(
 
     A final state sets ``finished_at``; ``reason`` goes to ``error`` for a failure and to ``reason``
     otherwise. Approving (``awaiting_approval → scheduled``) needs ``fire_at``; retrying (``failed →
-    scheduled``) starts the next attempt now, clearing the error and the end. A fire's claim
-    (``scheduled → dispatching``) forgets the schedule: it fired and deleted itself. Any other way out
-    of ``scheduled`` keeps ``scheduled_fire_at``, so that the sweep finds the schedule and deletes it.
+    scheduled``) starts the next attempt at ``fire_at`` (default now: by hand; an automatic retry waits
+    its backoff), clearing the error and the end; the failed attempt's error stays in its event. A
+    fire's claim (``scheduled → dispatching``) forgets the schedule: it fired and deleted itself. Any
+    other way out of ``scheduled`` keeps ``scheduled_fire_at``, so that the sweep finds the schedule
+    and deletes it. Going ``queued`` keeps the run's reason: why it waits is the event's.
     """
     if to not in TRANSITIONS[run.status]:
         raise IllegalTransition(f"run {run.id} cannot go from {run.status} to {to}")
@@ -176,13 +186,15 @@ def transition(
     if run.status == SCHEDULED and to == DISPATCHING:
         values["scheduled_fire_at"] = None
     if run.status == FAILED:  # a retry: the next attempt (fires now, unless it awaits approval)
-        fire = now if to == SCHEDULED else None
+        fire = (fire_at or now) if to == SCHEDULED else None
         values.update(attempt=run.attempt + 1, fire_at=fire, error=None, finished_at=None, reason=reason)
     elif run.status == AWAITING_APPROVAL and to == SCHEDULED:
         # Approved: the reason is the approver's comment, for the event; the run keeps its own.
         if fire_at is None:
             raise IllegalTransition(f"approving run {run.id} needs its fire time")
         values["fire_at"] = fire_at
+    elif to == QUEUED:
+        pass  # why it waits is the event's reason; the run keeps its own
     elif reason is not None:
         values["error" if to == FAILED else "reason"] = reason
     event = RunEvent(run.id, table, run.partitions, run.status, to, approval_id, reason, now, actor)

@@ -63,7 +63,8 @@ class RetrySpec(_Spec):
 
     def delay_after(self, attempt: int) -> int:
         """Seconds from the failure of attempt ``attempt`` (1-based) to the next attempt."""
-        return min(self.backoff_seconds * 2 ** min(attempt - 1, 32), MAX_RETRY_BACKOFF_SECONDS)
+        doubled: int = self.backoff_seconds << max(0, min(attempt - 1, 32))  # no float, no overflow
+        return min(doubled, MAX_RETRY_BACKOFF_SECONDS)
 
 
 class TableSpec(_Spec):

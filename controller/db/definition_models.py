@@ -8,10 +8,15 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Boolean, ForeignKey, Index, Integer, String, Text, UniqueConstraint, text
+from sqlalchemy import JSON, Boolean, ForeignKey, Index, Integer, String, Text, UniqueConstraint, text
+from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import Mapped, mapped_column
 
+from controller.core.specs import DEFAULT_TASK_TIMEOUT_SECONDS
 from controller.db.base import Base, Id, Json, UTCDateTime, utcnow
+
+#: A JSON document or SQL NULL: Python ``None`` is stored as NULL, not as the JSON text ``null``.
+NullableJson = JSON(none_as_null=True).with_variant(JSONB(none_as_null=True), "postgresql")
 
 
 class ReconcileRevision(Base):
@@ -43,6 +48,10 @@ class TableRow(Base):
     operators: Mapped[list[str]] = mapped_column(Json, default=list, server_default=text("'[]'"))
     debounce_seconds: Mapped[int] = mapped_column(Integer)
     max_wait_seconds: Mapped[int | None] = mapped_column(Integer)
+    # Added by migration 0007 (DESIGN §8); NULL: no limit, no automatic retries.
+    max_concurrent_runs: Mapped[int | None] = mapped_column(Integer)
+    #: ``{"max_attempts": N, "backoff_seconds": S}``, or SQL NULL (never JSON ``null``).
+    retries: Mapped[dict[str, int] | None] = mapped_column(NullableJson)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     deleted_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
@@ -86,6 +95,13 @@ class TaskRow(Base):
     type: Mapped[str] = mapped_column(String(16))
     target: Mapped[str] = mapped_column(String(2048))
     params: Mapped[dict[str, Any]] = mapped_column(Json, default=dict)
+    # Added by migration 0007, which gave existing rows the default through this server default (kept,
+    # as 0005's are: SQLite cannot drop it without rebuilding the table).
+    timeout_seconds: Mapped[int] = mapped_column(
+        Integer,
+        default=DEFAULT_TASK_TIMEOUT_SECONDS,
+        server_default=text(str(DEFAULT_TASK_TIMEOUT_SECONDS)),
+    )
 
 
 class AuditEntry(Base):

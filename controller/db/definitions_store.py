@@ -40,6 +40,7 @@ from sqlalchemy.sql.elements import ColumnElement
 from sqlalchemy.sql.selectable import TableValuedAlias
 
 from controller.core.plans import History, TableAction, TableState, digest
+from controller.core.specs import DEFAULT_TASK_TIMEOUT_SECONDS
 from controller.db.definition_models import (
     AuditEntry,
     DependencyRow,
@@ -107,15 +108,18 @@ def read_state(session: Session) -> DatabaseState:
             _as_text(t.operators),
             t.debounce_seconds,
             t.max_wait_seconds,
+            t.max_concurrent_runs,
+            _as_text(t.retries),
         )
     ).all()
     approvers = _decode(row[6] for row in tables)
     producers = _decode(row[7] for row in tables)
     operators = _decode(row[8] for row in tables)
-    for row, approved_by, produced_by, operated_by in zip(
-        tables, approvers, producers, operators, strict=True
+    retries = _decode(row[12] for row in tables)
+    for row, approved_by, produced_by, operated_by, retried in zip(
+        tables, approvers, producers, operators, retries, strict=True
     ):
-        table_id, alive, name, description, owner, requires, _, _, _, debounce, max_wait = row
+        table_id, alive, name, description, owner, requires, _, _, _, debounce, max_wait, concurrent, _ = row
         state.ids[name] = table_id
         names[table_id] = name
         if alive:
@@ -130,6 +134,8 @@ def read_state(session: Session) -> DatabaseState:
                 "operators": list(operated_by or []),
                 "debounce_seconds": debounce,
                 "max_wait_seconds": max_wait,
+                "max_concurrent_runs": concurrent,
+                "retries": _retries(retried),
                 "partitions": [],
                 "dependencies": [],
                 "tasks": [],
@@ -151,15 +157,34 @@ def read_state(session: Session) -> DatabaseState:
             )
     k = _TASKS.c
     tasks = _in_position_order(
-        connection, k.table_id, k.position, k.alias, k.type, k.target, _as_text(k.params)
+        connection, k.table_id, k.position, k.alias, k.type, k.target, _as_text(k.params), k.timeout_seconds
     )
     params = _decode(row[5] for row in tasks)
-    for (table_id, _, alias, type_, target, _), values in zip(tasks, params, strict=True):
+    for (table_id, _, alias, type_, target, _, timeout), values in zip(tasks, params, strict=True):
         if table_id in live:
             live[table_id]["tasks"].append(
-                {"alias": alias, "type": type_, "target": target, "params": values or {}}
+                {
+                    "alias": alias,
+                    "type": type_,
+                    "target": target,
+                    "params": values or {},
+                    "timeout_seconds": timeout,
+                }
             )
     return state
+
+
+_RETRY_KEYS = ("max_attempts", "backoff_seconds")
+
+
+def _retries(stored: Any) -> Any:
+    """``retries`` with its keys in the order of :func:`~controller.core.plans.state_of` (PostgreSQL's
+    JSONB keeps keys in an order of its own), any others after them: a hand edit shows as drift."""
+    if not isinstance(stored, dict):
+        return stored
+    return {k: stored[k] for k in _RETRY_KEYS if k in stored} | {
+        k: v for k, v in stored.items() if k not in _RETRY_KEYS
+    }
 
 
 def _in_position_order(connection: Connection, *columns: ColumnElement[Any]) -> list[Any]:
@@ -279,6 +304,8 @@ def _table_row(state: TableState) -> dict[str, Any]:
         "operators": list(state.get("operators") or []),
         "debounce_seconds": state["debounce_seconds"],
         "max_wait_seconds": state.get("max_wait_seconds"),
+        "max_concurrent_runs": state.get("max_concurrent_runs"),
+        "retries": state.get("retries"),
     }
 
 
@@ -364,6 +391,7 @@ def _child_row(
             "type": item["type"],
             "target": item["target"],
             "params": item.get("params") or {},
+            "timeout_seconds": item.get("timeout_seconds", DEFAULT_TASK_TIMEOUT_SECONDS),
         }
     return {
         "table_id": table_id,

@@ -342,8 +342,12 @@ TASKS_OF = (
     " ORDER BY finished_at NULLS LAST, id"
 )
 _ONE_TASK = "run_id = %s AND attempt = %s AND alias = %s AND status = %s"
-#: Parameters: the new status, external id, start time, then run id, attempt, alias and old status.
-TASK_STARTED = f"UPDATE task_dispatches SET status = %s, external_id = %s, started_at = %s WHERE {_ONE_TASK}"
+#: Parameters: the new status, external id, start time, check time, deadline, then run id, attempt,
+#: alias and old status.
+TASK_STARTED = (
+    "UPDATE task_dispatches SET status = %s, external_id = %s, started_at = %s, check_at = %s,"
+    f" deadline_at = %s WHERE {_ONE_TASK}"
+)
 #: Parameters: the new status, error, end time, then run id, attempt, alias and old status.
 TASK_NOT_STARTED = f"UPDATE task_dispatches SET status = %s, error = %s, finished_at = %s WHERE {_ONE_TASK}"
 LOCK_TASK = f"SELECT {TASKS} FROM task_dispatches WHERE external_id = %s ORDER BY id LIMIT 1 FOR UPDATE"

@@ -23,10 +23,12 @@ from psycopg.rows import TupleRow
 
 from controller.core.catalog import Catalog
 from controller.core.effects import AfterCommit, ScheduleRequest
-from controller.core.runs import SCHEDULED, RunEvent
+from controller.core.records import TASK_STARTED, Task
+from controller.core.runs import QUEUED, SCHEDULED, RunEvent
+from controller.db import postgresql_lifecycle_statements as lifecycle
 from controller.db import postgresql_statements as sql
 from controller.db.postgresql_connections import Connection, ConnectionPool, conninfo_from_url, send
-from controller.db.postgresql_transaction import PostgresqlTransaction, utc
+from controller.db.postgresql_transaction import PostgresqlTransaction, task_of, utc
 from controller.db.retries import MAX_ATTEMPTS, MAX_RECONNECTS, busy, pause_before_retry, unavailable
 
 T = TypeVar("T")
@@ -187,6 +189,16 @@ class PostgresqlSession:
     def leftover_schedules(self, limit: int) -> list[tuple[int, str, datetime]]:
         rows = self._read(sql.LEFTOVER_SCHEDULES, [SCHEDULED, limit])
         return [(run_id, name, written.astimezone(UTC)) for run_id, name, written in rows]
+
+    def tasks_to_check(self, now: datetime, limit: int) -> list[tuple[Task, datetime | None]]:
+        rows = self._read(lifecycle.TASKS_TO_CHECK, [TASK_STARTED, now, limit])
+        return [(task_of(row[:-1]), utc(row[-1])) for row in rows]
+
+    def postpone_check(self, task_id: int, check_at: datetime) -> None:
+        self._outside([(lifecycle.POSTPONE_CHECK, [check_at, task_id])], reads=False)
+
+    def queued_tables(self, limit: int) -> list[int]:
+        return [row[0] for row in self._read(lifecycle.QUEUED_TABLES, [QUEUED, limit])]
 
     def forget_schedules(self, deleted: Sequence[tuple[int, datetime]]) -> None:
         if deleted:

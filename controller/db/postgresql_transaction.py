@@ -31,7 +31,17 @@ from controller.core.records import (
     Task,
     Trigger,
 )
-from controller.core.runs import APPROVAL_STATES, DISPATCHING, OPEN_STATES, Run, RunChange, RunEvent
+from controller.core.runs import (
+    APPROVAL_STATES,
+    DISPATCHING,
+    IN_PROGRESS_STATES,
+    OPEN_STATES,
+    QUEUED,
+    Run,
+    RunChange,
+    RunEvent,
+)
+from controller.db import postgresql_lifecycle_statements as lifecycle
 from controller.db import postgresql_statements as sql
 from controller.db.postgresql_connections import Connection, Listener, send
 
@@ -56,7 +66,8 @@ def _run(row: Sequence[Any]) -> Run:
     return Run(*_utc_all(row))
 
 
-def _task(row: Sequence[Any]) -> Task:
+def task_of(row: Sequence[Any]) -> Task:
+    """A task from a row of :data:`~controller.db.postgresql_statements.TASKS`."""
     return Task(*_utc_all(row))
 
 
@@ -284,11 +295,52 @@ class PostgresqlTransaction:
             self._changed(sql.add_tasks(len(batch)), parameters)
 
     def tasks_of(self, run_id: int, attempt: int) -> list[Task]:
-        return [_task(row) for row in self._rows(sql.TASKS_OF, [run_id, attempt])]
+        return [task_of(row) for row in self._rows(sql.TASKS_OF, [run_id, attempt])]
 
-    def task_started(self, run_id: int, attempt: int, alias: str, external_id: str, at: datetime) -> None:
+    def task_started(
+        self,
+        run_id: int,
+        attempt: int,
+        alias: str,
+        external_id: str,
+        at: datetime,
+        check_at: datetime | None = None,
+        deadline_at: datetime | None = None,
+    ) -> None:
         where = [run_id, attempt, alias, TASK_PENDING]
-        self._changed(sql.TASK_STARTED, [TASK_STARTED, external_id, at, *where])
+        self._changed(sql.TASK_STARTED, [TASK_STARTED, external_id, at, check_at, deadline_at, *where])
+
+    def forget_tasks(self, run_id: int, attempt: int) -> None:
+        self._changed(lifecycle.FORGET_TASKS, [run_id, attempt, [TASK_PENDING, TASK_FAILED]])
+
+    # --- backfills --------------------------------------------------------------------------------
+
+    def insert_backfill(
+        self,
+        table_id: int,
+        keys: int,
+        already_open: int,
+        reason: str | None,
+        by: str | None,
+        at: datetime,
+        run_ids: Sequence[int],
+    ) -> int:
+        [(backfill_id,)] = self._rows(
+            lifecycle.INSERT_BACKFILL, [table_id, keys, already_open, reason, by, at]
+        )
+        if run_ids:
+            self._changed(lifecycle.INSERT_BACKFILL_RUNS, [backfill_id, list(run_ids)])
+        return cast(int, backfill_id)
+
+    # --- concurrency ------------------------------------------------------------------------------
+
+    def busy_runs(self, table_id: int, *, lock: bool) -> list[int]:
+        if lock:  # its own statement: the read after it must see what the lock's holder committed
+            self._rows(lifecycle.LOCK_SLOTS, [table_id])
+        return [row[0] for row in self._rows(lifecycle.BUSY_RUNS, [table_id, list(IN_PROGRESS_STATES)])]
+
+    def queued_runs(self, table_id: int, limit: int) -> list[int]:
+        return [row[0] for row in self._rows(lifecycle.QUEUED_RUNS, [table_id, QUEUED, limit])]
 
     def task_not_started(self, run_id: int, attempt: int, alias: str, error: str, at: datetime) -> None:
         where = [run_id, attempt, alias, TASK_PENDING]
@@ -296,7 +348,7 @@ class PostgresqlTransaction:
 
     def lock_task(self, external_id: str) -> Task | None:
         rows = self._rows(sql.LOCK_TASK, [external_id])
-        return _task(rows[0]) if rows else None
+        return task_of(rows[0]) if rows else None
 
     def settle_task(self, task_id: int, succeeded: bool, error: str | None, at: datetime) -> bool:
         status, error = (TASK_SUCCEEDED, None) if succeeded else (TASK_FAILED, error)

@@ -22,7 +22,7 @@ from controller.core.catalog import Catalog
 from controller.core.gates import Execution, Probe
 from controller.core.keys import Key, key_from_text
 from controller.core.plans import TableState
-from controller.core.records import Approval, ExecutionEntry, RunDetail, Task
+from controller.core.records import Approval, Backfill, BackfillDetail, ExecutionEntry, RunDetail, Task
 from controller.core.runs import RUN_FIELDS, Run, RunEvent
 from controller.db.catalog_store import load_catalog, newest_revision
 from controller.db.definition_models import TableRow
@@ -31,6 +31,8 @@ from controller.db.engine import read_only
 from controller.db.retries import connected
 from controller.db.run_models import (
     ApprovalRow,
+    BackfillRow,
+    BackfillRunRow,
     ExecutionRow,
     ExecutionValueRow,
     RunEventRow,
@@ -83,6 +85,26 @@ class SqlReads:
         """The live definitions, stamped with the newest reconcile revision."""
         with self._session() as session:
             return load_catalog(session, newest_revision(session))
+
+    def backfill(self, backfill_id: int) -> BackfillDetail | None:
+        """A backfill, its table's name and its runs counted per state (two statements)."""
+        b = BackfillRow
+        with self._session() as session:
+            columns = (b.id, b.table_id, b.keys, b.already_open, b.reason, b.requested_by, b.created_at)
+            row = session.execute(
+                select(*columns, TableRow.name)
+                .join(TableRow, TableRow.id == b.table_id)
+                .where(b.id == backfill_id)
+            ).first()
+            if row is None:
+                return None
+            counts = session.execute(
+                select(RunRow.status, func.count())
+                .join(BackfillRunRow, BackfillRunRow.run_id == RunRow.id)
+                .where(BackfillRunRow.backfill_id == backfill_id)
+                .group_by(RunRow.status)
+            ).all()
+        return Backfill(*row[:-1]), row[-1], {str(status): int(count) for status, count in counts}
 
     def definitions(self) -> tuple[dict[str, TableState], tuple[str, datetime] | None]:
         """The live definitions by name, and (Git revision, applied at) of the last reconcile."""

@@ -128,7 +128,12 @@ class TaskDispatchRow(Base):
     """One task of a run as started in AWS, with the id AWS gave it."""
 
     __tablename__ = "task_dispatches"
-    __table_args__ = (UniqueConstraint("run_id", "attempt", "alias"), Index(None, "external_id"))
+    __table_args__ = (
+        UniqueConstraint("run_id", "attempt", "alias"),
+        Index(None, "external_id"),
+        # The sweep's search for started tasks to ask AWS about (DESIGN §8), oldest check first.
+        Index(None, "status", "check_at"),
+    )
 
     id: Mapped[int] = mapped_column(Id, primary_key=True)
     run_id: Mapped[int] = mapped_column(ForeignKey("runs.id"))
@@ -144,6 +149,10 @@ class TaskDispatchRow(Base):
     finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     #: The secret the task was started with (``flux.token``; migration 0006: NULL before).
     token: Mapped[str | None] = mapped_column(String(TOKEN_LENGTH))
+    #: When the sweep next asks AWS how the started task is (its completion event may be lost), and
+    #: when it is stopped for running too long (migration 0008; NULL: never asked, never stopped).
+    check_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    deadline_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
 
 
 class ApprovalRow(Base):
@@ -187,3 +196,27 @@ class RunEventRow(Base):
     batch: Mapped[str] = mapped_column(String(36), index=True)
     detail: Mapped[dict[str, Any]] = mapped_column(Json)
     published_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+
+
+class BackfillRow(Base):
+    """A backfill (DESIGN §8): manual runs opened for many keys of a table at once."""
+
+    __tablename__ = "backfills"
+
+    id: Mapped[int] = mapped_column(Id, primary_key=True)
+    table_id: Mapped[int] = mapped_column(ForeignKey("tables.id"))
+    #: How many keys it named, and how many of those already had an open run (not opened again).
+    keys: Mapped[int] = mapped_column(Integer)
+    already_open: Mapped[int] = mapped_column(Integer)
+    reason: Mapped[str | None] = mapped_column(Text)
+    requested_by: Mapped[str | None] = mapped_column(String(256))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+
+class BackfillRunRow(Base):
+    """A run a backfill opened."""
+
+    __tablename__ = "backfill_runs"
+
+    backfill_id: Mapped[int] = mapped_column(ForeignKey("backfills.id"), primary_key=True)
+    run_id: Mapped[int] = mapped_column(ForeignKey("runs.id"), primary_key=True)

@@ -292,7 +292,11 @@ _PENDING_TASK = update(tasks).where(
     tasks.c.status == records.TASK_PENDING,
 )
 TASK_STARTED = _PENDING_TASK.values(
-    status=records.TASK_STARTED, external_id=bindparam("b_external_id"), started_at=bindparam("b_at")
+    status=records.TASK_STARTED,
+    external_id=bindparam("b_external_id"),
+    started_at=bindparam("b_at"),
+    check_at=bindparam("b_check_at"),
+    deadline_at=bindparam("b_deadline_at"),
 )
 TASK_NOT_STARTED = _PENDING_TASK.values(
     status="failed", error=bindparam("b_error"), finished_at=bindparam("b_at")

@@ -20,7 +20,9 @@ from sqlalchemy import Connection, Engine, event
 from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
 
 from controller.core.effects import AfterCommit, ScheduleRequest
+from controller.core.records import Task
 from controller.core.runs import RunEvent
+from controller.db import sqlite_lifecycle_statements as lifecycle
 from controller.db import sqlite_statements as sql
 from controller.db.base import utcnow
 from controller.db.engine import READ_ONLY_OPTION
@@ -222,6 +224,20 @@ class SqliteSession:
         schedule, by id."""
         rows = self._read(sql.LEFTOVER_SCHEDULES, {"limit": limit})
         return [(row.id, row.schedule_name, row.scheduled_fire_at) for row in rows]
+
+    def tasks_to_check(self, now: datetime, limit: int) -> list[tuple[Task, datetime | None]]:
+        """Started tasks whose check time has come, oldest check first, with their deadlines."""
+        rows = self._read(lifecycle.TASKS_TO_CHECK, {"now": now, "limit": limit})
+        return [(Task(*row[:-1]), row[-1]) for row in rows]
+
+    def postpone_check(self, task_id: int, check_at: datetime) -> None:
+        """Ask about the task again at ``check_at``."""
+        parameters = {"b_id": task_id, "b_check_at": check_at}
+        self._once(lambda c: c.execute(lifecycle.POSTPONE_CHECK, parameters), read_only=False)
+
+    def queued_tables(self, limit: int) -> list[int]:
+        """Tables with queued runs."""
+        return [row[0] for row in self._read(lifecycle.QUEUED_TABLES, {"limit": limit})]
 
     def forget_schedules(self, deleted: Sequence[tuple[int, datetime]]) -> None:
         """The schedules of these runs were deleted (where still the one written, the run not scheduled)."""

@@ -25,6 +25,7 @@ from controller.core.records import (
     Trigger,
 )
 from controller.core.runs import Run, RunChange
+from controller.db import sqlite_lifecycle_statements as lifecycle
 from controller.db import sqlite_statements as sql
 from controller.db.catalog_store import load_catalog
 
@@ -205,10 +206,61 @@ class SqliteTransaction:
         rows = self.connection.execute(sql.TASKS_OF, {"run_id": run_id, "attempt": attempt})
         return [sql.task_of(row) for row in rows]
 
-    def task_started(self, run_id: int, attempt: int, alias: str, external_id: str, at: datetime) -> None:
+    def task_started(
+        self,
+        run_id: int,
+        attempt: int,
+        alias: str,
+        external_id: str,
+        at: datetime,
+        check_at: datetime | None = None,
+        deadline_at: datetime | None = None,
+    ) -> None:
         """A pending task started with ``external_id`` (a task no longer pending is left as it is)."""
         parameters = {"b_run_id": run_id, "b_attempt": attempt, "b_alias": alias}
-        self.connection.execute(sql.TASK_STARTED, parameters | {"b_external_id": external_id, "b_at": at})
+        started = {
+            "b_external_id": external_id,
+            "b_at": at,
+            "b_check_at": check_at,
+            "b_deadline_at": deadline_at,
+        }
+        self.connection.execute(sql.TASK_STARTED, parameters | started)
+
+    def forget_tasks(self, run_id: int, attempt: int) -> None:
+        """Delete an attempt's tasks that did not start."""
+        self.connection.execute(lifecycle.FORGET_TASKS, {"run_id": run_id, "attempt": attempt})
+
+    # --- backfills -----------------------------------------------------------------------------
+    def insert_backfill(
+        self,
+        table_id: int,
+        keys: int,
+        already_open: int,
+        reason: str | None,
+        by: str | None,
+        at: datetime,
+        run_ids: Sequence[int],
+    ) -> int:
+        """Record a backfill and the runs it opened; its id."""
+        row = {"table_id": table_id, "keys": keys, "already_open": already_open, "reason": reason}
+        found = self.connection.execute(
+            lifecycle.INSERT_BACKFILL, row | {"requested_by": by, "created_at": at}
+        )
+        backfill_id = cast(int, found.scalar_one())
+        if run_ids:
+            links = [{"backfill_id": backfill_id, "run_id": run_id} for run_id in run_ids]
+            self.connection.execute(lifecycle.INSERT_BACKFILL_RUNS, links)
+        return backfill_id
+
+    # --- concurrency ---------------------------------------------------------------------------
+    def busy_runs(self, table_id: int, *, lock: bool) -> list[int]:
+        """The table's runs dispatching or running; no lock to take (BEGIN IMMEDIATE serialises)."""
+        return [row[0] for row in self.connection.execute(lifecycle.BUSY_RUNS, {"table_id": table_id})]
+
+    def queued_runs(self, table_id: int, limit: int) -> list[int]:
+        """The table's queued runs, oldest first."""
+        parameters = {"table_id": table_id, "limit": limit}
+        return [row[0] for row in self.connection.execute(lifecycle.QUEUED_RUNS, parameters)]
 
     def task_not_started(self, run_id: int, attempt: int, alias: str, error: str, at: datetime) -> None:
         """A pending task failed to start."""

@@ -49,6 +49,28 @@ def task_state_changed(
     return perform(deps, work)
 
 
+def settle_polled(deps: Dependencies, task_type: str, external_id: str, succeeded: bool, message: str) -> str:
+    """Settle a task the sweep found ended by asking AWS (its state-change event was lost), exactly
+    as that event would have (DESIGN §8)."""
+    source = "step_function" if task_type == "step_function" else "glue"
+
+    def work(tx: Transaction, after: AfterCommit) -> str:
+        return _settle(tx, deps.catalog(tx), source, external_id, succeeded, message, deps.clock(), after)
+
+    return perform(deps, work)
+
+
+def time_out(deps: Dependencies, external_id: str, reason: str) -> str:
+    """Fail a task that ran past its ``timeout_seconds`` (already stopped where AWS can) and its run,
+    with ``reason`` (``timed out after …``)."""
+
+    def work(tx: Transaction, after: AfterCommit) -> str:
+        catalog = deps.catalog(tx)
+        return _settle(tx, catalog, "timeout", external_id, False, reason, deps.clock(), after, reason=reason)
+
+    return perform(deps, work)
+
+
 def _settle(
     tx: Transaction,
     catalog: Catalog,
@@ -58,7 +80,11 @@ def _settle(
     message: str,
     now: datetime,
     after: AfterCommit,
+    *,
+    reason: str | None = None,
 ) -> str:
+    """Settle the task AWS knows as ``external_id``; a failure fails its run with ``reason``
+    (default ``task ALIAS MESSAGE``)."""
     task = tx.lock_task(external_id)
     if task is None:
         logger.warning("state change for an unknown task ignored", extra={"external_id": external_id})
@@ -71,7 +97,7 @@ def _settle(
     if run.status not in IN_PROGRESS_STATES or run.attempt != task.attempt:
         return f"task settled; run is {run.status}"
     if not succeeded:
-        move(tx, after, run, FAILED, now, table, reason=f"task {task.alias} {message}")
+        move(tx, after, run, FAILED, now, table, reason=reason or f"task {task.alias} {message}")
         return "run failed"
     unfinished = [t for t in tx.tasks_of(run.id, run.attempt) if t.status != TASK_SUCCEEDED]
     if unfinished or run.status != RUNNING:

@@ -40,6 +40,10 @@ class Dependencies:
     #: when of this account (DESIGN §7); None (unknown) matches no IAM user.
     own_account: str | None = None
     catalogs: CatalogCache = field(default_factory=CatalogCache)
+    #: The sweep asks AWS about a task running longer than this (its completion event may be lost),
+    #: at most ``poll_batch`` tasks per sweep, oldest check first (DESIGN §8).
+    poll_after_seconds: int = 900
+    poll_batch: int = 50
 
     def catalog(self, tx: Transaction) -> Catalog:
         """The current definitions, checked against the newest reconcile revision in ``tx``."""

@@ -22,9 +22,10 @@ from jinja2 import TemplateError
 from controller.core.catalog import Catalog
 from controller.core.effects import AfterCommit, ScheduleRequest, TaskRequest, schedule_name
 from controller.core.records import TASK_FAILED, TASK_PENDING, TASK_SUCCEEDED, NewTask
-from controller.core.runs import CANCELLED, DISPATCHING, FAILED, RUNNING, SCHEDULED, Run, due
+from controller.core.runs import CANCELLED, DISPATCHING, FAILED, QUEUED, RUNNING, SCHEDULED, Run, due
 from controller.core.specs import TableSpec
 from controller.core.templates import render_params
+from controller.services import slots
 from controller.services.ports import Transaction
 from controller.services.registering import complete_run
 from controller.services.transitions import move, table_of
@@ -48,10 +49,10 @@ def claim(
     if run is None:
         logger.warning("fire for an unknown run ignored", extra={"run_id": run_id})
         return "unknown", []
-    if run.status != SCHEDULED:
+    if run.status not in (SCHEDULED, QUEUED):
         return f"ignored: run is {run.status}", []
     table_name = catalog.names.get(run.table_id)
-    if not due(run.fire_at, now):
+    if run.status == SCHEDULED and not due(run.fire_at, now):
         _rearm(tx, run, table_name, after)
         return "ignored: not due yet (its schedule is written again)", []
     spec = catalog.table(table_name) if table_name else None
@@ -59,6 +60,9 @@ def claim(
         name = table_of(tx, catalog, run)
         move(tx, after, run, CANCELLED, now, name, reason="the table was deleted by a reconcile")
         return "cancelled: table deleted", []
+    waiting = slots.take_slot(tx, spec, run, table_name, now, after)
+    if waiting is not None:
+        return waiting, []
     claimed = move(tx, after, run, DISPATCHING, now, table_name)
     if claimed is None:  # pragma: no cover - the row lock makes this impossible; keep the guard
         return "ignored: claimed elsewhere", []
@@ -99,6 +103,7 @@ def _requests(tx: Transaction, spec: TableSpec, run: Run, new_token: Callable[[]
             partitions=dict(run.partitions),
             params=render_params(task.params, context),
             token=new_token(),
+            timeout_seconds=task.timeout_seconds,
         )
         for task in spec.tasks
     ]
@@ -127,14 +132,22 @@ def finish(
     errors: dict[str, str],
     now: datetime,
     after: AfterCommit,
+    limited: frozenset[str] = frozenset(),
 ) -> str:
     """End the dispatch: failed if a task did not start, else running (or succeeded, if every task
-    finished meanwhile). Returns what happened."""
+    finished meanwhile). Returns what happened.
+
+    ``limited``: the tasks whose target refused them for its own concurrency limit. When no task of
+    the attempt started, the run is queued again instead of failed (its tasks forgotten: the next
+    claim records them anew); with a task already started it fails (a retry starts every task again).
+    """
     first = requests[0]
-    for alias, error in errors.items():
-        tx.task_not_started(first.run_id, first.attempt, alias, error, now)
     run = tx.lock_run(first.run_id)
     assert run is not None
+    if limited and run.status == DISPATCHING and set(errors) == {r.alias for r in requests}:
+        return _queue_again(tx, run, first.table, errors, limited, now, after)
+    for alias, error in errors.items():
+        tx.task_not_started(first.run_id, first.attempt, alias, error, now)
     if errors:
         reason = "; ".join(f"task {alias} did not start: {error}" for alias, error in sorted(errors.items()))
         if run.status == DISPATCHING:  # else a completion (a failure event) already ended it
@@ -152,6 +165,23 @@ def finish(
     source = "step_function" if tasks[-1].type == "step_function" else "glue"
     problem = complete_run(tx, catalog, running, first.table, source, now, after)
     return "succeeded: its tasks finished while it was dispatching" + (f"; {problem}" if problem else "")
+
+
+def _queue_again(
+    tx: Transaction,
+    run: Run,
+    table: str,
+    errors: dict[str, str],
+    limited: frozenset[str],
+    now: datetime,
+    after: AfterCommit,
+) -> str:
+    """Nothing started and a target refused for its own limit: the run waits ``queued`` (DESIGN §8)."""
+    tx.forget_tasks(run.id, run.attempt)
+    alias = sorted(limited)[0]
+    reason = f"queued: the target of task {alias} is at its own concurrency limit: {errors[alias]}"
+    move(tx, after, run, QUEUED, now, table, reason=reason)
+    return reason
 
 
 #: Why the sweep fails a run whose dispatch was interrupted before every task's start was recorded.

@@ -10,6 +10,7 @@ from controller.core.gates import Probe, gate, shared
 from controller.core.keys import Key, describe, key_text, make_key
 from controller.core.records import Approval
 from controller.core.runs import AWAITING_APPROVAL, OPEN_STATES, SCHEDULED, Run, fire_time
+from controller.core.specs import DEFAULT_TASK_TIMEOUT_SECONDS, MAX_RETRY_BACKOFF_SECONDS
 from controller.core.terminal_text import printable
 from controller.services.ports import Reads
 
@@ -30,6 +31,11 @@ class Explanation:
     operators: list[str] = field(default_factory=list)
     debounce_seconds: int = 0
     max_wait_seconds: int | None = None
+    #: The run lifecycle of DESIGN §8 as defined: None, no limit / no automatic retries.
+    max_concurrent_runs: int | None = None
+    retries: dict[str, int] | None = None
+    #: Each task's ``timeout_seconds``, by alias.
+    task_timeouts: dict[str, int] = field(default_factory=dict)
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -45,6 +51,9 @@ class Explanation:
             "operators": self.operators,
             "debounce_seconds": self.debounce_seconds,
             "max_wait_seconds": self.max_wait_seconds,
+            "max_concurrent_runs": self.max_concurrent_runs,
+            "retries": self.retries,
+            "task_timeouts": self.task_timeouts,
         }
 
 
@@ -83,6 +92,9 @@ def explain(reads: Reads, table: str, partitions: dict[str, Any]) -> Explanation
         operators=list(spec.operators),
         debounce_seconds=spec.debounce_seconds,
         max_wait_seconds=spec.max_wait_seconds,
+        max_concurrent_runs=spec.max_concurrent_runs,
+        retries=None if spec.retries is None else spec.retries.model_dump(),
+        task_timeouts={task.alias: task.timeout_seconds for task in spec.tasks},
     )
     for status in statuses:
         execution = executions.get(status.satisfied_by.id) if status.satisfied_by else None
@@ -156,6 +168,14 @@ def render(explanation: Explanation) -> str:
         lines.append(f"  producers: {', '.join(e.producers)}")
     if e.operators:
         lines.append(f"  operators: {', '.join(e.operators)}")
+    if e.max_concurrent_runs is not None:
+        lines.append(f"  max concurrent runs: {e.max_concurrent_runs}")
+    if e.retries is not None:
+        lines.append(f"  retries: {_retries(e.retries['max_attempts'], e.retries['backoff_seconds'])}")
+    timeouts = {a: s for a, s in e.task_timeouts.items() if s != DEFAULT_TASK_TIMEOUT_SECONDS}
+    if timeouts:
+        listed = ", ".join(f"{alias} {seconds} s" for alias, seconds in timeouts.items())
+        lines.append(f"  task timeouts: {listed} (default {DEFAULT_TASK_TIMEOUT_SECONDS} s)")
     run = e.open_run
     if run is None:
         lines.append("  open run: none")
@@ -168,6 +188,24 @@ def render(explanation: Explanation) -> str:
             error = f": {r['error']}" if r["error"] else ""
             lines.append(f"    {r['id']} {r['status']} (attempt {r['attempt']}){end}{error}")
     return "\n".join(printable(line) for line in lines) + "\n"
+
+
+def _retries(max_attempts: int, backoff_seconds: int) -> str:
+    """``retries`` in words: "up to 3 attempts, backoff 300 s doubling, capped at 1 h"."""
+    if max_attempts <= 1:
+        return "none (max_attempts 1: a failed run stays failed)"
+    attempts = f"up to {max_attempts} attempts"
+    if backoff_seconds == 0:
+        return f"{attempts}, each at once after a failure"
+    if max_attempts == 2:
+        return f"{attempts}, the second {min(backoff_seconds, MAX_RETRY_BACKOFF_SECONDS)} s after a failure"
+    if backoff_seconds >= MAX_RETRY_BACKOFF_SECONDS:
+        return f"{attempts}, each {MAX_RETRY_BACKOFF_SECONDS} s after a failure"
+    return f"{attempts}, backoff {backoff_seconds} s doubling, capped at {_hours(MAX_RETRY_BACKOFF_SECONDS)}"
+
+
+def _hours(seconds: int) -> str:
+    return f"{seconds // 3600} h" if seconds % 3600 == 0 else f"{seconds} s"
 
 
 def _run_detail(run: dict[str, Any]) -> str:

@@ -10,10 +10,12 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
+from datetime import timedelta
 from typing import Any, TypeVar
 
 from controller.core.effects import AfterCommit, TaskRequest, TaskStartError
-from controller.services import dispatch
+from controller.core.runs import FAILED
+from controller.services import dispatch, retrying, slots
 from controller.services.after_commit import carry_out
 from controller.services.dependencies import Dependencies
 from controller.services.ports import StoreSession, Transaction
@@ -28,12 +30,35 @@ def perform(deps: Dependencies, work: Callable[[Transaction, AfterCommit], T]) -
     One connection serves both the transaction and the record of what AWS did after it: a second
     checkout would cost another server process whose caches are cold.
     """
+
+    def unit(tx: Transaction, after: AfterCommit) -> T:
+        result = work(tx, after)
+        follow_up(deps, tx, after)
+        return result
+
     with deps.store.session() as session:
-        result, after = session.transact(work)
+        result, after = session.transact(unit)
         carry_out(deps, after, session)
     for run_id in after.fire_now:
         fire_after_commit(deps, run_id)
     return result
+
+
+def follow_up(deps: Dependencies, tx: Transaction, after: AfterCommit) -> None:
+    """What the run changes of a unit of work call for, in its transaction (DESIGN §8): failed runs
+    with retries left come back as their next attempt; freed slots fire the next queued runs. No
+    statement when no run failed or left ``dispatching``/``running``."""
+    failed = [event for event in after.events if event.new_state == FAILED]
+    freed = slots.freed_tables(after.events)
+    if not failed and not freed:
+        return
+    # The work read the definitions in this transaction (a fire, a completion): they are cached.
+    catalog = deps.catalogs.cached() or deps.catalog(tx)
+    now = deps.clock()
+    if failed:
+        retrying.retry_failed(tx, catalog, failed, now, after)
+    if freed:
+        slots.fire_next(tx, catalog, freed, after)
 
 
 def fire_after_commit(deps: Dependencies, run_id: int) -> None:
@@ -57,28 +82,44 @@ def fire(deps: Dependencies, run_id: int) -> str:
     if not requests:
         return outcome
     errors: dict[str, str] = {}
+    limited: set[str] = set()
     with deps.store.session() as session:
         for request in requests:
             try:
                 external_id = deps.tasks.start(request)
             except TaskStartError as exc:
                 errors[request.alias] = str(exc)
+                if exc.limited:
+                    limited.add(request.alias)
                 logger.error(
-                    "task failed to start", extra={"run_id": run_id, "task": request.alias, "error": str(exc)}
+                    "task failed to start",
+                    extra={
+                        "run_id": run_id,
+                        "task": request.alias,
+                        "error": str(exc),
+                        "limited": exc.limited,
+                    },
                 )
                 continue
             record_start(deps, session, request, external_id)
     return perform(
         deps,
-        lambda tx, after: dispatch.finish(tx, deps.catalog(tx), requests, errors, deps.clock(), after),
+        lambda tx, after: dispatch.finish(
+            tx, deps.catalog(tx), requests, errors, deps.clock(), after, frozenset(limited)
+        ),
     )
 
 
 def record_start(deps: Dependencies, session: StoreSession, request: TaskRequest, external_id: str) -> None:
-    """Commit a started task's external id at once, for its completion event to find."""
+    """Commit a started task's external id at once, for its completion event to find, with when the
+    sweep first asks AWS about it and when it times out (DESIGN §8)."""
     now = deps.clock()
+    deadline = now + timedelta(seconds=request.timeout_seconds)
+    check = min(now + timedelta(seconds=deps.poll_after_seconds), deadline)
     session.transact(
-        lambda tx, _: tx.task_started(request.run_id, request.attempt, request.alias, external_id, now)
+        lambda tx, _: tx.task_started(
+            request.run_id, request.attempt, request.alias, external_id, now, check, deadline
+        )
     )
 
 

@@ -18,6 +18,7 @@ from controller.core.runs import (
     AWAITING_APPROVAL,
     PUSHABLE_STATES,
     SCHEDULED,
+    WAITING_STATES,
     Run,
     fire_time,
     opened,
@@ -110,6 +111,8 @@ def _merged(catalog: Catalog, wanted: list[Wanted]) -> dict[Pair, Wanted]:
 
 def _push(run: Run, spec: TableSpec, now: datetime, manual: bool) -> dict[str, Any]:
     """The columns a new trigger changes on an open run (not its state)."""
+    if run.status in WAITING_STATES:  # queued: not started, it will see the new data; keeps its place
+        return {"id": run.id, "last_trigger_at": now, "updated_at": now}
     if run.status not in PUSHABLE_STATES:  # dispatching or running: run again once it is over
         return {"id": run.id, "rerun_requested": True, "updated_at": now}
     fire_at = run.fire_at

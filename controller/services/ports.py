@@ -19,6 +19,7 @@ from controller.core.keys import Key
 from controller.core.plans import TableState
 from controller.core.records import (
     Approval,
+    BackfillDetail,
     ExecutionEntry,
     NewExecution,
     NewRun,
@@ -132,8 +133,48 @@ class Transaction(Protocol):
         """The tasks of an attempt, in the order they finished (unfinished last), then recorded."""
         ...
 
-    def task_started(self, run_id: int, attempt: int, alias: str, external_id: str, at: datetime) -> None:
-        """A pending task started with ``external_id``."""
+    def task_started(
+        self,
+        run_id: int,
+        attempt: int,
+        alias: str,
+        external_id: str,
+        at: datetime,
+        check_at: datetime | None = None,
+        deadline_at: datetime | None = None,
+    ) -> None:
+        """A pending task started with ``external_id``; the sweep asks AWS about it from ``check_at``
+        and stops it at ``deadline_at`` (DESIGN §8)."""
+        ...
+
+    def forget_tasks(self, run_id: int, attempt: int) -> None:
+        """Delete an attempt's tasks, none of which started (its run queued again for its target's
+        limit: the next claim records them again, with new tokens)."""
+        ...
+
+    # backfills
+    def insert_backfill(
+        self,
+        table_id: int,
+        keys: int,
+        already_open: int,
+        reason: str | None,
+        by: str | None,
+        at: datetime,
+        run_ids: Sequence[int],
+    ) -> int:
+        """Record a backfill and the runs it opened; its id."""
+        ...
+
+    # concurrency
+    def busy_runs(self, table_id: int, *, lock: bool) -> list[int]:
+        """The ids of the table's runs dispatching or running, by id; ``lock``: first take the
+        table's slot lock, held until commit, so that two claims of its runs never both count a free
+        slot (SQLite's writers are serialised anyway)."""
+        ...
+
+    def queued_runs(self, table_id: int, limit: int) -> list[int]:
+        """The ids of the table's queued runs, oldest first (fire time, then id)."""
         ...
 
     def task_not_started(self, run_id: int, attempt: int, alias: str, error: str, at: datetime) -> None:
@@ -205,6 +246,19 @@ class SweepReads(Protocol):
     def leftover_schedules(self, limit: int) -> list[tuple[int, str, datetime]]:
         """(run id, schedule name, fire time written) of runs no longer ``scheduled`` whose schedule
         was written and not consumed by a fire (cancelled, or written after the run moved on), by id."""
+        ...
+
+    def tasks_to_check(self, now: datetime, limit: int) -> list[tuple[Task, datetime | None]]:
+        """Started tasks whose check time has come (the sweep asks AWS about them), oldest check
+        first, each with its deadline."""
+        ...
+
+    def postpone_check(self, task_id: int, check_at: datetime) -> None:
+        """Ask about a started task again at ``check_at``."""
+        ...
+
+    def queued_tables(self, limit: int) -> list[int]:
+        """The ids of tables that have queued runs."""
         ...
 
     def forget_schedules(self, deleted: Sequence[tuple[int, datetime]]) -> None:
@@ -295,6 +349,10 @@ class Reads(Protocol):
 
     def catalog(self) -> Catalog:
         """The live definitions, stamped with the newest reconcile revision."""
+        ...
+
+    def backfill(self, backfill_id: int) -> BackfillDetail | None:
+        """A backfill, its table's name and its runs counted per state; None for an unknown one."""
         ...
 
     def definitions(self) -> tuple[dict[str, TableState], tuple[str, datetime] | None]:

@@ -6,6 +6,7 @@ from typing import TYPE_CHECKING, Any
 
 from controller.core.errors import NotFound, Unprocessable
 from controller.core.runs import ALL_STATES, APPROVAL_STATES, SCHEDULED
+from controller.services import run_history
 from controller.services.answers import iso, run_summary
 
 if TYPE_CHECKING:
@@ -88,6 +89,7 @@ def get_run(deps: Dependencies, run_id: int) -> dict[str, Any]:
             }
             for e in events
         ],
+        attempts=run_history.attempts(events, tasks, run.attempt),
     )
     return {"run": detail}
 

@@ -8,15 +8,12 @@ from controller.core.access import Caller
 from controller.core.effects import AfterCommit, schedule_name
 from controller.core.errors import Conflict, NotFound, Unprocessable
 from controller.core.keys import InvalidPartition, key_text, make_key
-from controller.core.records import APPROVAL_APPROVED
 from controller.core.runs import (
-    AWAITING_APPROVAL,
     CANCELLABLE_STATES,
     CANCELLED,
     FAILED,
     IN_PROGRESS_STATES,
     OPEN_STATES,
-    SCHEDULED,
     Run,
 )
 from controller.services.answers import run_summary
@@ -25,6 +22,7 @@ from controller.services.dependencies import Dependencies
 from controller.services.firing import perform, refreshed
 from controller.services.opening import Wanted, open_or_push
 from controller.services.ports import Transaction
+from controller.services.retrying import reopen
 from controller.services.transitions import move, table_of
 
 
@@ -120,34 +118,10 @@ def retry_run(
         other = tx.run_of_key(run.table_id, run.partition_key, OPEN_STATES)
         if other is not None:
             raise Conflict(f"run {other.id} is already open for this table and key", {"run_id": other.id})
-        now = deps.clock()
-        spec = catalog.table(table)
-        if spec is not None and spec.requires_approval and not _approved(tx, run_id):
-            [approval_id] = tx.request_approvals([run_id], now).values()
-            waiting = move(
-                tx,
-                after,
-                run,
-                AWAITING_APPROVAL,
-                now,
-                table,
-                reason=reason,
-                approval_id=approval_id,
-                actor=actor,
-            )
-            return _summary(tx, waiting or run, table)
-        retried = move(tx, after, run, SCHEDULED, now, table, reason=reason, actor=actor) or run
-        after.fire_now.append(run_id)
+        retried = reopen(tx, catalog, run, table, deps.clock(), after, reason=reason, actor=actor)
         return _summary(tx, retried, table)
 
     return refreshed(deps, perform(deps, work))
-
-
-def _approved(tx: Transaction, run_id: int) -> bool:
-    """Whether the run's newest approval was granted (a retried run keeps the approval it had)."""
-    newest = tx.newest_approvals([run_id]).get(run_id)
-    approval = tx.lock_approval(newest) if newest is not None else None
-    return approval is not None and approval.status == APPROVAL_APPROVED
 
 
 def _summary(tx: Transaction, run: Run, table: str) -> dict[str, Any]:

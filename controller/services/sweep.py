@@ -4,6 +4,9 @@
 - overdue scheduled runs (their schedule is missing or did not fire) are fired;
 - schedules that outlive their run (cancelled, or written after the run moved on) are deleted;
 - run events that could not be published are published;
+- queued runs are fired when slots are free (DESIGN §8);
+- started tasks past their check time are asked about, and stopped past their deadline
+  (:mod:`controller.services.monitoring`);
 - runs stuck in ``dispatching`` (the Lambda died mid-dispatch) are settled from what is stored: every
   task's start recorded → ``running`` (or done); a task whose start is not recorded → ``failed``, to be
   retried by a person: whether it started is unknown, and starting it twice is worse than asking.
@@ -17,11 +20,12 @@ from __future__ import annotations
 
 import logging
 from datetime import datetime, timedelta
+from functools import partial
 
 from controller.core.effects import AfterCommit, ScheduleRequest, schedule_name
 from controller.core.errors import Unavailable
 from controller.core.runs import CANCELLED, DISPATCHING, FAILED, SCHEDULED
-from controller.services import dispatch
+from controller.services import dispatch, monitoring
 from controller.services.after_commit import put_schedules, record_done
 from controller.services.dependencies import Dependencies
 from controller.services.firing import fire, perform
@@ -46,6 +50,8 @@ def sweep(deps: Dependencies) -> dict[str, int]:
     deleted = _delete_leftover_schedules(deps)
     published = _publish_outbox(deps)
     settled, stuck = _settle_stuck(deps, now)
+    queued = _start_queued(deps)
+    checked = monitoring.check_tasks(deps, now)
     counts = {
         "schedules_written": written,
         "overdue_fired": fired,
@@ -54,6 +60,11 @@ def sweep(deps: Dependencies) -> dict[str, int]:
         "events_published": published,
         "stuck_settled": settled,
         "stuck_failed": stuck,
+        "queued_fired": queued,
+        "tasks_settled": checked["settled"],
+        "tasks_timed_out": checked["timed_out"],
+        "tasks_still_running": checked["running"],
+        "tasks_unreachable": checked["unreachable"],
     }
     logger.info("sweep done", extra=counts)
     return counts
@@ -136,6 +147,27 @@ def _publish_outbox(deps: Dependencies) -> int:
             return 0
         session.mark_published([i for i, _ in rows], deps.clock())
     return len(rows)
+
+
+def _start_queued(deps: Dependencies) -> int:
+    """Fire the queued runs that free slots allow (a fire after commit that was lost, or runs queued
+    by their target's own limit, which nothing else retries), oldest first, table by table."""
+    with deps.store.session() as session:
+        tables = session.queued_tables(BATCH)
+    return sum(perform(deps, partial(_queue_head, deps=deps, table_id=table_id)) for table_id in tables)
+
+
+def _queue_head(tx: Transaction, after: AfterCommit, *, deps: Dependencies, table_id: int) -> int:
+    """Ask to fire (after commit) the queued runs of a table its free slots allow, oldest first. A
+    table without a limit has runs queued only by its target's own limit: each tries the target again
+    (one still refused is queued again; set ``max_concurrent_runs`` to the target's limit to avoid it)."""
+    catalog = deps.catalog(tx)
+    spec = catalog.table(catalog.names.get(table_id, ""))
+    limit = spec.max_concurrent_runs if spec is not None else None
+    free = BATCH if limit is None else limit - len(tx.busy_runs(table_id, lock=False))
+    chosen = tx.queued_runs(table_id, free) if free > 0 else []
+    after.fire_now.extend(i for i in chosen if i not in after.fire_now)
+    return len(chosen)
 
 
 def _settle_stuck(deps: Dependencies, now: datetime) -> tuple[int, int]:

@@ -1,0 +1,35 @@
+"""The PostgreSQL texts of the run lifecycle (DESIGN §8): a table's slot lock, its busy and queued
+runs, and the started tasks the sweep asks AWS about. States are parameters, as in
+:mod:`controller.db.postgresql_statements`."""
+
+from __future__ import annotations
+
+from controller.db.postgresql_statements import TASKS
+
+#: A table's slot lock (held until commit): serialises the claims of its runs, so that two never
+#: both count a free slot. Its own namespace: it never waits on a gate lock, nor the reverse.
+LOCK_SLOTS = "SELECT pg_advisory_xact_lock(hashtext(current_schema() || '/flux-control/slots'), %s::int)"
+#: Parameters: the table id, the in-progress states.
+BUSY_RUNS = "SELECT id FROM runs WHERE table_id = %s AND status = ANY(%s::text[]) ORDER BY id"
+#: Parameters: the table id, the queued state, the limit.
+QUEUED_RUNS = "SELECT id FROM runs WHERE table_id = %s AND status = %s ORDER BY fire_at, id LIMIT %s"
+#: Parameters: the queued state, the limit.
+QUEUED_TABLES = "SELECT DISTINCT table_id FROM runs WHERE status = %s ORDER BY table_id LIMIT %s"
+#: Parameters: the run id, the attempt, the statuses of tasks that did not start.
+FORGET_TASKS = "DELETE FROM task_dispatches WHERE run_id = %s AND attempt = %s AND status = ANY(%s::text[])"
+#: Parameters: the started status, now, the limit.
+TASKS_TO_CHECK = (
+    f"SELECT {TASKS}, deadline_at FROM task_dispatches WHERE status = %s AND check_at <= %s"
+    " ORDER BY check_at, id LIMIT %s"
+)
+#: Parameters: the check time, the task id.
+POSTPONE_CHECK = "UPDATE task_dispatches SET check_at = %s WHERE id = %s"
+#: Parameters: table id, keys, already open, reason, requested by, created at.
+INSERT_BACKFILL = (
+    "INSERT INTO backfills (table_id, keys, already_open, reason, requested_by, created_at)"
+    " VALUES (%s, %s, %s, %s, %s, %s) RETURNING id"
+)
+#: Parameters: the backfill id, the run ids.
+INSERT_BACKFILL_RUNS = (
+    "INSERT INTO backfill_runs (backfill_id, run_id) SELECT %s, run_id FROM unnest(%s::bigint[]) AS run_id"
+)
