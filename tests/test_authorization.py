@@ -254,3 +254,20 @@ def test_every_execution_shows_who_registered_it(flux: Lambda) -> None:
         ("open", {"ano_mes": 1}, None, "sam"),
         ("guarded", {"ano_mes": 1}, None, session),
     ]
+
+
+@pytest.mark.parametrize(
+    ("who", "allowed"),
+    # guarded lists operators (group:ops): its approvers and producers do not backfill it.
+    [("ops", True), ("ana", False), ("loader", False), ("stranger", False), ("nobody", False)],
+)
+def test_a_backfill_needs_an_operator_and_records_who_asked(flux: Lambda, who: str, allowed: bool) -> None:
+    body = {"table_name": "guarded", "partitions": {"ano_mes": [202301, 202302]}}
+    status, answer = post(flux, who, "/backfills", body)
+    assert status == (200 if allowed else 403), answer
+    runs = flux.ok("GET", "/runs", query={"table": "guarded"})["runs"]
+    assert len(runs) == (2 if allowed else 0)
+    if allowed:
+        backfill = flux.ok("GET", f"/backfills/{answer['backfill']['id']}")["backfill"]
+        assert backfill["requested_by"] == "otto"
+        assert send(flux, api_event("GET", f"/backfills/{backfill['id']}", None, **WHO["nobody"]))[0] == 403

@@ -451,12 +451,8 @@ def test_unsigned_and_unauthorised_requests_print_the_refusal(gateway: tuple[Lam
     assert flux.ok("GET", f"/runs/{run['id']}")["run"]["status"] == "awaiting_approval"
 
 
-def test_backfill_against_the_real_route_when_it_exists(gateway: tuple[Lambda, Gateway]) -> None:
-    from controller.api.app import openapi_document
-
-    if "/backfills" not in json.loads(openapi_document())["paths"]:
-        pytest.skip("POST /backfills is not implemented yet (DESIGN §8); the stub tests cover the client")
-    _, stand_in = gateway
+def test_backfill_against_the_real_route(gateway: tuple[Lambda, Gateway]) -> None:
+    flux, stand_in = gateway
     done = command(
         "backfill",
         "tb_src",
@@ -472,6 +468,8 @@ def test_backfill_against_the_real_route_when_it_exists(gateway: tuple[Lambda, G
     backfill = json.loads(done.output)["backfill"]
     assert backfill["table_name"] == "tb_src"
     assert sorted(r["partitions"]["ano_mes"] for r in backfill["runs"]) == [202301, 202302, 202303]
+    summary = flux.ok("GET", f"/backfills/{backfill['id']}")["backfill"]
+    assert (summary["total_runs"], summary["requested_by"]) == (3, stand_in.caller_arn)
 
 
 # --- (3) the client on its own: signing, errors, -p parsing -----------------------------------------

@@ -14,6 +14,7 @@ from moto.moto_api import state_manager
 from sqlalchemy import Engine
 
 from controller.services import firing
+from controller.services.explain import explain, render
 from tests.api_support import run_detail
 from tests.factories import table_doc
 from tests.runtime_support import ACCOUNT, REGION, Lambda, glue_event, partitions, running_lambda
@@ -309,3 +310,27 @@ def test_a_backfill_needs_an_identified_caller_and_an_unknown_one_is_a_404(flux:
     assert flux.ok("GET", "/runs", query={"table": "limited"})["runs"] == []
     status, error = flux.call("GET", "/backfills/999")
     assert (status, error["error"]["message"]) == (404, "unknown backfill 999")
+
+
+# --- explain ---------------------------------------------------------------------------------------
+
+
+def open_run_line(flux: Lambda, table: str, month: int) -> str:
+    text = render(explain(flux.deps.reads, table, {"mes": month}))
+    [line] = [line for line in text.splitlines() if line.startswith("  open run:")]
+    return line
+
+
+def test_explain_says_what_a_queued_run_waits_for_and_which_attempt_a_retry_is(flux: Lambda) -> None:
+    first, second, third, fourth = (start(flux, "limited", month)["id"] for month in (1, 2, 3, 4))
+    assert open_run_line(flux, "limited", 3) == (
+        f"  open run: {third} queued; queued: 2 of 2 slots busy (runs {first}, {second})"
+    )
+    assert open_run_line(flux, "limited", 4).endswith(f"(runs {first}, {second}); 1 queued before it")
+
+    run_id = start(flux, "retried", 7)["id"]
+    flux.invoke(glue_event("job-retried", job_of(flux, run_id), "FAILED"))
+    fire_at = run_detail(flux, run_id)["fire_at"]
+    assert open_run_line(flux, "retried", 7).startswith(
+        f"  open run: {run_id} scheduled, attempt 2 of 3 at {fire_at} (last trigger "
+    )

@@ -3,15 +3,25 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any
 
 from controller.core.errors import NotFound
 from controller.core.gates import Probe, gate, shared
 from controller.core.keys import Key, describe, key_text, make_key
 from controller.core.records import Approval
-from controller.core.runs import AWAITING_APPROVAL, OPEN_STATES, SCHEDULED, Run, fire_time
-from controller.core.specs import DEFAULT_TASK_TIMEOUT_SECONDS, MAX_RETRY_BACKOFF_SECONDS
+from controller.core.runs import (
+    AWAITING_APPROVAL,
+    IN_PROGRESS_STATES,
+    OPEN_STATES,
+    QUEUED,
+    SCHEDULED,
+    Run,
+    fire_time,
+)
+from controller.core.specs import DEFAULT_TASK_TIMEOUT_SECONDS, MAX_RETRY_BACKOFF_SECONDS, TableSpec
 from controller.core.terminal_text import printable
+from controller.services import slots
 from controller.services.ports import Reads
 
 LAST_RUNS = 5
@@ -113,9 +123,38 @@ def explain(reads: Reads, table: str, partitions: dict[str, Any]) -> Explanation
             entry["debounce_fire_at"] = fire_time(
                 run.first_trigger_at, run.last_trigger_at, spec.debounce_seconds, spec.max_wait_seconds
             ).isoformat()
+            entry.update(_lifecycle(reads, table, spec, run))
             result.open_run = entry
         result.last_runs.append(entry)
     return result
+
+
+#: Queued runs of the table read to place a queued run in its queue (a longer queue counts as this).
+MAX_QUEUE_SHOWN = 1000
+
+
+def _lifecycle(reads: Reads, table: str, spec: TableSpec, run: Run) -> dict[str, Any]:
+    """What an open run waits for under DESIGN §8: the slots a queued run waits for (a few more
+    reads, only then), and which attempt a retried run is."""
+    found: dict[str, Any] = {}
+    if run.status == QUEUED:
+        limit = spec.max_concurrent_runs
+        if limit is None:
+            found["waiting"] = "queued: its target was at its own concurrency limit; the sweep tries again"
+        else:
+            busy = sorted(r.id for state in IN_PROGRESS_STATES for r, _, _ in reads.runs(table, state, limit))
+            place = _queue_place(run)
+            queued = reads.runs(table, QUEUED, MAX_QUEUE_SHOWN)
+            ahead = sum(1 for other, _, _ in queued if _queue_place(other) < place)
+            found["waiting"] = slots.waiting_reason(limit, busy, ahead)
+    if spec.retries is not None and spec.retries.max_attempts > 1:
+        found["attempts"] = f"attempt {run.attempt} of {spec.retries.max_attempts}"
+    return found
+
+
+def _queue_place(run: Run) -> tuple[datetime, int]:
+    """Where a queued run stands: oldest fire time first, then id (a queued run has a fire time)."""
+    return (run.fire_at or run.created_at, run.id)
 
 
 def _run(run: Run, approval: Approval | None) -> dict[str, Any]:
@@ -209,9 +248,13 @@ def _hours(seconds: int) -> str:
 
 
 def _run_detail(run: dict[str, Any]) -> str:
+    attempt = f", {run['attempts']}" if run.get("attempts") else ""
     if run["status"] == AWAITING_APPROVAL and run["approval"]:
         approval, due = run["approval"]["id"], run["debounce_fire_at"]
-        return f", approval {approval} pending (would fire at {due} once approved)"
+        return f"{attempt}, approval {approval} pending (would fire at {due} once approved)"
     if run["status"] == SCHEDULED:
-        return f", fires at {run['fire_at']} (last trigger {run['last_trigger_at']})"
-    return ""
+        when = f" at {run['fire_at']}" if attempt else f", fires at {run['fire_at']}"
+        return f"{attempt}{when} (last trigger {run['last_trigger_at']})"
+    if run["status"] == QUEUED and run.get("waiting"):
+        return f"{attempt}; {run['waiting']}"
+    return attempt
