@@ -322,7 +322,7 @@ def open_run_line(flux: Lambda, table: str, month: int) -> str:
 
 
 def test_explain_says_what_a_queued_run_waits_for_and_which_attempt_a_retry_is(flux: Lambda) -> None:
-    first, second, third, fourth = (start(flux, "limited", month)["id"] for month in (1, 2, 3, 4))
+    first, second, third, _fourth = (start(flux, "limited", month)["id"] for month in (1, 2, 3, 4))
     assert open_run_line(flux, "limited", 3) == (
         f"  open run: {third} queued; queued: 2 of 2 slots busy (runs {first}, {second})"
     )
