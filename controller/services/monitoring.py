@@ -35,13 +35,15 @@ def check_tasks(deps: Dependencies, now: datetime) -> Counter[str]:
 def _check_one(deps: Dependencies, task: Task, deadline: datetime | None, now: datetime) -> str:
     assert task.external_id is not None  # a started task has one
     try:
-        if deadline is not None and now >= deadline:
-            return _time_out(deps, task, deadline, now)
+        # Asked first even at the deadline: a task that ended before it (its event lost) is settled
+        # as it ended, never stopped and failed as timed out.
         status = deps.tasks.status(task.type, task.target, task.external_id)
         if status is not None and status.finished:
             message = status.message or ("SUCCEEDED" if status.succeeded else "FAILED")
             completion.settle_polled(deps, task.type, task.external_id, status.succeeded, message)
             return "settled"
+        if deadline is not None and now >= deadline:
+            return _time_out(deps, task, deadline, now)
     except Unavailable:
         raise  # the database: the next sweep tries again, nothing lost
     except Exception:
