@@ -20,7 +20,15 @@ from itertools import product
 from math import prod
 from typing import Any
 
-from controller.core.keys import InvalidPartition, Key, Value, canonical_value, key_text, make_key
+from controller.core.keys import (
+    InvalidPartition,
+    Key,
+    Value,
+    canonical_value,
+    key_text,
+    make_key,
+    unknown_partition,
+)
 from controller.core.specs import PartitionSpec, TableSpec
 
 MAX_KEYS = 1000
@@ -35,11 +43,7 @@ def backfill_keys(table: TableSpec, partitions: Mapping[str, Any]) -> list[Key]:
     known = {p.name: p for p in table.partitions}
     for name in partitions:
         if name not in known:
-            raise InvalidPartition(
-                f"table {table.name!r} has no partition {name!r} (it has: {', '.join(known) or 'none'})",
-                status=404,
-                partition=name,
-            )
+            raise unknown_partition(table, name)
     axes: list[tuple[str, Sequence[Value]]] = []
     for partition in table.partitions:
         if partition.name in partitions:

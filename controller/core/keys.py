@@ -78,11 +78,7 @@ def make_key(table: TableSpec, values: Mapping[str, Any]) -> Key:
     known = {p.name: p for p in table.partitions}
     for name in values:
         if name not in known:
-            raise InvalidPartition(
-                f"table {table.name!r} has no partition {name!r} (it has: {', '.join(known) or 'none'})",
-                status=404,
-                partition=name,
-            )
+            raise unknown_partition(table, name)
     key: Key = {}
     for partition in table.partitions:
         raw = values.get(partition.name)
@@ -99,6 +95,14 @@ def make_key(table: TableSpec, values: Mapping[str, Any]) -> Key:
             f"characters, at most {MAX_KEY_TEXT}"
         )
     return key
+
+
+def unknown_partition(table: TableSpec, name: str) -> InvalidPartition:
+    """The 404 of a partition ``table`` does not have, listing those it has."""
+    known = ", ".join(p.name for p in table.partitions) or "none"
+    return InvalidPartition(
+        f"table {table.name!r} has no partition {name!r} (it has: {known})", status=404, partition=name
+    )
 
 
 def key_text(key: Mapping[str, Value]) -> str:
