@@ -490,7 +490,7 @@ class LifecycleMachine(RuleBasedStateMachine):
             logging.getLogger("flux_control.runtime").removeHandler(self.logged)
 
 
-#: About 15 s on a 2-core machine (each example: a fresh store, up to 50 steps, then the drain).
+#: Sized to run in well under a minute here (each example: a fresh store, up to 60 steps, then the drain).
 LifecycleMachine.TestCase.settings = settings(
     max_examples=400,
     stateful_step_count=60,
