@@ -77,9 +77,10 @@ LIM_JOB, RET_JOB = "job-lim", "job-ret"
 #: (the run is queued, DESIGN §8), or refuses them for good (the run fails).
 ACCEPTING, LIMITED, BROKEN = "accepting", "limited", "broken"
 RUNNING_IN_AWS = "RUNNING"
-#: The drain: every pass ends every job run in AWS (its event lost), moves the clock by the polling
-#: interval and sweeps; this many passes are far more than any state of the model needs to settle
-#: (backoffs ≤ 60 s, debounce ≤ 60 s, the overdue grace 2 min, at most 8 open runs polled 3 a sweep).
+#: The drain: every pass ends every job run in AWS (succeeded, or failed, its event lost), moves the
+#: clock by the polling interval and sweeps; this many passes are far more than any state of the model
+#: needs to settle (backoffs ≤ 60 s, debounce ≤ 60 s, the overdue grace 2 min, at most 8 open runs with
+#: tasks polled 3 a sweep, 3 attempts each).
 DRAIN_PASSES = 30
 DRAIN_STEP_SECONDS = POLL_AFTER_SECONDS
 
@@ -369,13 +370,14 @@ class LifecycleMachine(RuleBasedStateMachine):
             stuck = [r.id for r in self.runs("ret") if r.status == QUEUED]
             assert not stuck, f"ret (no limit of its own) runs {stuck} still queued after a sweep"
 
-    @rule()
-    def drain(self) -> None:
-        """The world settles (then the machine goes on from there)."""
-        self._drain_and_check()
+    @rule(ending=st.sampled_from(["SUCCEEDED", "FAILED"]))
+    def drain(self, ending: str) -> None:
+        """The world settles (then the machine goes on from there); every job run failing uses up
+        every automatic attempt of ``ret``'s runs."""
+        self._drain_and_check(ending)
 
-    def _drain_and_check(self) -> None:
-        """Every target accepts; each pass ends every job run in AWS (as SUCCEEDED, its event lost),
+    def _drain_and_check(self, ending: str = "SUCCEEDED") -> None:
+        """Every target accepts; each pass ends every job run in AWS (as ``ending``, its event lost),
         moves the clock by the polling interval and sweeps. Checked: within :data:`DRAIN_PASSES`
         passes no run is open (every one succeeded, failed or was cancelled); no task is left pending
         or started; a further sweep leaves every run as it is, holds no schedule of a run that is not
@@ -386,7 +388,7 @@ class LifecycleMachine(RuleBasedStateMachine):
             if not any(r.status in OPEN_STATES for r in self.store.runs()):
                 break
             for external_id in self.aws.running():
-                self.aws.states[external_id] = "SUCCEEDED"
+                self.aws.states[external_id] = ending
             self.clock.advance(DRAIN_STEP_SECONDS)
             sweep(self.deps)
             self._check_queues_after_a_sweep()
@@ -416,6 +418,7 @@ class LifecycleMachine(RuleBasedStateMachine):
             self.no_dispatch_outlives_its_step,
             self.a_failed_run_with_retries_used_them_all,
             self.the_store_knows_every_task_aws_started,
+            self.only_running_job_runs_are_stopped,
             self.aws_saw_nothing_wrong,
             self.no_exception_was_only_logged,
         ):
@@ -471,6 +474,13 @@ class LifecycleMachine(RuleBasedStateMachine):
         stored = {t.external_id: (t.run_id, t.attempt, t.alias) for t in self.store.tasks() if t.external_id}
         started = {i: (r.run_id, r.attempt, r.alias) for i, r in self.aws.requests.items()}
         assert stored == started, f"stored {stored}, started in AWS {started}"
+
+    @invariant()
+    def only_running_job_runs_are_stopped(self) -> None:
+        """A timeout stops a task still running; one that ended (its event lost) is settled as it
+        ended (DESIGN §8), not stopped and failed ``timed out``."""
+        ended = [(i, state) for i, state in self.aws.stopped if state != RUNNING_IN_AWS]
+        assert not ended, f"stopped after they ended in AWS: {ended}"
 
     @invariant()
     def aws_saw_nothing_wrong(self) -> None:
