@@ -136,10 +136,12 @@ class RecordingAws:
         self.calls.events_published += len(events)
 
 
-def sweep_runtime(engine: Engine, aws: RecordingAws) -> Dependencies:
+def sweep_runtime(engine: Engine, aws: RecordingAws, store_url: str | None = None) -> Dependencies:
     """The runtime on ``engine`` as :mod:`controller.wiring` builds it, with ``aws`` for every port and
-    the clock stopped at :data:`NOW`. Close its store when done."""
-    return wiring.dependencies_for(engine, aws, aws, aws, clock=lambda: NOW)
+    the clock stopped at :data:`NOW`; ``store_url``: the URL the PostgreSQL store's connections open
+    (by default the engine's). Close its store when done."""
+    current_url = (lambda: store_url) if store_url is not None else None
+    return wiring.dependencies_for(engine, aws, aws, aws, clock=lambda: NOW, current_url=current_url)
 
 
 # --- the database: the definition and bulk-inserted running runs -----------------------------------------
@@ -370,24 +372,39 @@ def measure(
 
 
 @contextmanager
-def sweep_database(kind: str, workdir: str) -> Iterator[tuple[Engine, int]]:
-    """A fresh database with the definition applied: its engine and the table's id."""
+def sweep_database(kind: str, workdir: str) -> Iterator[tuple[str, Engine, int]]:
+    """A fresh database with the definition applied: its URL, its engine and the table's id."""
     with database(kind, workdir) as url:
         engine = make_engine(url)
         try:
-            yield engine, install(engine)
+            yield url, engine, install(engine)
         finally:
             engine.dispose()
 
 
-def measure_kind(kind: str, workdir: str, sizes: Sequence[int], due: Sequence[int], repeat: int) -> list[Row]:
+#: The server setting of the "generic plans forced" case, added to the store's connection options.
+GENERIC_PLANS = "%20-cplan_cache_mode%3Dforce_generic_plan"
+
+
+def measure_kind(
+    kind: str,
+    workdir: str,
+    sizes: Sequence[int],
+    due: Sequence[int],
+    repeat: int,
+    *,
+    generic_plans: bool = False,
+) -> tuple[list[Row], float]:
     """The empty floor, then each size of healthy running runs, then each backlog of tasks due on top
-    of the largest; the ``SELECT 1`` round trip last."""
+    of the largest; and the median ``SELECT 1`` round trip (the lower of two, before the loads and
+    after the sweeps). ``generic_plans`` (PostgreSQL): the
+    store's connections run every prepared statement with its generic plan."""
     rows: list[Row] = []
-    with sweep_database(kind, workdir) as (engine, table_id):
+    with sweep_database(kind, workdir) as (url, engine, table_id):
         aws = RecordingAws()
-        deps = sweep_runtime(engine, aws)
+        deps = sweep_runtime(engine, aws, url + GENERIC_PLANS if generic_plans else None)
         try:
+            before = round_trip(engine)  # on the empty database, before any load
             sweep(deps)  # warm-up: connections opened, statements prepared
             rows.append(measure(deps, aws, 0, 0, repeat))
             present = 0
@@ -405,8 +422,7 @@ def measure_kind(kind: str, workdir: str, sizes: Sequence[int], due: Sequence[in
                 )
         finally:
             deps.store.close()
-        rows.append(Row(-1, 0, round_trip(engine), []))  # the SELECT 1 floor, kept apart
-    return rows
+        return rows, min(before, round_trip(engine))  # the lower: the other met background work
 
 
 HEADERS = [
@@ -425,6 +441,35 @@ HEADERS = [
 ]
 
 
+def _cells(kind: str, row: Row, empty: Row, suffix: str) -> list[Any]:
+    """A measured case as a row of the table (``empty``: the floor its ratio is to)."""
+    case = "floor: empty database" if row.healthy == 0 else ("due checks" if row.due else "healthy")
+    return [
+        kind,
+        case + suffix,
+        row.healthy,
+        row.due,
+        len(row.counts),
+        row.seconds * 1000,
+        row.seconds / empty.seconds,
+        row.constant(lambda c: c.statements),
+        row.constant(lambda c: c.transactions),
+        row.constant(lambda c: c.aws_total),
+        row.constant(lambda c: c.aws["task_status"]),
+        row.slowest(),
+    ]
+
+
+def _growth(rows: Sequence[Row]) -> str:
+    """How the time grew from the smallest size of healthy runs to the largest."""
+    sized = [row for row in rows if row.healthy > 0 and not row.due]
+    smallest, largest = sized[0], sized[-1]
+    return (
+        f"{largest.seconds / smallest.seconds:.2f}× the time from {smallest.healthy:,} to "
+        f"{largest.healthy:,} healthy runs"
+    )
+
+
 def run(quick: bool, kinds: list[str], workdir: str) -> list[Table]:
     """The sweep table: per database, the floors, each size, and the backlog of due checks."""
     sizes = QUICK_SIZES if quick else SIZES
@@ -436,44 +481,13 @@ def run(quick: bool, kinds: list[str], workdir: str) -> list[Table]:
     )
     verdicts: list[str] = []
     for kind in kinds:
-        *rows, trip = measure_kind(kind, workdir, sizes, due, repeat)
+        rows, trip = measure_kind(kind, workdir, sizes, due, repeat)
         empty = rows[0]
-        empty_statements = empty.counts[0].statements
-        floor_seconds = trip.seconds * empty_statements
-        table.rows.append(
-            [
-                kind,
-                f"floor: {empty_statements} × `SELECT 1`",
-                "—",
-                "—",
-                "—",
-                floor_seconds * 1000,
-                floor_seconds / empty.seconds,
-                empty_statements,
-                "—",
-                0,
-                0,
-                f"{trip.seconds * 1000:.3f} ms: `SELECT 1`",
-            ]
-        )
-        for row in rows:
-            case = "floor: empty database" if row.healthy == 0 else ("due checks" if row.due else "healthy")
-            table.rows.append(
-                [
-                    kind,
-                    case,
-                    row.healthy,
-                    row.due,
-                    len(row.counts),
-                    row.seconds * 1000,
-                    row.seconds / empty.seconds,
-                    row.constant(lambda c: c.statements),
-                    row.constant(lambda c: c.transactions),
-                    row.constant(lambda c: c.aws_total),
-                    row.constant(lambda c: c.aws["task_status"]),
-                    row.slowest(),
-                ]
-            )
+        floor = trip * empty.counts[0].statements
+        floor_row: list[Any] = [kind, f"floor: {empty.counts[0].statements} × `SELECT 1`", "—", "—", "—"]
+        floor_row += [floor * 1000, floor / empty.seconds, empty.counts[0].statements, "—", 0, 0]
+        table.rows.append([*floor_row, f"{trip * 1000:.3f} ms: `SELECT 1`"])
+        table.rows += [_cells(kind, row, empty, "") for row in rows]
         healthy = [row for row in rows if not row.due]
         same = {(r.constant(lambda c: c.statements), r.constant(lambda c: c.aws_total)) for r in healthy}
         verdicts.append(
@@ -483,8 +497,12 @@ def run(quick: bool, kinds: list[str], workdir: str) -> list[Table]:
                 if len(same) == 1
                 else f"NOT constant: {sorted(same)}"
             )
-            + f"; a `SELECT 1` round trip {trip.seconds * 1e6:,.0f} µs."
+            + f"; {_growth(healthy)}; a `SELECT 1` round trip {trip * 1e6:,.0f} µs."
         )
+    if "postgresql" in kinds and not quick:
+        rows, _ = measure_kind("postgresql", workdir, sizes, (), repeat, generic_plans=True)
+        table.rows += [_cells("postgresql", row, rows[0], ", generic plans forced") for row in rows]
+        verdicts.append(f"postgresql, generic plans forced: {_growth(rows)}.")
     table.notes += [
         "Healthy running run: `running`, its one Glue task `started` (JobRunId stored), its next check "
         "(`FLUX_POLL_AFTER_SECONDS` after its start) and its deadline ahead, its three run events "
@@ -505,7 +523,17 @@ def run(quick: bool, kinds: list[str], workdir: str) -> list[Table]:
         "so every sweep meets the whole backlog.",
         "Floors, in the same run on the same database: the sweep over an empty database (× empty sweep "
         "is the ratio to it), and as many `SELECT 1` round trips (median of "
-        f"{ROUND_TRIPS}, on a SQLAlchemy connection) as that sweep sends statements.",
+        f"{ROUND_TRIPS}, on a SQLAlchemy connection; the lower of two, before the loads and after the "
+        "sweeps) as that sweep sends statements.",
+        "generic plans forced (full mode, PostgreSQL): the same sweeps, the store's connections set to "
+        "`plan_cache_mode=force_generic_plan`: what runs once the server prefers a prepared statement's "
+        "generic plan (psycopg prepares a statement on the server after its fifth execution; under the "
+        "default, `auto`, the server then takes the generic plan whenever its estimated cost is not "
+        "above the custom plans'). In a generic plan the state a pass filters on is a parameter "
+        "(`status = $1`): the planner cannot know that it is rare, and `… ORDER BY id LIMIT n` walks "
+        "`pk_runs` filtering every run, so the pass grows with the table (the slowest statement shows "
+        "which). The `auto` rows above ran under whichever plan the server chose at each size: a size "
+        "slower than the next one is that choice.",
         *verdicts,
     ]
     return [table]

@@ -14,10 +14,12 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 
 import pytest
 from sqlalchemy import Engine
 
+from bench import sweep as bench_sweep
 from bench.sweep import RecordingAws, add_running, due_count, install, sweep_runtime
 from controller.services.dependencies import Dependencies
 from controller.services.sweep import sweep
@@ -121,3 +123,25 @@ def test_a_backlog_of_due_checks_costs_one_batch_of_status_calls_whatever_its_si
         assert sum(extra.values()) == len(cost.store) - len(idle.store) == batch
         assert all(statement.startswith(POSTPONE) for statement in extra), extra
     assert more.store == some.store and more.engine == some.engine
+
+
+def test_the_sweep_benchmark_runs_and_finds_the_counts_constant(tmp_path: Path) -> None:
+    """``python -m bench --only sweep`` in quick mode, on SQLite: every case measured, the counts of a
+    sweep over healthy runs the same at every size."""
+    [table] = bench_sweep.run(quick=True, kinds=["sqlite"], workdir=str(tmp_path))
+    column = {name: table.headers.index(name) for name in table.headers}
+    cases = [(row[column["case"]], row[column["healthy running runs"]]) for row in table.rows[1:]]
+    assert table.rows[0][column["case"]].endswith("× `SELECT 1`")  # the round-trip floor
+    assert cases == [
+        ("floor: empty database", 0),
+        *(("healthy", size) for size in bench_sweep.QUICK_SIZES),
+        *(("due checks", bench_sweep.QUICK_SIZES[-1]) for _ in bench_sweep.QUICK_DUE),
+    ]
+    measured = table.rows[1:]
+    assert all(isinstance(row[column["median ms"]], float) for row in measured)
+    idle = [row for row in measured if row[column["case"]] != "due checks"]
+    assert len({row[column["SQL statements"]] for row in idle}) == 1  # the empty floor's included
+    assert {row[column["AWS calls"]] for row in idle} == {0}
+    due = [row for row in measured if row[column["case"]] == "due checks"]
+    assert {row[column["of which task status"]] for row in due} == {50}
+    assert "NOT constant" not in table.markdown()
