@@ -216,6 +216,11 @@ def shown(name: str) -> str:
     return name if plain else ascii(name)
 
 
+def actor_of(caller: Caller | None) -> str | None:
+    """Who a write records as its actor: the caller's name; None when Flux Control itself writes."""
+    return caller.name if caller is not None else None
+
+
 def own_account_from(function_arn: str | None) -> str | None:
     """The account of ``arn:aws:lambda:REGION:ACCOUNT:function:NAME[:QUALIFIER]`` (``FLUX_FUNCTION_ARN``
     or Lambda's ``context.invoked_function_arn``, which may carry an alias or version); None when blank

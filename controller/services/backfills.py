@@ -11,13 +11,14 @@ from __future__ import annotations
 
 from typing import Any
 
-from controller.core.access import Caller
+from controller.core.access import Caller, actor_of
 from controller.core.backfills import backfill_keys
 from controller.core.effects import AfterCommit
 from controller.core.errors import NotFound, Unprocessable
 from controller.core.keys import InvalidPartition, key_text
 from controller.core.records import NewRun
 from controller.core.runs import AWAITING_APPROVAL, QUEUED, opened
+from controller.services import slots
 from controller.services.answers import iso, run_summary
 from controller.services.authorization import require
 from controller.services.dependencies import Dependencies
@@ -50,7 +51,7 @@ def backfill(
             raise (NotFound if exc.status == 404 else Unprocessable)(str(exc), details) from None
         table_id = catalog.ids[table_name]
         now = deps.clock()
-        actor = caller.name if caller else None
+        actor = actor_of(caller)
         tx.lock_gates([table_id])
         pairs = {(table_id, key_text(key)): key for key in keys}
         open_runs = tx.lock_open_runs(pairs)
@@ -71,9 +72,8 @@ def backfill(
             table_id, len(keys), len(open_runs), reason, actor, now, [r.id for r in created]
         )
         if state == QUEUED:
-            limit = spec.max_concurrent_runs
-            free = START_AT_ONCE if limit is None else limit - len(tx.busy_runs(table_id, lock=False))
-            after.fire_now.extend(run.id for run in created[: max(free, 0)])
+            # The runs just created are the table's newest queued ones: the oldest queued go first.
+            slots.fire_queued(tx, table_id, spec.max_concurrent_runs, after, unlimited=START_AT_ONCE)
         return {
             "backfill": {
                 "id": backfill_id,

@@ -12,7 +12,7 @@ import logging
 from datetime import datetime
 from typing import Any
 
-from controller.core.access import Caller
+from controller.core.access import Caller, actor_of
 from controller.core.catalog import Catalog
 from controller.core.effects import AfterCommit
 from controller.core.errors import Conflict, NotFound
@@ -131,7 +131,7 @@ def fail_run(
             require("complete", caller, catalog, table, deps.own_account)
         now = deps.clock()
         message = reason or "reported as failed"
-        actor = caller.name if caller else None
+        actor = actor_of(caller)
         failed = move(tx, after, run, FAILED, now, table, reason=message, actor=actor) or run
         tx.settle_unfinished_tasks([run.id], TASK_FAILED, message, now)
         approval = tx.newest_approvals([run_id]).get(run_id)

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from controller.core.access import Caller
+from controller.core.access import Caller, actor_of
 from controller.core.catalog import Catalog
 from controller.core.effects import AfterCommit
 from controller.core.errors import Conflict, Forbidden, NotFound, ServiceError, Unprocessable
@@ -86,7 +86,7 @@ def register_in(
         if not verified:
             raise StaleCatalog from None  # the lists may be newer than the cached definitions
         raise
-    user = caller.name if caller else None  # the actor of the runs' events: None is Flux Control
+    user = actor_of(caller)  # the actor of the runs' events: None is Flux Control
     _reject_repeated_keys(prepared)
     _find_replays(tx, catalog, prepared)
     fresh = [p for p in prepared if p.replay is None]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from controller.core.access import Caller
+from controller.core.access import Caller, actor_of
 from controller.core.effects import AfterCommit, schedule_name
 from controller.core.errors import Conflict, NotFound, Unprocessable
 from controller.core.keys import InvalidPartition, key_text, make_key
@@ -63,7 +63,7 @@ def manual_run(
             after,
             manual=True,
             reason=reason,
-            actor=caller.name if caller else None,
+            actor=actor_of(caller),
         )
         return run
 
@@ -81,7 +81,7 @@ def cancel_run(
         run = _locked(tx, run_id)
         table = table_of(tx, catalog, run)
         require("operate", caller, catalog, table, deps.own_account)
-        actor = caller.name if caller else None
+        actor = actor_of(caller)
         if run.status not in CANCELLABLE_STATES:
             raise Conflict(
                 f"run {run_id} is {run.status}; only runs {' or '.join(CANCELLABLE_STATES)} can be cancelled"
@@ -111,7 +111,7 @@ def retry_run(
         if table is None:
             raise Conflict(f"run {run_id} belongs to a deleted table")
         require("operate", caller, catalog, table, deps.own_account)
-        actor = caller.name if caller else None
+        actor = actor_of(caller)
         if run.status != FAILED:
             raise Conflict(f"run {run_id} is {run.status}; only failed runs can be retried")
         tx.lock_gates([run.table_id])

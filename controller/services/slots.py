@@ -69,9 +69,24 @@ def fire_next(tx: Transaction, catalog: Catalog, tables: Iterable[str], after: A
         table_id = catalog.ids.get(name)
         if spec is None or table_id is None or spec.max_concurrent_runs is None:
             continue
-        free = spec.max_concurrent_runs - len(tx.busy_runs(table_id, lock=False))
-        if free > 0:
-            _fire(after, tx.queued_runs(table_id, free))
+        fire_queued(tx, table_id, spec.max_concurrent_runs, after)
+
+
+def free_slots(tx: Transaction, table_id: int, limit: int) -> int:
+    """How many more runs of the table may start now (unlocked: each fire's claim counts again under
+    the table's slot lock, so a count off by a concurrent claim only fires one run too many or few)."""
+    return max(limit - len(tx.busy_runs(table_id, lock=False)), 0)
+
+
+def fire_queued(
+    tx: Transaction, table_id: int, limit: int | None, after: AfterCommit, *, unlimited: int = 0
+) -> int:
+    """Fire (after commit) the table's oldest queued runs its free slots allow; ``unlimited`` of them
+    when it has no limit. How many were asked for."""
+    free = unlimited if limit is None else free_slots(tx, table_id, limit)
+    chosen = tx.queued_runs(table_id, free) if free > 0 else []
+    _fire(after, chosen)
+    return len(chosen)
 
 
 def _fire(after: AfterCommit, run_ids: Iterable[int]) -> None:

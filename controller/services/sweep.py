@@ -25,7 +25,7 @@ from functools import partial
 from controller.core.effects import AfterCommit, ScheduleRequest, schedule_name
 from controller.core.errors import Unavailable
 from controller.core.runs import CANCELLED, DISPATCHING, FAILED, SCHEDULED
-from controller.services import dispatch, monitoring
+from controller.services import dispatch, monitoring, slots
 from controller.services.after_commit import put_schedules, record_done
 from controller.services.dependencies import Dependencies
 from controller.services.firing import fire, perform
@@ -164,10 +164,7 @@ def _queue_head(tx: Transaction, after: AfterCommit, *, deps: Dependencies, tabl
     catalog = deps.catalog(tx)
     spec = catalog.table(catalog.names.get(table_id, ""))
     limit = spec.max_concurrent_runs if spec is not None else None
-    free = BATCH if limit is None else limit - len(tx.busy_runs(table_id, lock=False))
-    chosen = tx.queued_runs(table_id, free) if free > 0 else []
-    after.fire_now.extend(i for i in chosen if i not in after.fire_now)
-    return len(chosen)
+    return slots.fire_queued(tx, table_id, limit, after, unlimited=BATCH)
 
 
 def _settle_stuck(deps: Dependencies, now: datetime) -> tuple[int, int]:
