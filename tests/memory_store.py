@@ -37,7 +37,7 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from controller.core.catalog import Catalog
-from controller.core.effects import AfterCommit, ScheduleRequest
+from controller.core.effects import AfterCommit, Rerun, ScheduleRequest
 from controller.core.gates import Execution, Graph, Probe
 from controller.core.keys import Key, key_from_text
 from controller.core.plans import TableState, state_of
@@ -56,6 +56,7 @@ from controller.core.records import (
 )
 from controller.core.runs import (
     DISPATCHING,
+    FAILED,
     IN_PROGRESS_STATES,
     OPEN_STATES,
     QUEUED,
@@ -537,6 +538,15 @@ class MemorySession:
             return sorted({r.table_id for r in data.runs.values() if r.status == QUEUED})[:limit]
 
         return self._check().read_with("queued_tables", read)
+
+    def failed_reruns(self, limit: int) -> list[Rerun]:
+        """Failed runs whose key must still run again, oldest first."""
+
+        def read(data: Tables, _: Definitions) -> list[Rerun]:
+            wanting = sorted(r.id for r in data.runs.values() if r.status == FAILED and r.rerun_requested)
+            return [Rerun(i, data.runs[i].table_id, data.runs[i].partition_key) for i in wanting[:limit]]
+
+        return self._check().read_with("failed_reruns", read)
 
     def forget_schedules(self, deleted: Sequence[tuple[int, datetime]]) -> None:
         """The schedules of these runs were deleted (where still the one written, the run not scheduled)."""

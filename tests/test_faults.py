@@ -742,14 +742,23 @@ def test_completion_events_that_arrive_while_the_run_is_still_dispatching_are_no
     arn = detail["tasks"][1]["external_id"]
     assert flux.invoke(sfn_event(arn, "SUCCEEDED")) == {"status": "run succeeded"}
 
-    # The Glue job fails meanwhile: the run fails, and stays failed when the dispatch ends.
+    # The Glue job fails meanwhile: the run fails, and stays failed when the dispatch ends; the
+    # execution that started after the failure is stopped (DESIGN §8: the run's slot is free).
     day = OTHER_DAY
     faults.once_during("StartExecution", glue_finishes("FAILED"))
     failed = manual(flux, "both", day)
     assert during[1] == "run failed"
     assert failed["status"] == "failed"
-    arn = run_of(flux, failed["id"])["tasks"][1]["external_id"]
-    assert flux.invoke(sfn_event(arn, "SUCCEEDED")) == {"status": "task settled; run is failed"}
+    flow_task = run_of(flux, failed["id"])["tasks"][1]
+    assert (flow_task["status"], flow_task["error"]) == (
+        "failed",
+        "stopped: its run ended while it was starting",
+    )
+    sfn = boto3.client("stepfunctions", region_name=REGION)
+    assert sfn.describe_execution(executionArn=flow_task["external_id"])["status"] == "ABORTED"
+    assert flux.invoke(sfn_event(flow_task["external_id"], "ABORTED")) == {
+        "status": "ignored: task already failed"
+    }
 
     # Both tasks finish before the dispatch ends (each right after its start is recorded).
     original = firing.record_start

@@ -127,16 +127,21 @@ class FakeAws:
     with its request and gets job run id ``jr_<n>``; ``modes`` say how each target answers the next
     starts; ``states`` is what AWS knows of each job run (``RUNNING`` or its final Glue state), whether
     or not Flux Control heard of the end; ``stop`` records and stops a running job run. ``watch`` sees
-    each request before it starts (the machine checks the run's state at that moment)."""
+    each request before it starts (the machine checks the run's state at that moment); ``in_progress``
+    reads the store when a job run is stopped."""
 
     modes: dict[str, str] = field(default_factory=dict)
     started: list[TaskRequest] = field(default_factory=list)
     requests: dict[str, TaskRequest] = field(default_factory=dict)
     states: dict[str, str] = field(default_factory=dict)
-    #: (external id, state AWS knew it in when Flux Control stopped it).
-    stopped: list[tuple[str, str]] = field(default_factory=list)
+    #: (external id, state AWS knew it in, whether its attempt was still in progress in the store)
+    #: when Flux Control stopped it.
+    stopped: list[tuple[str, str, bool]] = field(default_factory=list)
     refused: int = 0
     watch: Callable[[TaskRequest], None] | None = None
+    #: Whether a request's attempt is in progress in the store, as a stop finds it (a timeout stops
+    #: before failing the run; a failure stops the run's other job runs after).
+    in_progress: Callable[[TaskRequest], bool] = lambda request: False
 
     def start(self, request: TaskRequest) -> str:
         mode = self.modes.get(request.target, ACCEPTING)
@@ -164,7 +169,8 @@ class FakeAws:
 
     def stop(self, type: str, target: str, external_id: str) -> bool:
         state = self.states.get(external_id, "UNKNOWN")
-        self.stopped.append((external_id, state))
+        request = self.requests.get(external_id)
+        self.stopped.append((external_id, state, request is not None and self.in_progress(request)))
         if state == RUNNING_IN_AWS:
             self.states[external_id] = "STOPPED"
         return type in ("glue", "step_function")
@@ -197,7 +203,7 @@ class LifecycleMachine(RuleBasedStateMachine):
         self.clock = Clock(T0)
         self.store = MemoryStore(self.clock)
         self.store.define(SPECS)
-        self.aws = FakeAws(watch=self._starting)
+        self.aws = FakeAws(watch=self._starting, in_progress=self._in_progress)
         self.events = RecordingEvents()
         tokens = itertools.count(1)
         self.deps = Dependencies(
@@ -235,6 +241,10 @@ class LifecycleMachine(RuleBasedStateMachine):
         """The run's state changes, in the order written (the outbox keeps every one)."""
         rows = sorted(self.store.snapshot().outbox.values(), key=lambda row: row.id)
         return [row.event for row in rows if row.run_id == run_id]
+
+    def _in_progress(self, request: TaskRequest) -> bool:
+        run = self.store.run(request.run_id)
+        return run.status in IN_PROGRESS_STATES and run.attempt == request.attempt
 
     # --- what the fake AWS checks when a task starts --------------------------------------------------
     def _starting(self, request: TaskRequest) -> None:
@@ -418,7 +428,8 @@ class LifecycleMachine(RuleBasedStateMachine):
             self.no_dispatch_outlives_its_step,
             self.a_failed_run_with_retries_used_them_all,
             self.the_store_knows_every_task_aws_started,
-            self.only_running_job_runs_are_stopped,
+            self.timeouts_stop_only_running_job_runs,
+            self.no_job_run_outlives_its_attempt,
             self.aws_saw_nothing_wrong,
             self.no_exception_was_only_logged,
         ):
@@ -476,11 +487,28 @@ class LifecycleMachine(RuleBasedStateMachine):
         assert stored == started, f"stored {stored}, started in AWS {started}"
 
     @invariant()
-    def only_running_job_runs_are_stopped(self) -> None:
+    def timeouts_stop_only_running_job_runs(self) -> None:
         """A timeout stops a task still running; one that ended (its event lost) is settled as it
-        ended (DESIGN §8), not stopped and failed ``timed out``."""
-        ended = [(i, state) for i, state in self.aws.stopped if state != RUNNING_IN_AWS]
-        assert not ended, f"stopped after they ended in AWS: {ended}"
+        ended (DESIGN §8), not stopped and failed ``timed out``. (A run that failed otherwise has its
+        job runs stopped after its failure: one may have ended meanwhile, which is harmless.)"""
+        ended = [
+            (i, state)
+            for i, state, in_progress in self.aws.stopped
+            if state != RUNNING_IN_AWS and in_progress
+        ]
+        assert not ended, f"timed out after they ended in AWS: {ended}"
+
+    @invariant()
+    def no_job_run_outlives_its_attempt(self) -> None:
+        """A job run AWS still runs belongs to an attempt in progress: a run that fails has its job
+        runs stopped, or its slot would be taken twice (DESIGN §8)."""
+        for external_id in self.aws.running():
+            request = self.aws.requests[external_id]
+            run = self.store.run(request.run_id)
+            assert self._in_progress(request), (
+                f"{external_id} of run {run.id} attempt {request.attempt} runs on; the run is"
+                f" {run.status} at attempt {run.attempt}"
+            )
 
     @invariant()
     def aws_saw_nothing_wrong(self) -> None:

@@ -767,6 +767,7 @@ def test_the_sweep_writes_the_schedules_that_could_not_be_written(world: World) 
         "stuck_settled": 0,
         "stuck_failed": 0,
         "queued_fired": 0,
+        "reruns_served": 0,
         "tasks_settled": 0,
         "tasks_timed_out": 0,
         "tasks_still_running": 0,

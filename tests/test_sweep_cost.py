@@ -35,6 +35,7 @@ NOTHING_DONE = {
     "stuck_settled": 0,
     "stuck_failed": 0,
     "queued_fired": 0,
+    "reruns_served": 0,
     "tasks_settled": 0,
     "tasks_timed_out": 0,
     "tasks_still_running": 0,

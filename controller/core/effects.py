@@ -78,6 +78,27 @@ class TaskStatus:
     message: str | None = None
 
 
+@dataclass(frozen=True, slots=True)
+class TaskStop:
+    """A started task to stop once the failure of its run has committed: the run's slot is free,
+    so the task must not run on (DESIGN §8)."""
+
+    run_id: int
+    alias: str
+    type: str
+    target: str
+    external_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class Rerun:
+    """A failed run whose key runs again: a trigger arrived while it was in progress (DESIGN §8)."""
+
+    run_id: int
+    table_id: int
+    partition_key: str
+
+
 def dispatch_id(run_id: int, attempt: int, alias: str) -> str:
     """The id of task ``alias``'s start in run ``run_id``'s attempt ``attempt``: deterministic, for
     idempotency (a Step Functions execution name, an SQS FIFO deduplication id). Anyone can compute
@@ -101,3 +122,8 @@ class AfterCommit:
     unschedule: list[str] = field(default_factory=list)
     fire_now: list[int] = field(default_factory=list)
     events: list[RunEvent] = field(default_factory=list)
+    #: Tasks of failed runs still running in AWS (stopped where AWS can stop them).
+    stop: list[TaskStop] = field(default_factory=list)
+    #: Failed runs whose key runs again (a trigger arrived while they were in progress), each in a
+    #: unit of work of its own that takes the key's gate lock first, as a registration does.
+    rerun: list[Rerun] = field(default_factory=list)

@@ -187,7 +187,16 @@ def transition(
         values["scheduled_fire_at"] = None
     if run.status == FAILED:  # a retry: the next attempt (fires now, unless it awaits approval)
         fire = (fire_at or now) if to == SCHEDULED else None
-        values.update(attempt=run.attempt + 1, fire_at=fire, error=None, finished_at=None, reason=reason)
+        # The next attempt starts with whatever its upstreams hold then: a trigger that arrived
+        # during the failed one is served by it.
+        values.update(
+            attempt=run.attempt + 1,
+            fire_at=fire,
+            error=None,
+            finished_at=None,
+            reason=reason,
+            rerun_requested=False,
+        )
     elif run.status == AWAITING_APPROVAL and to == SCHEDULED:
         # Approved: the reason is the approver's comment, for the event; the run keeps its own.
         if fire_at is None:

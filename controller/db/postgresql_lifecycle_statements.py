@@ -5,6 +5,7 @@ runs, and the started tasks the sweep asks AWS about. States are parameters, as 
 from __future__ import annotations
 
 from controller.db.postgresql_statements import TASKS
+from controller.db.predicates import FAILED_RERUN
 
 #: A table's slot lock (held until commit): serialises the claims of its runs, so that two never
 #: both count a free slot. Its own namespace: it never waits on a gate lock, nor the reverse.
@@ -13,6 +14,8 @@ LOCK_SLOTS = "SELECT pg_advisory_xact_lock(hashtext(current_schema() || '/flux-c
 BUSY_RUNS = "SELECT id FROM runs WHERE table_id = %s AND status = ANY(%s::text[]) ORDER BY id"
 #: Parameters: the table id, the queued state, the limit.
 QUEUED_RUNS = "SELECT id FROM runs WHERE table_id = %s AND status = %s ORDER BY fire_at, id LIMIT %s"
+#: Parameters: the limit. The predicate is the partial index's, literally (see FAILED_RERUN).
+FAILED_RERUNS = f"SELECT id, table_id, partition_key FROM runs WHERE {FAILED_RERUN} ORDER BY id LIMIT %s"
 #: Parameters: the queued state, the limit.
 QUEUED_TABLES = "SELECT DISTINCT table_id FROM runs WHERE status = %s ORDER BY table_id LIMIT %s"
 #: Parameters: the run id, the attempt, the statuses of tasks that did not start.

@@ -22,7 +22,7 @@ from psycopg import errors, pq
 from psycopg.rows import TupleRow
 
 from controller.core.catalog import Catalog
-from controller.core.effects import AfterCommit, ScheduleRequest
+from controller.core.effects import AfterCommit, Rerun, ScheduleRequest
 from controller.core.records import TASK_STARTED, Task
 from controller.core.runs import QUEUED, SCHEDULED, RunEvent
 from controller.db import postgresql_lifecycle_statements as lifecycle
@@ -199,6 +199,9 @@ class PostgresqlSession:
 
     def queued_tables(self, limit: int) -> list[int]:
         return [row[0] for row in self._read(lifecycle.QUEUED_TABLES, [QUEUED, limit])]
+
+    def failed_reruns(self, limit: int) -> list[Rerun]:
+        return [Rerun(*row) for row in self._read(lifecycle.FAILED_RERUNS, [limit])]
 
     def forget_schedules(self, deleted: Sequence[tuple[int, datetime]]) -> None:
         if deleted:

@@ -15,6 +15,7 @@ from sqlalchemy.orm import Mapped, mapped_column
 
 from controller.core.runs import OPEN_STATES
 from controller.db.base import Base, Id, Json, UTCDateTime, utcnow
+from controller.db.predicates import FAILED_RERUN
 
 #: The partial unique index of open runs lists the core's open states (a migration adding a state
 #: must rebuild it).
@@ -23,6 +24,7 @@ _OPEN = text("status IN ({})".format(", ".join(f"'{s}'" for s in OPEN_RUN_STATES
 _PENDING = text("status = 'pending'")
 _KEYED = text("idempotency_key IS NOT NULL")
 _WRITTEN = text("scheduled_fire_at IS NOT NULL")
+_RERUN = text(FAILED_RERUN)
 #: Room for a task's token (``secrets.token_urlsafe(32)``: 43 characters).
 TOKEN_LENGTH = 64
 
@@ -88,6 +90,8 @@ class RunRow(Base):
         Index(None, "table_id", "created_at"),
         # The sweep's search for schedules outliving their run: few rows hold a written schedule.
         Index("ix_runs_schedule_written", "id", sqlite_where=_WRITTEN, postgresql_where=_WRITTEN),
+        # The sweep's search for failed runs whose key must run again (DESIGN §8): few rows.
+        Index("ix_runs_failed_rerun", "id", sqlite_where=_RERUN, postgresql_where=_RERUN),
     )
 
     id: Mapped[int] = mapped_column(Id, primary_key=True)

@@ -6,10 +6,11 @@ from __future__ import annotations
 
 from typing import cast
 
-from sqlalchemy import Integer, Table, bindparam, delete, insert, select, update
+from sqlalchemy import Integer, Table, bindparam, delete, insert, select, text, update
 
 from controller.core import records
 from controller.core.runs import IN_PROGRESS_STATES, QUEUED
+from controller.db.predicates import FAILED_RERUN
 from controller.db.run_models import BackfillRow, BackfillRunRow
 from controller.db.sqlite_statements import TASK_COLUMNS, runs, tasks
 
@@ -27,6 +28,13 @@ QUEUED_RUNS = (
     select(runs.c.id)
     .where(runs.c.table_id == bindparam("table_id"), runs.c.status == QUEUED)
     .order_by(runs.c.fire_at, runs.c.id)
+    .limit(_LIMIT)
+)
+#: The partial index's predicate, literally (a state given as a parameter could not use the index).
+FAILED_RERUNS = (
+    select(runs.c.id, runs.c.table_id, runs.c.partition_key)
+    .where(text(FAILED_RERUN))
+    .order_by(runs.c.id)
     .limit(_LIMIT)
 )
 QUEUED_TABLES = select(runs.c.table_id).where(runs.c.status == QUEUED).group_by(runs.c.table_id).limit(_LIMIT)

@@ -19,7 +19,7 @@ from typing import Any, TypeVar
 from sqlalchemy import Connection, Engine, event
 from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
 
-from controller.core.effects import AfterCommit, ScheduleRequest
+from controller.core.effects import AfterCommit, Rerun, ScheduleRequest
 from controller.core.records import Task
 from controller.core.runs import RunEvent
 from controller.db import sqlite_lifecycle_statements as lifecycle
@@ -238,6 +238,10 @@ class SqliteSession:
     def queued_tables(self, limit: int) -> list[int]:
         """Tables with queued runs."""
         return [row[0] for row in self._read(lifecycle.QUEUED_TABLES, {"limit": limit})]
+
+    def failed_reruns(self, limit: int) -> list[Rerun]:
+        """Failed runs whose key must still run again, oldest first."""
+        return [Rerun(*row) for row in self._read(lifecycle.FAILED_RERUNS, {"limit": limit})]
 
     def forget_schedules(self, deleted: Sequence[tuple[int, datetime]]) -> None:
         """The schedules of these runs were deleted (where still the one written, the run not scheduled)."""

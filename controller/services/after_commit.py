@@ -1,5 +1,5 @@
-"""After commit: write schedules, delete schedules, publish events, and record what was done.
-Failures are recorded, not hidden.
+"""After commit: write schedules, delete schedules, publish events, stop the tasks of failed runs,
+and record what was done. Failures are recorded, not hidden.
 
 A schedule that could not be written leaves its run "unsynced" (``scheduled_fire_at`` differs from
 ``fire_at``); events that could not be published stay in the outbox. The sweep retries both.
@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 
-from controller.core.effects import AfterCommit, ScheduleRequest
+from controller.core.effects import AfterCommit, ScheduleRequest, TaskStop
 from controller.services.dependencies import Dependencies
 from controller.services.ports import StoreSession
 
@@ -27,6 +27,7 @@ def carry_out(deps: Dependencies, after: AfterCommit, session: StoreSession) -> 
             # The run is already final in the database, so a late fire is a no-op; log for operators.
             logger.exception("could not delete schedule", extra={"schedule": name})
     published = bool(after.events) and _publish(deps, after)
+    stop_tasks(deps, after.stop)
     try:
         record_done(deps, session, synced, after.batch if published else None)
     except Exception:
@@ -59,6 +60,25 @@ def put_schedules(deps: Dependencies, requests: list[ScheduleRequest]) -> list[S
             continue
         synced.append(request)
     return synced
+
+
+def stop_tasks(deps: Dependencies, stops: list[TaskStop]) -> None:
+    """Stop the tasks of runs that failed. A task that cannot be stopped runs on (logged): its run
+    is failed and its completion, when it comes, changes nothing."""
+    for stop in stops:
+        try:
+            stopped = deps.tasks.stop(stop.type, stop.target, stop.external_id)
+        except Exception:
+            logger.exception(
+                "could not stop the task of a failed run; it runs on",
+                extra={"run_id": stop.run_id, "task": stop.alias},
+            )
+            continue
+        if not stopped:
+            logger.info(
+                "the task of a failed run cannot be stopped; it runs on",
+                extra={"run_id": stop.run_id, "task": stop.alias, "type": stop.type},
+            )
 
 
 def _publish(deps: Dependencies, after: AfterCommit) -> bool:

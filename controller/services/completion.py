@@ -16,15 +16,15 @@ from controller.core.access import Caller, actor_of
 from controller.core.catalog import Catalog
 from controller.core.effects import AfterCommit
 from controller.core.errors import Conflict, NotFound
-from controller.core.records import TASK_FAILED, TASK_SUCCEEDED
-from controller.core.runs import FAILED, IN_PROGRESS_STATES, RUNNING
+from controller.core.records import TASK_SUCCEEDED
+from controller.core.runs import IN_PROGRESS_STATES, RUNNING
 from controller.services.answers import run_summary
 from controller.services.authorization import require
 from controller.services.dependencies import Dependencies
 from controller.services.firing import perform
 from controller.services.ports import Transaction
 from controller.services.registering import check_token, complete_run
-from controller.services.transitions import move, table_of
+from controller.services.transitions import fail, table_of
 
 logger = logging.getLogger("flux_control.runtime")
 
@@ -97,7 +97,8 @@ def _settle(
     if run.status not in IN_PROGRESS_STATES or run.attempt != task.attempt:
         return f"task settled; run is {run.status}"
     if not succeeded:
-        move(tx, after, run, FAILED, now, table, reason=reason or f"task {task.alias} {message}")
+        why = reason or f"task {task.alias} {message}"
+        fail(tx, after, run, table, now, why, task_error=f"stopped: task {task.alias} failed")
         return "run failed"
     unfinished = [t for t in tx.tasks_of(run.id, run.attempt) if t.status != TASK_SUCCEEDED]
     if unfinished or run.status != RUNNING:
@@ -132,8 +133,7 @@ def fail_run(
         now = deps.clock()
         message = reason or "reported as failed"
         actor = actor_of(caller)
-        failed = move(tx, after, run, FAILED, now, table, reason=message, actor=actor) or run
-        tx.settle_unfinished_tasks([run.id], TASK_FAILED, message, now)
+        failed = fail(tx, after, run, table, now, message, actor=actor)
         approval = tx.newest_approvals([run_id]).get(run_id)
         return run_summary(failed.id, table, failed.partitions, failed.status, failed.fire_at, approval)
 

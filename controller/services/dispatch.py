@@ -28,7 +28,7 @@ from controller.core.templates import render_params
 from controller.services import slots
 from controller.services.ports import Transaction
 from controller.services.registering import complete_run
-from controller.services.transitions import move, table_of
+from controller.services.transitions import fail, move, stop_started, table_of
 
 logger = logging.getLogger("flux_control.runtime")
 
@@ -148,15 +148,19 @@ def finish(
         return _queue_again(tx, run, first.table, errors, limited, now, after)
     for alias, error in errors.items():
         tx.task_not_started(first.run_id, first.attempt, alias, error, now)
-    if errors:
-        reason = "; ".join(f"task {alias} did not start: {error}" for alias, error in sorted(errors.items()))
-        if run.status == DISPATCHING:  # else a completion (a failure event) already ended it
-            move(tx, after, run, FAILED, now, first.table, reason=reason)
-        return "failed: " + reason
-    running = move(tx, after, run, RUNNING, now, first.table) if run.status == DISPATCHING else None
-    if running is None:
-        # A task's completion (a failure event, a report by the task) settled the run meanwhile.
+    if run.status != DISPATCHING or run.attempt != first.attempt:
+        # A task's completion (a failure event, a report) ended the attempt while others started:
+        # those run on for nothing, and hold a slot the attempt gave up.
+        stop_started(tx, after, run.id, first.attempt, "stopped: its run ended while it was starting", now)
+        if errors:
+            return "failed: " + _start_errors(errors)
         return f"dispatched; the run is already {run.status}"
+    if errors:
+        reason = _start_errors(errors)
+        fail(tx, after, run, first.table, now, reason, task_error="stopped: another task did not start")
+        return "failed: " + reason
+    running = move(tx, after, run, RUNNING, now, first.table)
+    assert running is not None  # locked, and dispatching
     tasks = tx.tasks_of(run.id, first.attempt)
     if any(task.status != TASK_SUCCEEDED for task in tasks):
         return "running"
@@ -165,6 +169,10 @@ def finish(
     source = "step_function" if tasks[-1].type == "step_function" else "glue"
     problem = complete_run(tx, catalog, running, first.table, source, now, after)
     return "succeeded: its tasks finished while it was dispatching" + (f"; {problem}" if problem else "")
+
+
+def _start_errors(errors: dict[str, str]) -> str:
+    return "; ".join(f"task {alias} did not start: {error}" for alias, error in sorted(errors.items()))
 
 
 def _queue_again(
@@ -206,9 +214,8 @@ def settle_interrupted(tx: Transaction, catalog: Catalog, run: Run, now: datetim
         return "failed"
     failed = [task for task in tasks if task.status == TASK_FAILED]
     if failed:
-        move(
-            tx, after, run, FAILED, now, table, reason=f"task {failed[0].alias} {failed[0].error or 'failed'}"
-        )
+        reason = f"task {failed[0].alias} {failed[0].error or 'failed'}"
+        fail(tx, after, run, table, now, reason, task_error=f"stopped: task {failed[0].alias} failed")
         return "failed"
     running = move(tx, after, run, RUNNING, now, table)
     if running is not None and all(task.status == TASK_SUCCEEDED for task in tasks):

@@ -1,7 +1,8 @@
 """Units of work and firing runs.
 
 :func:`perform` runs one unit of work in a transaction, then what it asked for after commit:
-schedules written and deleted, events published, and the runs it made due now fired. :func:`fire`
+schedules written and deleted, events published, tasks of failed runs stopped, the runs it made due
+now fired, and the keys of failed runs that must run again opened. :func:`fire`
 fires a run in three units of work (claim, each task's start, settle: see
 :mod:`controller.services.dispatch`), starting its tasks in AWS between them, never inside one.
 """
@@ -13,7 +14,7 @@ from collections.abc import Callable
 from datetime import timedelta
 from typing import Any, TypeVar
 
-from controller.core.effects import AfterCommit, TaskRequest, TaskStartError
+from controller.core.effects import AfterCommit, Rerun, TaskRequest, TaskStartError
 from controller.core.runs import FAILED
 from controller.services import dispatch, retrying, slots
 from controller.services.after_commit import carry_out
@@ -41,13 +42,16 @@ def perform(deps: Dependencies, work: Callable[[Transaction, AfterCommit], T]) -
         carry_out(deps, after, session)
     for run_id in after.fire_now:
         fire_after_commit(deps, run_id)
+    for request in after.rerun:
+        rerun_after_commit(deps, request)
     return result
 
 
 def follow_up(deps: Dependencies, tx: Transaction, after: AfterCommit) -> None:
     """What the run changes of a unit of work call for, in its transaction (DESIGN §8): failed runs
-    with retries left come back as their next attempt; freed slots fire the next queued runs. No
-    statement when no run failed or left ``dispatching``/``running``."""
+    with retries left come back as their next attempt (without, a trigger that arrived meanwhile
+    opens a new run of the key); freed slots fire the next queued runs. No statement when no run
+    failed or left ``dispatching``/``running``."""
     failed = [event for event in after.events if event.new_state == FAILED]
     freed = slots.freed_tables(after.events)
     if not failed and not freed:
@@ -56,7 +60,7 @@ def follow_up(deps: Dependencies, tx: Transaction, after: AfterCommit) -> None:
     catalog = deps.catalogs.cached() or deps.catalog(tx)
     now = deps.clock()
     if failed:
-        retrying.retry_failed(tx, catalog, failed, now, after)
+        retrying.after_failures(tx, catalog, failed, now, after)
     if freed:
         slots.fire_next(tx, catalog, freed, after)
 
@@ -71,6 +75,23 @@ def fire_after_commit(deps: Dependencies, run_id: int) -> None:
         logger.exception(
             "the immediate fire failed after commit; the sweep will repair it", extra={"run_id": run_id}
         )
+
+
+def rerun_after_commit(deps: Dependencies, request: Rerun) -> None:
+    """Serve a failed run's rerun request its failure committed; whatever goes wrong is logged and
+    left to the sweep, which serves the requests still held (the failure itself committed)."""
+    try:
+        rerun(deps, request)
+    except Exception:
+        logger.exception(
+            "the rerun of a failed run's key failed after commit; the sweep will repair it",
+            extra={"run_id": request.run_id},
+        )
+
+
+def rerun(deps: Dependencies, request: Rerun) -> bool:
+    """Serve one rerun request in a unit of work of its own (:func:`retrying.rerun`)."""
+    return perform(deps, lambda tx, after: retrying.rerun(tx, deps.catalog(tx), request, deps.clock(), after))
 
 
 def fire(deps: Dependencies, run_id: int) -> str:

@@ -13,7 +13,7 @@ from datetime import datetime
 from typing import Any, Protocol, TypeVar
 
 from controller.core.catalog import Catalog
-from controller.core.effects import AfterCommit, ScheduleRequest, TaskRequest, TaskStatus
+from controller.core.effects import AfterCommit, Rerun, ScheduleRequest, TaskRequest, TaskStatus
 from controller.core.gates import Execution, Probe
 from controller.core.keys import Key
 from controller.core.plans import TableState
@@ -259,6 +259,11 @@ class SweepReads(Protocol):
 
     def queued_tables(self, limit: int) -> list[int]:
         """The ids of tables that have queued runs."""
+        ...
+
+    def failed_reruns(self, limit: int) -> list[Rerun]:
+        """Failed runs whose key must still run again (a trigger arrived while they were in
+        progress, and they did not come back by themselves), oldest first."""
         ...
 
     def forget_schedules(self, deleted: Sequence[tuple[int, datetime]]) -> None:

@@ -11,9 +11,11 @@ from collections.abc import Iterable
 from datetime import datetime, timedelta
 
 from controller.core.catalog import Catalog
-from controller.core.effects import AfterCommit, ScheduleRequest, schedule_name
+from controller.core.effects import AfterCommit, Rerun, ScheduleRequest, schedule_name
 from controller.core.records import APPROVAL_APPROVED
 from controller.core.runs import AWAITING_APPROVAL, FAILED, OPEN_STATES, SCHEDULED, Run, RunEvent
+from controller.core.specs import TableSpec
+from controller.services.opening import Wanted, open_or_push
 from controller.services.ports import Transaction
 from controller.services.transitions import move
 
@@ -59,26 +61,60 @@ def approved(tx: Transaction, run_id: int) -> bool:
     return approval is not None and approval.status == APPROVAL_APPROVED
 
 
-def retry_failed(
+def after_failures(
     tx: Transaction, catalog: Catalog, events: Iterable[RunEvent], now: datetime, after: AfterCommit
 ) -> None:
-    """Bring back, as their next attempt, the runs these events failed whose table has ``retries``
-    left for them (the unit of work that failed them does it, so no failure is missed)."""
+    """What the runs these events failed call for, in the unit of work that failed them (so none is
+    missed): the next attempt when their table has ``retries`` left for them; else, when a trigger
+    arrived while they were in progress, a rerun of their key (:func:`rerun`, after commit). No
+    statement for a failure that calls for neither."""
     for event in events:
         if event.new_state != FAILED:
             continue
-        spec = catalog.table(event.table)
-        if spec is None or spec.retries is None:
-            continue
         run = tx.lock_run(event.run_id)
-        if run is None or run.status != FAILED or run.attempt >= spec.retries.max_attempts:
+        if run is None or run.status != FAILED:
             continue
-        if (run.error or "").startswith(_NOT_RETRIED):
+        spec = catalog.table(event.table)
+        retry = _retry_time(spec, run, now)
+        if retry is None:
+            if run.rerun_requested:
+                after.rerun.append(Rerun(run.id, run.table_id, run.partition_key))
             continue
-        other = tx.run_of_key(run.table_id, run.partition_key, OPEN_STATES)
-        if other is not None:  # a newer run of the key is open: it covers this one
-            continue
-        fire_at = now + timedelta(seconds=spec.retries.delay_after(run.attempt))
+        if tx.run_of_key(run.table_id, run.partition_key, OPEN_STATES) is not None:
+            continue  # a newer run of the key is open: it covers this one
+        assert spec is not None and spec.retries is not None
         attempts = f"attempt {run.attempt + 1} of {spec.retries.max_attempts}"
-        reason = f"automatic retry: {attempts} at {fire_at.isoformat()}"
-        reopen(tx, catalog, run, event.table, now, after, fire_at=fire_at, reason=reason)
+        reason = f"automatic retry: {attempts} at {retry.isoformat()}"
+        reopen(tx, catalog, run, event.table, now, after, fire_at=retry, reason=reason)
+
+
+def rerun(tx: Transaction, catalog: Catalog, request: Rerun, now: datetime, after: AfterCommit) -> bool:
+    """Serve the rerun request of a failed run: a new run of its key (subject to
+    approval and debounce, like a gate's), unless one is open already; the request is cleared
+    either way. False when there was nothing to serve (served already, or its table is gone).
+
+    Not in the unit of work of the failure: that one holds the failed run's row, which a
+    registration opening the same key waits for while holding the key's gate lock; this one takes
+    the gate lock first, as a registration does, so the two serialise.
+    """
+    tx.lock_gates([], [(request.table_id, request.partition_key)])
+    run = tx.lock_run(request.run_id)
+    if run is None or run.status != FAILED or not run.rerun_requested:
+        return False
+    tx.push_runs([{"id": run.id, "rerun_requested": False, "updated_at": now}])
+    table = catalog.names.get(run.table_id)
+    if table is None:
+        return False
+    if tx.run_of_key(run.table_id, run.partition_key, OPEN_STATES) is None:
+        reason = f"a trigger arrived while run {run.id} was in progress; it failed"
+        open_or_push(tx, catalog, [Wanted(table, run.partitions)], now, after, reason=reason)
+    return True
+
+
+def _retry_time(spec: TableSpec | None, run: Run, now: datetime) -> datetime | None:
+    """When the failed ``run`` comes back by itself (its table's ``retries``), or None if it stays."""
+    if spec is None or spec.retries is None or run.attempt >= spec.retries.max_attempts:
+        return None
+    if (run.error or "").startswith(_NOT_RETRIED):
+        return None
+    return now + timedelta(seconds=spec.retries.delay_after(run.attempt))

@@ -5,6 +5,8 @@
 - schedules that outlive their run (cancelled, or written after the run moved on) are deleted;
 - run events that could not be published are published;
 - queued runs are fired when slots are free (DESIGN §8);
+- failed runs whose key must run again (a trigger arrived while they were in progress) get their
+  new run, when the unit of work after their failure did not open it;
 - started tasks past their check time are asked about, and stopped past their deadline
   (:mod:`controller.services.monitoring`);
 - runs stuck in ``dispatching`` (the Lambda died mid-dispatch) are settled from what is stored: every
@@ -28,7 +30,7 @@ from controller.core.runs import CANCELLED, DISPATCHING, FAILED, SCHEDULED
 from controller.services import dispatch, monitoring, slots
 from controller.services.after_commit import put_schedules, record_done
 from controller.services.dependencies import Dependencies
-from controller.services.firing import fire, perform
+from controller.services.firing import fire, perform, rerun
 from controller.services.ports import Transaction
 from controller.services.transitions import move, table_of
 
@@ -51,6 +53,7 @@ def sweep(deps: Dependencies) -> dict[str, int]:
     published = _publish_outbox(deps)
     settled, stuck = _settle_stuck(deps, now)
     queued = _start_queued(deps)
+    reruns = _serve_reruns(deps)
     checked = monitoring.check_tasks(deps, now)
     counts = {
         "schedules_written": written,
@@ -61,6 +64,7 @@ def sweep(deps: Dependencies) -> dict[str, int]:
         "stuck_settled": settled,
         "stuck_failed": stuck,
         "queued_fired": queued,
+        "reruns_served": reruns,
         "tasks_settled": checked["settled"],
         "tasks_timed_out": checked["timed_out"],
         "tasks_still_running": checked["running"],
@@ -155,6 +159,22 @@ def _start_queued(deps: Dependencies) -> int:
     with deps.store.session() as session:
         tables = session.queued_tables(BATCH)
     return sum(perform(deps, partial(_queue_head, deps=deps, table_id=table_id)) for table_id in tables)
+
+
+def _serve_reruns(deps: Dependencies) -> int:
+    """Serve the rerun requests of failed runs that the unit of work after their failure did not
+    (the Lambda ended first, or it failed: logged). One indexed statement when there is none."""
+    with deps.store.session() as session:
+        requests = session.failed_reruns(BATCH)
+    served = 0
+    for request in requests:
+        try:
+            served += rerun(deps, request)
+        except Unavailable:
+            raise  # the database: the next sweep tries again, nothing lost
+        except Exception:
+            logger.exception("could not serve a rerun request", extra={"run_id": request.run_id})
+    return served
 
 
 def _queue_head(tx: Transaction, after: AfterCommit, *, deps: Dependencies, table_id: int) -> int:
