@@ -521,15 +521,17 @@ class MemorySession:
 
         return self._check().read_with("tasks_to_check", read)
 
-    def postpone_check(self, task_id: int, check_at: datetime) -> None:
-        """Ask about the task again at ``check_at``."""
+    def postpone_checks(self, checks: Sequence[tuple[int, datetime]]) -> None:
+        """Ask about each task (by id) again at its time."""
 
         def postpone(data: Tables) -> None:
-            if task_id in data.tasks:
-                deadline = data.task_checks.get(task_id, (None, None))[1]
-                data.task_checks[task_id] = (check_at, deadline)
+            for task_id, check_at in checks:
+                if task_id in data.tasks:
+                    deadline = data.task_checks.get(task_id, (None, None))[1]
+                    data.task_checks[task_id] = (check_at, deadline)
 
-        self._check().commit_with("postpone_check", postpone)
+        if checks:
+            self._check().commit_with("postpone_checks", postpone)
 
     def queued_tables(self, limit: int) -> list[int]:
         """Tables with queued runs."""

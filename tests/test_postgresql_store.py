@@ -18,14 +18,16 @@ from typing import Any
 import psycopg
 import pytest
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
-from sqlalchemy import Engine, text
+from sqlalchemy import Engine, make_url, text
 
+from bench.sweep import add_running, install
 from controller.core.effects import AfterCommit, ScheduleRequest
 from controller.core.errors import Unavailable
 from controller.core.gates import Probe
 from controller.core.keys import key_text
 from controller.core.records import NewExecution, NewRun, NewTask, Trigger
 from controller.core.runs import DISPATCHING, OPEN_STATES, SCHEDULED, Run, RunEvent, transition
+from controller.db import postgresql_lifecycle_statements as lifecycle
 from controller.db import postgresql_statements as sql
 from controller.db.catalog_store import catalog_loader
 from controller.db.engine import make_engine
@@ -33,7 +35,7 @@ from controller.db.migrate import upgrade
 from controller.db.postgresql_connections import ConnectionPool, conninfo_from_url
 from controller.db.postgresql_store import PostgresqlStore, PostgresqlTransaction
 from controller.reconciler import apply
-from tests.conftest import postgres_schema
+from tests.conftest import POSTGRES_URL, postgres_schema
 from tests.factories import states, table_doc
 
 pytestmark = pytest.mark.postgresql
@@ -135,18 +137,67 @@ def opened(db: Database, *days: str, table: str = "down") -> list[Run]:
     return runs
 
 
-def test_a_sqlalchemy_url_becomes_a_libpq_uri_with_its_options() -> None:
-    url = "postgresql+psycopg://flux:p%40ss@db:5432/flux?options=-csearch_path%3Dtenant&sslmode=require"
-    conninfo = conninfo_from_url(url)
-    assert conninfo == "postgresql://flux:p%40ss@db:5432/flux?options=-csearch_path%3Dtenant&sslmode=require"
-    parsed = conninfo_to_dict(conninfo)
-    assert (parsed["password"], parsed["options"], parsed["sslmode"]) == (
-        "p@ss",
-        "-csearch_path=tenant",
-        "require",
-    )
+@pytest.mark.parametrize(
+    ("url", "expected"),
+    [
+        (
+            "postgresql+psycopg://flux:p%40ss@db:5432/flux?options=-csearch_path%3Dtenant&sslmode=require",
+            {
+                "user": "flux",
+                "password": "p@ss",
+                "host": "db",
+                "port": "5432",
+                "dbname": "flux",
+                "options": "-csearch_path=tenant",
+                "sslmode": "require",
+            },
+        ),
+        # As SQLAlchemy renders a URL whose options hold spaces (``URL.render_as_string``).
+        (
+            "postgresql+psycopg://postgres@127.0.0.1/test?options=-c+search_path%3Dx+-c+statement_timeout%3D5s",
+            {
+                "user": "postgres",
+                "host": "127.0.0.1",
+                "dbname": "test",
+                "options": "-c search_path=x -c statement_timeout=5s",
+            },
+        ),
+        (
+            "postgres://u@%2Fvar%2Frun%2Fpostgresql/db",
+            {"user": "u", "host": "/var/run/postgresql", "dbname": "db"},
+        ),
+        (
+            "postgresql://u@[::1]:5433,replica/db",
+            {"user": "u", "host": "::1,replica", "port": "5433,", "dbname": "db"},
+        ),
+    ],
+)
+def test_a_sqlalchemy_url_becomes_the_libpq_parameters_sqlalchemy_would_pass(
+    url: str, expected: dict[str, str]
+) -> None:
+    assert conninfo_to_dict(conninfo_from_url(url)) == expected
+    if "+psycopg" in url:  # what SQLAlchemy itself makes of it
+        query = make_url(url).query
+        assert all(expected[name] == value for name, value in query.items())
+
+
+def test_a_url_of_another_database_is_refused() -> None:
     with pytest.raises(ValueError, match="not a PostgreSQL URL"):
         conninfo_from_url("sqlite:///flux.db")
+
+
+def test_options_with_spaces_reach_the_server_through_the_engines_url(postgres_admin: Engine) -> None:
+    """The store's connections are made from the engine's URL rendered again (``wiring.store_for``):
+    an ``options`` value with spaces sets every setting it names."""
+    url = make_url(POSTGRES_URL).update_query_dict(
+        {"options": "-c statement_timeout=4321 -c TimeZone=Asia/Tokyo"}
+    )
+    conninfo = conninfo_from_url(url.render_as_string(hide_password=False))
+    with psycopg.connect(conninfo) as connection:
+        settings = [
+            connection.execute(f"SHOW {name}").fetchone() for name in ("statement_timeout", "TimeZone")
+        ]
+    assert settings == [("4321ms",), ("Asia/Tokyo",)]
 
 
 def test_the_listeners_see_begin_each_statement_and_commit_and_events_commit_with_the_batch(
@@ -358,6 +409,38 @@ def test_the_open_run_lookup_can_use_the_partial_index_in_a_generic_plan(db: Dat
         connection.execute(f"PREPARE open_runs(bigint, text) AS {prepared}")
         plan = "\n".join(row[0] for row in connection.execute("EXPLAIN EXECUTE open_runs(1, 'k')"))
     assert "uq_runs_open_key" in plan
+
+
+#: The sweep's searches (DESIGN §8: a sweep's cost does not grow with the history), with parameters.
+SWEEP_SEARCHES: dict[str, tuple[str, list[object]]] = {
+    "unsynced": (sql.UNSYNCED_RUNS, ["2026-01-01T00:00:00Z", 500]),
+    "overdue": (sql.OVERDUE_RUNS, ["2026-01-01T00:00:00Z", 500]),
+    "stuck": (sql.STUCK_DISPATCHING, ["2026-01-01T00:00:00Z", 500]),
+    "queued tables": (lifecycle.QUEUED_TABLES, [500]),
+    "failed reruns": (lifecycle.FAILED_RERUNS, [500]),
+    "tasks to check": (lifecycle.TASKS_TO_CHECK, ["2026-01-01T00:00:00Z", 50]),
+}
+
+
+@pytest.mark.parametrize("search", list(SWEEP_SEARCHES))
+def test_the_sweeps_searches_use_an_index_in_a_generic_plan_over_many_running_runs(
+    db: Database, search: str
+) -> None:
+    """Their states are literals: in a plan made for any parameters (psycopg prepares a statement
+    after its fifth execution) the planner knows the state is rare, and walks its index, not every
+    run (``pk_runs`` or a sequential scan)."""
+    add_running(db.engine, install(db.engine), 5_000)
+    statement, parameters = SWEEP_SEARCHES[search]
+    numbers = itertools.count(1)
+    prepared = re.sub("%s", lambda _: f"${next(numbers)}", statement)
+    with psycopg.connect(db.conninfo, autocommit=True) as connection:
+        connection.execute("ANALYZE")
+        connection.execute("SET plan_cache_mode = force_generic_plan")
+        connection.execute(f"PREPARE search AS {prepared}")
+        values = ", ".join(f"'{value}'" for value in parameters)
+        plan = "\n".join(row[0] for row in connection.execute(f"EXPLAIN EXECUTE search({values})"))
+    assert "Seq Scan" not in plan and "pk_runs" not in plan, plan
+    assert "Index" in plan, plan
 
 
 def test_record_done_marks_only_runs_still_at_the_fire_time_written_in_one_statement(db: Database) -> None:

@@ -12,10 +12,11 @@ import contextlib
 import threading
 from collections.abc import Callable, Sequence
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import parse_qsl, unquote, urlsplit
 
 import psycopg
 from psycopg import pq
+from psycopg.conninfo import make_conninfo
 from psycopg.rows import TupleRow
 
 #: A psycopg connection as the store uses it (rows as tuples).
@@ -25,13 +26,40 @@ PREPARE_THRESHOLD = 5
 
 
 def conninfo_from_url(url: str) -> str:
-    """A libpq connection URI from a SQLAlchemy-style URL: ``postgresql+psycopg://…`` (or
-    ``postgres://…``) becomes ``postgresql://…``; the rest, query options included (such as
-    ``options=-csearch_path%3Dschema``), is kept as written: libpq decodes it the same way."""
-    _, separator, rest = url.partition("://")
-    if not separator or urlsplit(url).scheme.split("+")[0] not in ("postgresql", "postgres"):
+    """A libpq connection string from a SQLAlchemy-style URL (``postgresql+psycopg://…`` or
+    ``postgres://…``), decoded as SQLAlchemy decodes it: ``%XX`` escapes everywhere, and ``+`` as a
+    space in the query (``options=-c+statement_timeout%3D5s``, as ``URL.render_as_string`` writes
+    it), which libpq would keep as a ``+``. Several hosts (``h1:5432,h2:5433``) and bracketed IPv6
+    addresses are kept as libpq lists."""
+    scheme, separator, _ = url.partition("://")
+    if not separator or scheme.split("+")[0] not in ("postgresql", "postgres"):
         raise ValueError("not a PostgreSQL URL (postgresql://… or postgresql+psycopg://…)")
-    return f"postgresql://{rest}"
+    parts = urlsplit(url)
+    userinfo, _, hostlist = parts.netloc.rpartition("@")
+    params: dict[str, str] = {}
+    if userinfo:
+        user, has_password, password = userinfo.partition(":")
+        params["user"] = unquote(user)
+        if has_password:
+            params["password"] = unquote(password)
+    listed = [_host_and_port(item) for item in hostlist.split(",")] if hostlist else []
+    if any(host for host, _ in listed):
+        params["host"] = ",".join(host for host, _ in listed)
+    if any(port for _, port in listed):
+        params["port"] = ",".join(port for _, port in listed)
+    if parts.path.strip("/"):
+        params["dbname"] = unquote(parts.path.lstrip("/"))
+    params.update(parse_qsl(parts.query, keep_blank_values=True))
+    return make_conninfo("", **params)
+
+
+def _host_and_port(item: str) -> tuple[str, str]:
+    """``host[:port]`` or ``[ipv6][:port]`` of a URL's host list, decoded."""
+    if item.startswith("["):
+        host, _, rest = item[1:].partition("]")
+        return host, rest.removeprefix(":")
+    host, _, port = item.partition(":")
+    return unquote(host), port
 
 
 def reusable(connection: Connection) -> bool:

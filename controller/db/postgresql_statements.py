@@ -6,10 +6,13 @@ shape on the server after a few executions. Rows of the hot path (a registration
 ``= ANY(array)`` made the server plan the open-run lookup again on every execution. Statements off the
 hot path take arrays (``= ANY(%s::bigint[])``): one shape, one prepared statement, whatever the count.
 
-No state name is copied into a text: the open states are rendered from
-:data:`controller.core.runs.OPEN_STATES` (as literals, so that the planner can use the partial index
-``uq_runs_open_key`` in a generic plan, which it cannot prove for parameters); other states are
-parameters. A run is always read whole (:data:`controller.core.runs.RUN_FIELDS`).
+No state name is copied into a text: the states are rendered from :mod:`controller.core.runs`. The
+open states, and the states the sweep's searches filter on, are literals: in a generic plan (psycopg
+prepares a statement after a few executions, and the server may then plan it once for any
+parameters) the planner can use the partial index ``uq_runs_open_key`` only for a literal predicate,
+and knows only from a literal that a state is rare (a parameter makes ``… ORDER BY id LIMIT n`` walk
+the primary key, filtering every run). Other states are parameters. A run is always read whole
+(:data:`controller.core.runs.RUN_FIELDS`).
 """
 
 from __future__ import annotations
@@ -20,7 +23,7 @@ from functools import lru_cache
 from typing import TypeVar
 
 from controller.core.records import Approval, Task
-from controller.core.runs import OPEN_STATES, RUN_FIELDS
+from controller.core.runs import DISPATCHING, OPEN_STATES, RUN_FIELDS, SCHEDULED
 
 T = TypeVar("T")
 #: Parameters one statement carries at most. PostgreSQL's protocol allows 65,535; a larger request
@@ -59,8 +62,9 @@ def _columns(fields: Sequence[str], alias: str = "") -> str:
     return ", ".join(f"{alias}.{name}" if alias else name for name in fields)
 
 
-def _literal(word: str) -> str:
-    """A state name as an SQL literal (names are plain words: nothing to escape, checked)."""
+def literal(word: str) -> str:
+    """A state name as an SQL literal, for a search that must use its index in a generic plan too
+    (names are plain words: nothing to escape, checked)."""
     if not re.fullmatch(r"[a-z_]+", word):
         raise ValueError(f"not a state name: {word!r}")
     return f"'{word}'"
@@ -70,7 +74,7 @@ RUNS = _columns(RUN_FIELDS)
 TASKS = _columns(tuple(Task.__dataclass_fields__))
 APPROVALS = _columns(tuple(Approval.__dataclass_fields__))
 #: The predicate of the partial unique index ``uq_runs_open_key``: at most one open run per key.
-OPEN = f"status IN ({', '.join(_literal(state) for state in OPEN_STATES)})"
+OPEN = f"status IN ({', '.join(literal(state) for state in OPEN_STATES)})"
 _GATE_NAMESPACE = "hashtext(current_schema() || '/flux-control/gate')"
 #: Lock modes: the table's lock shared, the table's lock exclusive, the lock of one key of a table.
 SHARED, EXCLUSIVE, KEY = 0, 1, 2
@@ -322,7 +326,9 @@ def apply_change(columns: tuple[str, ...]) -> str:
     return f"UPDATE runs SET {assignments} WHERE id = %s AND status = %s"
 
 
-STUCK_DISPATCHING = f"SELECT {RUNS} FROM runs WHERE status = %s AND updated_at <= %s ORDER BY id LIMIT %s"
+STUCK_DISPATCHING = (
+    f"SELECT {RUNS} FROM runs WHERE status = {literal(DISPATCHING)} AND updated_at <= %s ORDER BY id LIMIT %s"
+)
 
 # --- task dispatches ------------------------------------------------------------------------------
 
@@ -428,12 +434,15 @@ WHERE runs.id = u.id AND runs.fire_at = u.fire_at"""
 
 #: Scheduled runs (the state is a parameter) firing after a time whose schedule is not written at
 #: their fire time, by id (as every store orders them).
-UNSYNCED_RUNS = """
+UNSYNCED_RUNS = f"""
 SELECT id, table_id, fire_at FROM runs
-WHERE status = %s AND fire_at > %s AND (scheduled_fire_at IS NULL OR scheduled_fire_at <> fire_at)
+WHERE status = {literal(SCHEDULED)} AND fire_at > %s
+AND (scheduled_fire_at IS NULL OR scheduled_fire_at <> fire_at)
 ORDER BY id LIMIT %s
 """
-OVERDUE_RUNS = "SELECT id FROM runs WHERE status = %s AND fire_at <= %s ORDER BY id LIMIT %s"
+OVERDUE_RUNS = (
+    f"SELECT id FROM runs WHERE status = {literal(SCHEDULED)} AND fire_at <= %s ORDER BY id LIMIT %s"
+)
 UNPUBLISHED_EVENTS = (
     "SELECT id, detail FROM run_events WHERE published_at IS NULL AND created_at <= %s ORDER BY id LIMIT %s"
 )

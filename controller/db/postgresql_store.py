@@ -23,8 +23,8 @@ from psycopg.rows import TupleRow
 
 from controller.core.catalog import Catalog
 from controller.core.effects import AfterCommit, Rerun, ScheduleRequest
-from controller.core.records import TASK_STARTED, Task
-from controller.core.runs import QUEUED, SCHEDULED, RunEvent
+from controller.core.records import Task
+from controller.core.runs import SCHEDULED, RunEvent
 from controller.db import postgresql_lifecycle_statements as lifecycle
 from controller.db import postgresql_statements as sql
 from controller.db.postgresql_connections import Connection, ConnectionPool, conninfo_from_url, send
@@ -168,11 +168,11 @@ class PostgresqlSession:
     # --- the sweep's reads (SweepReads) and other statements outside any transaction --------------
 
     def unsynced_runs(self, after: datetime, limit: int) -> list[tuple[int, int, datetime]]:
-        rows = self._read(sql.UNSYNCED_RUNS, [SCHEDULED, after, limit])
+        rows = self._read(sql.UNSYNCED_RUNS, [after, limit])
         return [(run_id, table_id, fire_at.astimezone(UTC)) for run_id, table_id, fire_at in rows]
 
     def overdue_runs(self, before: datetime, limit: int) -> list[int]:
-        return [row[0] for row in self._read(sql.OVERDUE_RUNS, [SCHEDULED, before, limit])]
+        return [row[0] for row in self._read(sql.OVERDUE_RUNS, [before, limit])]
 
     def unpublished_events(self, before: datetime, limit: int) -> list[tuple[int, RunEvent]]:
         rows = self._read(sql.UNPUBLISHED_EVENTS, [before, limit])
@@ -191,14 +191,16 @@ class PostgresqlSession:
         return [(run_id, name, written.astimezone(UTC)) for run_id, name, written in rows]
 
     def tasks_to_check(self, now: datetime, limit: int) -> list[tuple[Task, datetime | None]]:
-        rows = self._read(lifecycle.TASKS_TO_CHECK, [TASK_STARTED, now, limit])
+        rows = self._read(lifecycle.TASKS_TO_CHECK, [now, limit])
         return [(task_of(row[:-1]), utc(row[-1])) for row in rows]
 
-    def postpone_check(self, task_id: int, check_at: datetime) -> None:
-        self._outside([(lifecycle.POSTPONE_CHECK, [check_at, task_id])], reads=False)
+    def postpone_checks(self, checks: Sequence[tuple[int, datetime]]) -> None:
+        if checks:
+            ids, times = [task_id for task_id, _ in checks], [at for _, at in checks]
+            self._outside([(lifecycle.POSTPONE_CHECKS, [ids, times])], reads=False)
 
     def queued_tables(self, limit: int) -> list[int]:
-        return [row[0] for row in self._read(lifecycle.QUEUED_TABLES, [QUEUED, limit])]
+        return [row[0] for row in self._read(lifecycle.QUEUED_TABLES, [limit])]
 
     def failed_reruns(self, limit: int) -> list[Rerun]:
         return [Rerun(*row) for row in self._read(lifecycle.FAILED_RERUNS, [limit])]

@@ -33,7 +33,6 @@ from controller.core.records import (
 )
 from controller.core.runs import (
     APPROVAL_STATES,
-    DISPATCHING,
     IN_PROGRESS_STATES,
     OPEN_STATES,
     QUEUED,
@@ -268,7 +267,7 @@ class PostgresqlTransaction:
         return self._changed(sql.apply_change(columns), parameters) == 1
 
     def stuck_dispatching(self, before: datetime, limit: int) -> list[Run]:
-        return [_run(row) for row in self._rows(sql.STUCK_DISPATCHING, [DISPATCHING, before, limit])]
+        return [_run(row) for row in self._rows(sql.STUCK_DISPATCHING, [before, limit])]
 
     def table_name(self, table_id: int) -> str | None:
         rows = self._rows(sql.TABLE_NAME, [table_id])

@@ -230,10 +230,11 @@ class SqliteSession:
         rows = self._read(lifecycle.TASKS_TO_CHECK, {"now": now, "limit": limit})
         return [(Task(*row[:-1]), row[-1]) for row in rows]
 
-    def postpone_check(self, task_id: int, check_at: datetime) -> None:
-        """Ask about the task again at ``check_at``."""
-        parameters = {"b_id": task_id, "b_check_at": check_at}
-        self._once(lambda c: c.execute(lifecycle.POSTPONE_CHECK, parameters), read_only=False)
+    def postpone_checks(self, checks: Sequence[tuple[int, datetime]]) -> None:
+        """Ask about each task (by id) again at its time: one executemany."""
+        if checks:
+            rows = [{"b_id": task_id, "b_check_at": check_at} for task_id, check_at in checks]
+            self._once(lambda c: c.execute(lifecycle.POSTPONE_CHECK, rows), read_only=False)
 
     def queued_tables(self, limit: int) -> list[int]:
         """Tables with queued runs."""

@@ -26,10 +26,22 @@ logger = logging.getLogger("flux_control.runtime")
 
 def check_tasks(deps: Dependencies, now: datetime) -> Counter[str]:
     """Ask about (or time out) the started tasks whose check time has come; counts per outcome:
-    ``settled``, ``timed_out``, ``running``, ``unreachable`` (AWS could not be asked: next time)."""
+    ``settled``, ``timed_out``, ``running``, ``unreachable`` (AWS could not be asked: next time).
+    The next checks of the tasks still running are written in one statement at the end (a sweep
+    that dies first leaves them due: the next one asks again)."""
     with deps.store.session() as session:
         due = session.tasks_to_check(now, deps.poll_batch)
-    return Counter(_check_one(deps, task, deadline, now) for task, deadline in due)
+    outcomes: Counter[str] = Counter()
+    later: list[tuple[int, datetime]] = []
+    for task, deadline in due:
+        outcome = _check_one(deps, task, deadline, now)
+        outcomes[outcome] += 1
+        if outcome in ("running", "unreachable"):
+            later.append((task.id, _next_check(deps, deadline, now)))
+    if later:
+        with deps.store.session() as session:
+            session.postpone_checks(later)
+    return outcomes
 
 
 def _check_one(deps: Dependencies, task: Task, deadline: datetime | None, now: datetime) -> str:
@@ -51,9 +63,7 @@ def _check_one(deps: Dependencies, task: Task, deadline: datetime | None, now: d
             "could not check a running task; the next check tries again",
             extra={"run_id": task.run_id, "task": task.alias},
         )
-        _postpone(deps, task, deadline, now)
         return "unreachable"
-    _postpone(deps, task, deadline, now)
     return "running"
 
 
@@ -68,10 +78,9 @@ def _time_out(deps: Dependencies, task: Task, deadline: datetime, now: datetime)
     return "timed_out"
 
 
-def _postpone(deps: Dependencies, task: Task, deadline: datetime | None, now: datetime) -> None:
+def _next_check(deps: Dependencies, deadline: datetime | None, now: datetime) -> datetime:
     later = now + timedelta(seconds=deps.poll_after_seconds)
-    with deps.store.session() as session:
-        session.postpone_check(task.id, min(later, deadline) if deadline is not None else later)
+    return min(later, deadline) if deadline is not None else later
 
 
 def _duration(value: timedelta | None) -> str:

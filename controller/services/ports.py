@@ -253,8 +253,8 @@ class SweepReads(Protocol):
         first, each with its deadline."""
         ...
 
-    def postpone_check(self, task_id: int, check_at: datetime) -> None:
-        """Ask about a started task again at ``check_at``."""
+    def postpone_checks(self, checks: Sequence[tuple[int, datetime]]) -> None:
+        """Ask about each started task (by id) again at its time: one statement, whatever the count."""
         ...
 
     def queued_tables(self, limit: int) -> list[int]:
