@@ -511,15 +511,15 @@ def run(quick: bool, kinds: list[str], workdir: str) -> list[Table]:
         "unmeasured sweep after each load.",
         "Each sweep is `controller.services.sweep.sweep` in-process on the runtime's store, the clock "
         "stopped: its passes (schedules to write, overdue runs, leftover schedules, the outbox, stuck "
-        "dispatches, queued runs, tasks to check) each find their rows through an index, at most a "
-        "batch each, so a healthy run costs it nothing.",
+        "dispatches, queued runs, failed runs whose key must run again, tasks to check) each find "
+        "their rows through an index, at most a batch each, so a healthy run costs it nothing.",
         "SQL statements: what the store sent, BEGIN and COMMIT not counted (transactions: how many it "
         "began). AWS calls: of the Scheduler, TaskStarter and EventPublisher ports (recording fakes, no "
         "AWS behind them: a task asked about is still running).",
         f"due checks: {' and '.join(f'{d:,}' for d in due)} tasks whose check time has passed, on top "
         "of the largest size; each sweep "
         "asks AWS about `FLUX_POLL_BATCH` (50) of them, oldest check first, and postpones their next "
-        "check (one statement each); their check times are set back before each timed sweep (untimed), "
+        "checks (one statement for all); their check times are set back before each timed sweep (untimed), "
         "so every sweep meets the whole backlog.",
         "Floors, in the same run on the same database: the sweep over an empty database (× empty sweep "
         "is the ratio to it), and as many `SELECT 1` round trips (median of "
@@ -529,11 +529,11 @@ def run(quick: bool, kinds: list[str], workdir: str) -> list[Table]:
         "`plan_cache_mode=force_generic_plan`: what runs once the server prefers a prepared statement's "
         "generic plan (psycopg prepares a statement on the server after its fifth execution; under the "
         "default, `auto`, the server then takes the generic plan whenever its estimated cost is not "
-        "above the custom plans'). In a generic plan the state a pass filters on is a parameter "
-        "(`status = $1`): the planner cannot know that it is rare, and `… ORDER BY id LIMIT n` walks "
-        "`pk_runs` filtering every run, so the pass grows with the table (the slowest statement shows "
-        "which). The `auto` rows above ran under whichever plan the server chose at each size: a size "
-        "slower than the next one is that choice.",
+        "above the custom plans'). The passes write the state they filter on as a literal "
+        "(`status = 'scheduled'`), so a generic plan too knows it is rare and walks its index; with "
+        "the state as a parameter (`status = $1`, until commit 1e3c6e6) `… ORDER BY id LIMIT n` walked "
+        "`pk_runs` filtering every run, and the generic sweep over 10,000 healthy runs took 9.01× the "
+        "one over 10. The `auto` rows ran under whichever plan the server chose at each size.",
         *verdicts,
     ]
     return [table]

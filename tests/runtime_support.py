@@ -16,6 +16,7 @@ import boto3
 import pytest
 from moto import mock_aws
 from moto.core.config import default_user_config
+from moto.moto_api import state_manager
 from sqlalchemy import Engine
 
 from controller import wiring
@@ -112,6 +113,20 @@ def aws_environment(monkeypatch: pytest.MonkeyPatch) -> None:
     }.items():
         monkeypatch.setenv(name, value)
     monkeypatch.delenv("AWS_ENDPOINT_URL", raising=False)
+
+
+@contextmanager
+def glue_runs_kept_running() -> Iterator[None]:
+    """moto's Glue job runs stay STARTING (moto would end them as they are read) until the block
+    ends, or a test calls ``state_manager.unset_transition("glue::job_run")``: for the sweep to ask
+    about them and stop them."""
+    state_manager.set_transition(
+        model_name="glue::job_run", transition={"progression": "manual", "times": 10**6}
+    )
+    try:
+        yield
+    finally:
+        state_manager.unset_transition("glue::job_run")
 
 
 @contextmanager

@@ -25,7 +25,6 @@ from aws_lambda_powertools.utilities import parameters
 from botocore.exceptions import ReadTimeoutError
 from moto.core.responses import ActionResult
 from moto.glue.responses import GlueResponse
-from moto.moto_api import state_manager
 from sqlalchemy import Engine
 
 from controller import wiring
@@ -40,6 +39,7 @@ from tests.runtime_support import (
     REGION,
     Lambda,
     create_lambda_function,
+    glue_runs_kept_running,
     partitions,
     running_lambda,
 )
@@ -109,14 +109,8 @@ def granted() -> dict[str, set[str | None]]:
 def flux(engine: Engine, monkeypatch: pytest.MonkeyPatch) -> Iterator[Lambda]:
     """The function, and moto's Glue job runs kept running (STARTING), for the sweep to ask about and
     stop them."""
-    state_manager.set_transition(
-        model_name="glue::job_run", transition={"progression": "manual", "times": 10**6}
-    )
-    try:
-        with running_lambda(engine, TABLES, monkeypatch) as handler:
-            yield handler
-    finally:
-        state_manager.unset_transition("glue::job_run")
+    with glue_runs_kept_running(), running_lambda(engine, TABLES, monkeypatch) as handler:
+        yield handler
 
 
 def _fail_the_first_start_ambiguously() -> None:

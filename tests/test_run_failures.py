@@ -10,13 +10,20 @@ from typing import Any
 
 import boto3
 import pytest
-from moto.moto_api import state_manager
 from sqlalchemy import Engine
 
 from controller.services import firing
 from tests.api_support import run_detail
 from tests.factories import table_doc
-from tests.runtime_support import ACCOUNT, REGION, Lambda, glue_event, partitions, running_lambda
+from tests.runtime_support import (
+    ACCOUNT,
+    REGION,
+    Lambda,
+    glue_event,
+    glue_runs_kept_running,
+    partitions,
+    running_lambda,
+)
 
 MONTH = [{"name": "mes", "type": "int"}]
 OPERATOR = "otto"
@@ -58,15 +65,8 @@ TABLES = [
 
 @pytest.fixture
 def flux(engine: Engine, monkeypatch: pytest.MonkeyPatch) -> Iterator[Lambda]:
-    with running_lambda(engine, TABLES, monkeypatch) as handler:
-        # Job runs stay STARTING until a test says otherwise (moto would end them when read).
-        state_manager.set_transition(
-            model_name="glue::job_run", transition={"progression": "manual", "times": 10**6}
-        )
-        try:
-            yield handler
-        finally:
-            state_manager.unset_transition("glue::job_run")
+    with running_lambda(engine, TABLES, monkeypatch) as handler, glue_runs_kept_running():
+        yield handler
 
 
 def execution_status(arn: str) -> str:

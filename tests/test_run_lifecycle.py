@@ -17,7 +17,15 @@ from controller.services import firing
 from controller.services.explain import explain, render
 from tests.api_support import run_detail
 from tests.factories import table_doc
-from tests.runtime_support import ACCOUNT, REGION, Lambda, glue_event, partitions, running_lambda
+from tests.runtime_support import (
+    ACCOUNT,
+    REGION,
+    Lambda,
+    glue_event,
+    glue_runs_kept_running,
+    partitions,
+    running_lambda,
+)
 
 MONTH = [{"name": "mes", "type": "int"}]
 OPERATOR = "otto"
@@ -65,14 +73,8 @@ def flux(engine: Engine, monkeypatch: pytest.MonkeyPatch) -> Iterator[Lambda]:
                 Command={"Name": "glueetl", "ScriptLocation": "s3://scripts/job.py"},
                 ExecutionProperty={"MaxConcurrentRuns": 100},
             )
-        # Job runs stay STARTING until a test says otherwise (moto would end them when read).
-        state_manager.set_transition(
-            model_name="glue::job_run", transition={"progression": "manual", "times": 10**6}
-        )
-        try:
+        with glue_runs_kept_running():
             yield handler
-        finally:
-            state_manager.unset_transition("glue::job_run")
 
 
 def start(flux: Lambda, table: str, month: int) -> dict[str, Any]:
