@@ -18,7 +18,7 @@ from typing import Any
 
 from controller.api.app import app
 from controller.api.identity import caller_identity, resolved_caller
-from controller.api.refusals import refused
+from controller.api.refusals import body_bytes, not_utf8, refused, too_large
 from controller.local.context import LocalContext
 from controller.telemetry import SERVICE, count, logger, metrics, route_module_loggers
 from controller.wiring import dependencies, truthy
@@ -99,7 +99,11 @@ def _http(event: dict[str, Any], context: Any) -> dict[str, Any]:
     started = time.perf_counter()
     resolved = resolved_caller.set(None)
     try:
-        response: dict[str, Any] = refused(event) or app.resolve(event, context)
+        response: dict[str, Any] = (
+            _console(event, context)
+            if _is_console(event)
+            else (refused(event) or app.resolve(event, context))
+        )
         caller = resolved_caller.get() or caller_identity(request_context, None, trust_body_user=False)
     finally:
         resolved_caller.reset(resolved)
@@ -114,6 +118,21 @@ def _http(event: dict[str, Any], context: Any) -> dict[str, Any]:
         },
     )
     return response
+
+
+def _is_console(event: dict[str, Any]) -> bool:
+    path = str(event.get("path") or "")
+    return path == "/console" or path.startswith("/console/")
+
+
+def _console(event: dict[str, Any], context: Any) -> dict[str, Any]:
+    """A console page (DESIGN §9): HTML, its forms posted as forms; too large or not UTF-8 is refused
+    as on every route."""
+    from controller.console import routes  # lazy: Jinja2 and the pages load with the first page
+
+    body = body_bytes(event)
+    early = too_large(body) or not_utf8(body)
+    return early or routes.handle(event, context)
 
 
 def _state_change(detail_type: str, detail: dict[str, Any]) -> str:

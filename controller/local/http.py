@@ -80,8 +80,14 @@ def make_server(host: str, port: int, invoke: Invoke) -> ThreadingHTTPServer:
             payload = response.get("body") or ""
             data = base64.b64decode(payload) if response.get("isBase64Encoded") else str(payload).encode()
             self.send_response(int(response.get("statusCode", 500)))
+            # A REST proxy answer may carry headers in both maps (Set-Cookie only in the second).
+            multi = response.get("multiValueHeaders") or {}
             for name, value in (response.get("headers") or {}).items():
-                self.send_header(name, str(value))
+                if name not in multi:
+                    self.send_header(name, str(value))
+            for name, values in multi.items():
+                for value in values:
+                    self.send_header(name, str(value))
             self.send_header("Content-Length", str(len(data)))
             self.end_headers()
             self.wfile.write(data)

@@ -1,0 +1,306 @@
+"""The console's routes (DESIGN §9) on a Powertools resolver of their own: HTML answers and HTML
+errors (the API's are JSON), forms that post and redirect, the same services and authorization as
+the API. :func:`handle` serves an API Gateway event whose path is under ``/console``.
+
+Reads need a signed-in caller outside trusted mode (§7); every post proves its page sent it (CSRF,
+:mod:`controller.console.security`) and names its caller, or writes nothing.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+from urllib.parse import parse_qs, quote
+
+from aws_lambda_powertools.event_handler import APIGatewayRestResolver, Response
+
+from controller.console import callers, rendering, security, views
+from controller.core.access import Caller
+from controller.core.errors import Forbidden, NotFound, ServiceError, Unavailable, Unprocessable
+from controller.wiring import dependencies
+
+logger = logging.getLogger("flux_control.console")
+console = APIGatewayRestResolver()
+HTML = "text/html; charset=utf-8"
+#: What a successful post says on the page it redirects to (fixed texts: a query string names one,
+#: so that nobody can make the console say anything else).
+DONE = {
+    "approved": "Approved: the run is scheduled.",
+    "rejected": "Rejected: the run will not run.",
+    "cancelled": "Cancelled.",
+    "retried": "Retried: the run comes back as its next attempt.",
+}
+
+
+class _Page:
+    """One request as the console sees it: its cookies, caller and CSRF token."""
+
+    def __init__(self) -> None:
+        event = console.current_event
+        self.headers = {k.lower(): v for k, v in (event.headers or {}).items()}
+        self.cookies = security.cookies_of(self.headers)
+        self.trusted = dependencies().trust_body_user
+        context = event.raw_event.get("requestContext") or {}
+        self.caller: Caller | None = callers.console_caller(context, self.cookies, trusted=self.trusted)
+        self.csrf, self.new_csrf = security.csrf_token(self.cookies)
+
+    def html(self, template: str, title: str, /, http_status: int = 200, **context: Any) -> Response[str]:
+        """The page, with the security headers and, on a first visit, the CSRF cookie."""
+        done = (console.current_event.query_string_parameters or {}).get("done", "")
+        body = rendering.render(
+            template,
+            title=title,
+            caller=self.caller.name if self.caller else None,
+            login_enabled=self.trusted,
+            csrf_token=self.csrf,
+            notice=context.pop("notice", DONE.get(done, "")),
+            error=context.pop("error", ""),
+            **context,
+        )
+        cookies = [security.console_cookie(security.CSRF_COOKIE, self.csrf, secure=not self.trusted)]
+        return Response(
+            status_code=http_status,
+            content_type=HTML,
+            body=body,
+            headers=dict(security.SECURITY_HEADERS),
+            cookies=cookies if self.new_csrf else [],
+        )
+
+    def reader(self) -> None:
+        """Refuse a read without a caller outside trusted mode (DESIGN §7)."""
+        if self.caller is None and not self.trusted:
+            raise Forbidden("sign in to see the console (your organisation's browser login)")
+
+    def writer(self, form: dict[str, str]) -> Caller:
+        """The caller of a post, after its CSRF proof; 403 without either."""
+        security.check_csrf(self.cookies, form, self.headers)
+        if self.caller is None:
+            raise Forbidden("sign in first: a change needs an identified caller")
+        return self.caller
+
+
+def redirect(location: str, cookies: list[Any] | None = None) -> Response[str]:
+    """A 303 to ``location`` (a path of this console)."""
+    headers = {**security.SECURITY_HEADERS, "Location": location}
+    return Response(status_code=303, content_type=HTML, body="", headers=headers, cookies=cookies or [])
+
+
+def form() -> dict[str, str]:
+    """The posted form's fields (the last value of each)."""
+    body = console.current_event.decoded_body or ""
+    return {name: values[-1] for name, values in parse_qs(body, keep_blank_values=True).items()}
+
+
+def query(name: str) -> str:
+    return (console.current_event.query_string_parameters or {}).get(name, "").strip()
+
+
+# --- pages -------------------------------------------------------------------------------------------
+
+
+@console.get("/console/")  # Powertools strips the slash: /console too
+def home() -> Response[str]:
+    page = _Page()
+    page.reader()
+    return page.html("home.html", "What needs you", **views.home(dependencies()))
+
+
+@console.get("/console/login")
+def login_form() -> Response[str]:
+    page = _Page()
+    if not page.trusted:
+        raise NotFound("this deployment signs in through its browser login")
+    return page.html("login.html", "Sign in")
+
+
+@console.post("/console/login")
+def login() -> Response[str]:
+    page = _Page()
+    if not page.trusted:
+        raise NotFound("this deployment signs in through its browser login")
+    fields = form()
+    security.check_csrf(page.cookies, fields, page.headers)
+    user = fields.get("user", "").strip()
+    if not user:
+        return page.html("login.html", "Sign in", http_status=422, error="User: enter a name")
+    cookie = security.console_cookie(security.USER_COOKIE, quote(user, safe=""), secure=False)
+    return redirect("/console/", [cookie])
+
+
+@console.get("/console/approvals")
+def approvals_page() -> Response[str]:
+    page = _Page()
+    page.reader()
+    return page.html("approvals.html", "Approvals", **views.approvals(dependencies(), page.caller))
+
+
+@console.post("/console/approvals/<approval_id>")
+def decide(approval_id: str) -> Response[str]:
+    from controller.services import approvals  # lazy, as the API's routes
+
+    page = _Page()
+    fields = form()
+    try:
+        caller = page.writer(fields)
+        choice = fields.get("decision")
+        if choice not in ("approve", "reject"):
+            raise Unprocessable("decision: choose Approve or Reject")
+        comment = fields.get("comment", "").strip() or None
+        result = approvals.decide(dependencies(), _id(approval_id), caller, choice == "approve", comment)
+    except (ServiceError, security.CsrfRefused) as exc:
+        context = views.approvals(dependencies(), page.caller)
+        return page.html(
+            "approvals.html", "Approvals", http_status=_status(exc), error=_message(exc), **context
+        )
+    done = "approved" if choice == "approve" else "rejected"
+    return redirect(f"/console/runs/{result['run']['id']}?done={done}")
+
+
+@console.get("/console/runs")
+def runs_page() -> Response[str]:
+    page = _Page()
+    page.reader()
+    return page.html("runs.html", "Runs", **views.runs(dependencies(), query("table"), query("status")))
+
+
+@console.get("/console/runs/<run_id>")
+def run_page(run_id: str) -> Response[str]:
+    page = _Page()
+    page.reader()
+    context = views.run(dependencies(), _id(run_id), page.caller)
+    return page.html("run.html", f"Run {run_id}", **context)
+
+
+@console.post("/console/runs/<run_id>/<action>")
+def run_action(run_id: str, action: str) -> Response[str]:
+    from controller.services import run_actions  # lazy, as the API's routes
+
+    page = _Page()
+    fields = form()
+    number = _id(run_id)
+    reason = fields.get("reason", "").strip() or None
+    try:
+        caller = page.writer(fields)
+        if action == "cancel":
+            run_actions.cancel_run(dependencies(), number, reason, caller)
+        elif action == "retry":
+            run_actions.retry_run(dependencies(), number, reason, caller)
+        else:
+            raise NotFound(f"no action {action!r} on runs")
+    except (ServiceError, security.CsrfRefused) as exc:
+        context = views.run(dependencies(), number, page.caller)
+        return page.html(
+            "run.html", f"Run {run_id}", http_status=_status(exc), error=_message(exc), **context
+        )
+    return redirect(f"/console/runs/{number}?done={'cancelled' if action == 'cancel' else 'retried'}")
+
+
+@console.get("/console/tables")
+def tables_page() -> Response[str]:
+    page = _Page()
+    page.reader()
+    return page.html("tables.html", "Tables", **views.tables(dependencies()))
+
+
+@console.get("/console/tables/<name>")
+def table_page(name: str) -> Response[str]:
+    page = _Page()
+    page.reader()
+    context = views.table(dependencies(), name, query("key"))
+    answer = ""
+    params = console.current_event.query_string_parameters or {}
+    asked = {k.removeprefix("p_"): v for k, v in params.items() if k.startswith("p_")}
+    if asked:
+        try:
+            answer = views.explain_key(dependencies(), name, asked)
+        except ServiceError as exc:
+            return page.html(
+                "table.html",
+                name,
+                http_status=exc.status,
+                error=exc.message,
+                asked=asked,
+                explanation="",
+                **context,
+            )
+    return page.html("table.html", name, asked=asked, explanation=answer, **context)
+
+
+@console.get("/console/executions")
+def executions_page() -> Response[str]:
+    page = _Page()
+    page.reader()
+    return page.html("executions.html", "Executions", **views.executions(dependencies(), query("table")))
+
+
+@console.get("/console/static/<name>")
+def static(name: str) -> Response[bytes]:
+    found = rendering.static_asset(name)
+    if found is None:
+        raise NotFound(f"no asset {name!r}")
+    body, media = found
+    headers = {**security.SECURITY_HEADERS, "Cache-Control": "public, max-age=3600"}
+    return Response(status_code=200, content_type=media, body=body, headers=headers)
+
+
+# --- errors ------------------------------------------------------------------------------------------
+
+
+@console.exception_handler(ServiceError)
+def _problem(exc: ServiceError) -> Response[str]:
+    return _error_page(exc.status, exc.message, retry=isinstance(exc, Unavailable))
+
+
+@console.exception_handler(security.CsrfRefused)
+def _refused(exc: security.CsrfRefused) -> Response[str]:
+    return _error_page(403, str(exc))
+
+
+@console.not_found
+def _not_found(exc: Exception) -> Response[str]:
+    return _error_page(404, f"no console page {console.current_event.path}")
+
+
+@console.exception_handler(Exception)
+def _unexpected(exc: Exception) -> Response[str]:
+    reference = console.current_event.request_context.request_id
+    logger.exception("unexpected console error", extra={"reference": reference})
+    return _error_page(500, f"internal error (reference {reference}); it was logged")
+
+
+def _error_page(status: int, message: str, *, retry: bool = False) -> Response[str]:
+    """An error as a page of the console, never a stack trace."""
+    titles = {403: "Not allowed", 404: "Not found", 409: "Conflict", 503: "Unavailable"}
+    body = rendering.render(
+        "error.html",
+        title=titles.get(status, "Error"),
+        caller=None,
+        login_enabled=False,
+        notice="",
+        error=message,
+    )
+    headers = dict(security.SECURITY_HEADERS)
+    if retry:
+        headers["Retry-After"] = "5"
+    return Response(status_code=status, content_type=HTML, body=body, headers=headers)
+
+
+def _id(value: str) -> int:
+    """A run or approval id from a path: a positive integer, else 404."""
+    if not value.isdigit() or not 0 < int(value) < 2**63:
+        raise NotFound(f"no such id {value!r}")
+    return int(value)
+
+
+def _status(exc: Exception) -> int:
+    return exc.status if isinstance(exc, ServiceError) else 403
+
+
+def _message(exc: Exception) -> str:
+    return exc.message if isinstance(exc, ServiceError) else str(exc)
+
+
+def handle(event: dict[str, Any], context: Any) -> dict[str, Any]:
+    """Serve one console request."""
+    answer: dict[str, Any] = console.resolve(event, context)
+    return answer

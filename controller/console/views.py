@@ -1,0 +1,224 @@
+"""What each console page shows, read through the same services and read port as the API (DESIGN
+§9), with what the caller may do there decided by the same rule (§7, :func:`controller.core.access.may`).
+
+Each function returns the page's template context; none writes. The number of statements a page
+sends does not grow with the history: every read is bounded (pages of :data:`PAGE` rows).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from functools import lru_cache
+from typing import Any
+from urllib.parse import quote
+
+import yaml
+
+from controller.console import lineage
+from controller.core.access import Action, Caller, may
+from controller.core.catalog import Catalog
+from controller.core.errors import NotFound, Unprocessable
+from controller.core.graphs import Edge
+from controller.core.keys import InvalidPartition, key_text, make_key
+from controller.core.runs import ALL_STATES, CANCELLABLE_STATES, FAILED
+from controller.services import queries
+from controller.services.dependencies import Dependencies
+from controller.services.explain import explain, render
+
+PAGE = 50
+#: Rows of each list on the front page.
+FRONT = 20
+
+
+def decision(deps: Dependencies, catalog: Catalog, caller: Caller | None, action: Action, table: str) -> str:
+    """Why ``caller`` may not do ``action`` on ``table`` (empty: they may)."""
+    if caller is None:
+        return "Sign in to act on this table."
+    spec = catalog.table(table)
+    answer = may(
+        action,
+        caller,
+        table=table,
+        approvers=spec.approvers if spec else (),
+        producers=spec.producers if spec else (),
+        operators=spec.operators if spec else (),
+        own_account=deps.own_account,
+    )
+    return "" if answer.allowed else answer.message
+
+
+def home(deps: Dependencies) -> dict[str, Any]:
+    """What needs a person: pending approvals, failed, queued and dispatching runs."""
+    pending = queries.list_approvals(deps, "pending", FRONT)["approvals"]
+    lists = {state: queries.list_runs(deps, None, state, FRONT)["runs"] for state in ("failed", "queued")}
+    stuck = queries.list_runs(deps, None, "dispatching", FRONT)["runs"]
+    return {"pending": pending, "failed": lists["failed"], "queued": lists["queued"], "stuck": stuck}
+
+
+def approvals(deps: Dependencies, caller: Caller | None) -> dict[str, Any]:
+    """Pending approvals, each with whether the caller may decide it (else why not), then decided ones."""
+    catalog = deps.reads.catalog()
+    pending = []
+    for approval, table, partitions in deps.reads.approvals("pending", PAGE):
+        why_not = decision(deps, catalog, caller, "decide", table)
+        pending.append(
+            {
+                "id": approval.id,
+                "run_id": approval.run_id,
+                "table_name": table,
+                "partitions": partitions,
+                "waiting_since": approval.requested_at.isoformat(),
+                "triggers": [],
+                "may_decide": not why_not,
+                "why_not": why_not,
+            }
+        )
+    decided = [
+        {
+            "id": a.id,
+            "run_id": a.run_id,
+            "table_name": table,
+            "partitions": partitions,
+            "status": a.status,
+            "decided_by": a.decided_by,
+            "decided_at": a.decided_at.isoformat() if a.decided_at else None,
+            "comment": a.comment,
+        }
+        for a, table, partitions in deps.reads.approvals(None, PAGE)
+        if a.status != "pending"
+    ]
+    return {"pending": pending, "decided": decided}
+
+
+def runs(deps: Dependencies, table: str | None, status: str | None) -> dict[str, Any]:
+    """The newest runs, of a table and in a state if asked."""
+    found = queries.list_runs(deps, table or None, status or None, PAGE)["runs"]
+    return {"runs": found, "table": table or "", "status": status or "", "states": ALL_STATES}
+
+
+def run(deps: Dependencies, run_id: int, caller: Caller | None) -> dict[str, Any]:
+    """One run in full, with the actions the caller may take on it (cancel, retry) or why not."""
+    detail = queries.get_run(deps, run_id)["run"]
+    catalog = deps.reads.catalog()
+    why_not = decision(deps, catalog, caller, "operate", detail["table_name"])
+    actions = []
+    if detail["status"] in CANCELLABLE_STATES:
+        actions.append("cancel")
+    if detail["status"] == FAILED:
+        actions.append("retry")
+    for task in detail["tasks"]:
+        task["console_url"] = _aws_console_url(task["type"], task["target"], task["external_id"])
+    return {"run": detail, "actions": actions, "why_not": why_not}
+
+
+def tables(deps: Dependencies) -> dict[str, Any]:
+    """Every table as reconciled, with the revision and who applied it."""
+    return queries.list_tables(deps)
+
+
+def table(deps: Dependencies, name: str, key: str) -> dict[str, Any]:
+    """One table: its definition, its recent runs, and its lineage coloured by the state of ``key``
+    (a key text ``name=value, …``; empty: the newest run of each table)."""
+    catalog = deps.reads.catalog()
+    spec = catalog.table(name)
+    if spec is None:
+        raise NotFound(f"unknown table {name!r}")
+    definition = queries.list_tables(deps, name)
+    recent = queries.list_runs(deps, name, None, PAGE)["runs"]
+    drawn = lineage.neighbourhood(name, _adjacency(catalog))
+    states = _states_of(deps, catalog, drawn, key)
+    picture = lineage.render(
+        name, _adjacency(catalog), states, lambda t: f"/console/tables/{quote(t, safe='')}"
+    )
+    partitions = [p.name for p in spec.partitions]
+    text = yaml.safe_dump(definition["table"], sort_keys=False, allow_unicode=True)
+    return {
+        "definition": definition,
+        "definition_text": text,
+        "recent": recent,
+        "lineage": picture,
+        "key": key,
+        "partitions": partitions,
+    }
+
+
+def table_href(name: str) -> str:
+    """The console page of table ``name``."""
+    return f"/console/tables/{quote(name, safe='')}"
+
+
+def explain_key(deps: Dependencies, name: str, values: Mapping[str, str]) -> str:
+    """The ``explain`` answer for (table, key) as text, as the CLI prints it."""
+    try:
+        return render(explain(deps.reads, name, dict(values)))
+    except (ValueError, InvalidPartition) as exc:
+        raise Unprocessable(str(exc)) from None
+
+
+def executions(deps: Dependencies, table: str | None) -> dict[str, Any]:
+    """The newest executions, of a table if asked."""
+    found = queries.list_executions(deps, table or None, PAGE)["executions"]
+    return {"executions": found, "table": table or ""}
+
+
+@lru_cache(maxsize=4)
+def _adjacency_of(revision: int | None, edges: tuple[Edge, ...]) -> lineage.Adjacency:
+    return lineage.adjacency(edges)
+
+
+def _adjacency(catalog: Catalog) -> lineage.Adjacency:
+    """The lineage index of the definitions, built once per revision."""
+    edges = tuple(
+        Edge(dep.dependency_name, spec.name, dep.is_required)
+        for spec in catalog.graph.tables.values()
+        for dep in spec.dependencies
+    )
+    return _adjacency_of(catalog.revision, edges)
+
+
+def _states_of(deps: Dependencies, catalog: Catalog, drawn: Mapping[str, int], key: str) -> dict[str, str]:
+    """The state of each drawn table's newest run of ``key`` (or its newest run at all)."""
+    states: dict[str, str] = {}
+    for name in drawn:
+        table_id = catalog.ids.get(name)
+        if table_id is None:
+            continue
+        if key:
+            found = deps.reads.runs_of_key(table_id, _key_text(catalog, name, key), 1)
+            if found:
+                states[name] = found[0][0].status
+        else:
+            newest = deps.reads.runs(name, None, 1)
+            if newest:
+                states[name] = newest[0][0].status
+    return states
+
+
+def _key_text(catalog: Catalog, name: str, key: str) -> str:
+    """``dt=2026-01-01, region=eu`` as the stored key of table ``name`` (unparseable: as given)."""
+    spec = catalog.table(name)
+    values = dict(part.split("=", 1) for part in key.split(",") if "=" in part)
+    values = {k.strip(): v.strip() for k, v in values.items()}
+    if spec is None:
+        return key
+    try:
+        return key_text(
+            make_key(spec, {k: v for k, v in values.items() if k in {p.name for p in spec.partitions}})
+        )
+    except InvalidPartition:
+        return key
+
+
+def _aws_console_url(task_type: str, target: str, external_id: str | None) -> str | None:
+    """A link to the task in the AWS console (Glue job runs and Step Functions executions)."""
+    if not external_id:
+        return None
+    region = os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION") or "us-east-1"
+    base = f"https://{region}.console.aws.amazon.com"
+    if task_type == "glue":
+        job, run = quote(target, safe=""), quote(external_id, safe="")
+        return f"{base}/gluestudio/home?region={region}#/job/{job}/run/{run}"
+    if task_type == "step_function":
+        return f"{base}/states/home?region={region}#/v2/executions/details/{quote(external_id, safe='')}"
+    return None
