@@ -1051,7 +1051,9 @@ class MemoryReads:
         """Whether a table of this name was ever defined (a deleted one keeps its history)."""
         return self._store.read_with("table_exists", lambda _, d: name in d.ids)
 
-    def runs(self, table: str | None, status: str | None, limit: int) -> list[tuple[Run, str, int | None]]:
+    def runs(
+        self, table: str | None, status: str | None, limit: int, *, before: int | None = None
+    ) -> list[tuple[Run, str, int | None]]:
         """The newest runs (of a table, in a state), newest first, with table name and newest approval."""
 
         def read(data: Tables, definitions: Definitions) -> list[tuple[Run, str, int | None]]:
@@ -1061,6 +1063,7 @@ class MemoryReads:
                 for run in sorted(data.runs.values(), key=lambda r: -r.id)
                 if (table is None or names[run.table_id] == table)
                 and (status is None or run.status == status)
+                and (before is None or run.id < before)
             ][:limit]
             approvals = data.newest_approvals(run.id for run in rows)
             return [(_fresh(run), names[run.table_id], approvals.get(run.id)) for run in rows]

@@ -6,6 +6,7 @@ import io
 import json
 import zipfile
 from collections.abc import Iterator
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta, timezone
 from typing import Any
 
@@ -361,6 +362,16 @@ def test_publish_sends_batches_of_ten_entries() -> None:
     }
     assert [json.loads(e["Detail"]) for e in entries] == [event.detail() for event in events]
     assert json.loads(entries[0]["Detail"])["at"] == "2026-11-29T12:00:00+00:00"
+
+
+def test_with_the_console_url_set_each_event_links_to_its_runs_page() -> None:
+    settings = replace(SETTINGS, console_url="https://flux.example.com/prod/console")
+    [entry] = [EventBridgePublisher(settings, boto3.client("events")).entry(e) for e in _events(1)]
+    detail = json.loads(entry["Detail"])
+    assert detail["console_url"] == "https://flux.example.com/prod/console/runs/0"
+    assert "console_url" not in json.loads(EventBridgePublisher(SETTINGS).entry(_events(1)[0])["Detail"])
+    environ = {"FLUX_CONSOLE_URL": " https://flux.example.com/prod/console/ "}
+    assert AwsSettings.from_env(environ).console_url == "https://flux.example.com/prod/console"
 
 
 def test_publish_of_nothing_makes_no_call_and_failed_entries_raise() -> None:

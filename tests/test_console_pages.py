@@ -5,11 +5,13 @@ never stack traces."""
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator
 
 import pytest
 from sqlalchemy import Engine
 
+from controller.console import views
 from tests.console_support import Visitor, csrf_of, page, run_id_from, squash
 from tests.factories import table_doc
 from tests.runtime_support import Lambda, partitions, running_lambda
@@ -156,3 +158,21 @@ def test_the_table_page_explains_a_key_and_draws_its_lineage(flux: Lambda) -> No
     assert "awaiting approval" in squash(html).lower() or "awaiting_approval" in html
     bad = visitor.get("/console/tables/gated", p_mes="not-a-month")
     assert page(bad, 422)
+
+
+def test_runs_filter_by_table_state_and_key_in_pages(flux: Lambda, monkeypatch: pytest.MonkeyPatch) -> None:
+    for month in (11, 12, 13):
+        produce(flux, month)
+    monkeypatch.setattr(views, "PAGE", 2)
+    visitor = Visitor(APPROVER)
+    first = page(visitor.get("/console/runs", table="gated", status="awaiting_approval"))
+    assert "mes=13" in first and "mes=12" in first and "mes=11" not in first
+    older = re.search(r'href="(/console/runs\?[^"]*before=\d+)"', first)
+    assert older, "no link to the older runs"
+    second = page(visitor.get(older.group(1).replace("&amp;", "&")))
+    assert "mes=11" in second and "mes=12" not in second
+    one = squash(page(visitor.get("/console/runs", table="gated", key="mes=12")))
+    assert "mes=12" in one and "mes=13" not in one and "mes=11" not in one
+    assert "choose a table" in squash(page(visitor.get("/console/runs", key="mes=12"), 422))
+    assert page(visitor.get("/console/runs", status="sleeping"), 422)
+    assert "unknown table" in squash(page(visitor.get("/console/runs", table="nope"), 404))

@@ -38,11 +38,15 @@ class EventBridgePublisher:
         return self._client if self._client is not None else default_client("events")
 
     def entry(self, event: RunEvent) -> dict[str, str]:
-        """The ``PutEvents`` entry for ``event``."""
+        """The ``PutEvents`` entry for ``event``; with ``FLUX_CONSOLE_URL`` set, its detail links to the
+        run's console page (``console_url``), for a notification rule to send approvers straight there."""
+        detail = event.detail()
+        if self._settings.console_url:
+            detail["console_url"] = f"{self._settings.console_url}/runs/{event.run_id}"
         return {
             "Source": SOURCE,
             "DetailType": DETAIL_TYPE,
-            "Detail": json.dumps(event.detail()),
+            "Detail": json.dumps(detail),
             "EventBusName": self._settings.event_bus,
         }
 

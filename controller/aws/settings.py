@@ -33,12 +33,14 @@ class AwsSettings:
     #: fire time (EventBridge Scheduler fires anywhere in the minute of its expression; ``serve``'s
     #: stand-in fires at the second, and says so with 1).
     schedule_precision_seconds: int = DEFAULT_SCHEDULE_PRECISION
+    #: The web console's URL (``https://…/console``): published run events link to the run's page.
+    console_url: str = ""
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> AwsSettings:
         """The settings from ``FLUX_SCHEDULE_GROUP``, ``FLUX_FUNCTION_ARN``, ``FLUX_SCHEDULER_ROLE_ARN``,
-        ``FLUX_EVENT_BUS``, ``FLUX_DEAD_LETTER_ARN`` and ``FLUX_SCHEDULE_PRECISION_SECONDS`` (``os.environ``
-        unless given); empty values count as unset.
+        ``FLUX_EVENT_BUS``, ``FLUX_DEAD_LETTER_ARN``, ``FLUX_SCHEDULE_PRECISION_SECONDS`` and
+        ``FLUX_CONSOLE_URL`` (``os.environ`` unless given); empty values count as unset.
         """
         env = os.environ if environ is None else environ
         return cls(
@@ -48,6 +50,7 @@ class AwsSettings:
             event_bus=env.get("FLUX_EVENT_BUS", "").strip() or DEFAULT_EVENT_BUS,
             dead_letter_arn=env.get("FLUX_DEAD_LETTER_ARN", "").strip(),
             schedule_precision_seconds=_precision(env.get("FLUX_SCHEDULE_PRECISION_SECONDS", "")),
+            console_url=env.get("FLUX_CONSOLE_URL", "").strip().rstrip("/"),
         )
 
     def require_schedule_target(self) -> tuple[str, str]:

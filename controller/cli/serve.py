@@ -58,6 +58,8 @@ def serve_command(
     os.environ.setdefault("POWERTOOLS_METRICS_DISABLED", "true")  # EMF lines only matter in CloudWatch
     # The stand-in fires a schedule at its second (EventBridge Scheduler: within its minute).
     os.environ.setdefault("FLUX_SCHEDULE_PRECISION_SECONDS", "1")
+    # Run events link to the local console (DESIGN §9), as a deployment's link to its own.
+    os.environ.setdefault("FLUX_CONSOLE_URL", f"http://{host}:{port}/console")
     try:
         _run(local, host, port, task_delay, tick)
     finally:
@@ -159,4 +161,5 @@ def _print_banner(host: str, port: int, local: Any, tables: int, created: list[s
     else:
         click.echo(f"  {tables} tables; created locally: {', '.join(created) or 'nothing'}")
     click.echo(f"  try: curl -s http://{host}:{port}/health")
+    click.echo(f"  console: http://{host}:{port}/console/ (sign in with any user name)")
     sys.stdout.flush()

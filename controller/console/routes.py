@@ -160,7 +160,11 @@ def decide(approval_id: str) -> Response[str]:
 def runs_page() -> Response[str]:
     page = _Page()
     page.reader()
-    return page.html("runs.html", "Runs", **views.runs(dependencies(), query("table"), query("status")))
+    before = query("before")
+    context = views.runs(
+        dependencies(), query("table"), query("status"), query("key"), _id(before) if before else None
+    )
+    return page.html("runs.html", "Runs", **context)
 
 
 @console.get("/console/runs/<run_id>")

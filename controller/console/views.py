@@ -21,8 +21,9 @@ from controller.core.catalog import Catalog
 from controller.core.errors import NotFound, Unprocessable
 from controller.core.graphs import Edge
 from controller.core.keys import InvalidPartition, key_text, make_key
-from controller.core.runs import ALL_STATES, CANCELLABLE_STATES, FAILED
+from controller.core.runs import ALL_STATES, CANCELLABLE_STATES, FAILED, Run
 from controller.services import queries
+from controller.services.answers import run_summary
 from controller.services.dependencies import Dependencies
 from controller.services.explain import explain, render
 
@@ -91,10 +92,37 @@ def approvals(deps: Dependencies, caller: Caller | None) -> dict[str, Any]:
     return {"pending": pending, "decided": decided}
 
 
-def runs(deps: Dependencies, table: str | None, status: str | None) -> dict[str, Any]:
-    """The newest runs, of a table and in a state if asked."""
-    found = queries.list_runs(deps, table or None, status or None, PAGE)["runs"]
-    return {"runs": found, "table": table or "", "status": status or "", "states": ALL_STATES}
+def runs(deps: Dependencies, table: str, status: str, key: str, before: int | None) -> dict[str, Any]:
+    """A page of the newest runs (older than run ``before``), of a table, in a state and of a key
+    (``name=value, …``, with a table) if asked; ``next`` is the next page's ``before``, if any."""
+    if key and not table:
+        raise Unprocessable("key: choose a table too (a key is a table's)")
+    if status:
+        queries.list_runs(deps, None, status, 1)  # refuses an unknown state (422), as the API does
+    if key:
+        catalog = deps.reads.catalog()
+        if table not in catalog.ids:
+            raise NotFound(f"unknown table {table!r}")
+        found = [
+            summary(run, table, approval.id if approval else None)
+            for run, approval in deps.reads.runs_of_key(
+                catalog.ids[table], _key_text(catalog, table, key), PAGE
+            )
+            if (not status or run.status == status) and (before is None or run.id < before)
+        ]
+    else:
+        rows = deps.reads.runs(table or None, status or None, PAGE, before=before)
+        if not rows and table and not deps.reads.table_exists(table):
+            raise NotFound(f"unknown table {table!r}")
+        found = [summary(run, name, approval_id) for run, name, approval_id in rows]
+    following = found[-1]["id"] if len(found) == PAGE else None
+    context = {"table": table, "status": status, "key": key}
+    return {"runs": found, **context, "states": ALL_STATES, "next": following}
+
+
+def summary(run: Run, table: str, approval_id: int | None) -> dict[str, Any]:
+    """A run as the API summarises it."""
+    return run_summary(run.id, table, run.partitions, run.status, run.fire_at, approval_id)
 
 
 def run(deps: Dependencies, run_id: int, caller: Caller | None) -> dict[str, Any]:

@@ -121,7 +121,9 @@ class SqlReads:
 
     # --- runs -----------------------------------------------------------------------------------------
 
-    def runs(self, table: str | None, status: str | None, limit: int) -> list[tuple[Run, str, int | None]]:
+    def runs(
+        self, table: str | None, status: str | None, limit: int, *, before: int | None = None
+    ) -> list[tuple[Run, str, int | None]]:
         """The newest runs (of a table, in a state), newest first, each with its table name and its
         newest approval's id (pending or decided; None when it never needed one)."""
         with self._session() as session:
@@ -130,6 +132,8 @@ class SqlReads:
                 query = query.where(TableRow.name == table)
             if status is not None:
                 query = query.where(RunRow.status == status)
+            if before is not None:
+                query = query.where(RunRow.id < before)
             rows = session.execute(query.order_by(RunRow.id.desc()).limit(limit)).all()
             runs = [(_run(row), cast(str, row[-1])) for row in rows]
             approvals = _newest_approvals(session, [run.id for run, _ in runs])

@@ -368,9 +368,12 @@ class Reads(Protocol):
         """Whether the database ever had a table of this name (a deleted one keeps its history)."""
         ...
 
-    def runs(self, table: str | None, status: str | None, limit: int) -> list[tuple[Run, str, int | None]]:
-        """The newest runs (of a table, in a state), newest first, each with its table name and its
-        newest approval's id (pending or decided; None when it never needed one)."""
+    def runs(
+        self, table: str | None, status: str | None, limit: int, *, before: int | None = None
+    ) -> list[tuple[Run, str, int | None]]:
+        """The newest runs (of a table, in a state; older than run ``before``: the next page), newest
+        first, each with its table name and its newest approval's id (pending or decided; None when
+        it never needed one)."""
         ...
 
     def run_detail(self, run_id: int) -> RunDetail | None:
