@@ -85,6 +85,10 @@ PRUNED = {
     "sqlalchemy/dialects/mssql": "the function connects to PostgreSQL (SQLite locally) only",
     "sqlalchemy/dialects/mysql": "the function connects to PostgreSQL (SQLite locally) only",
     "sqlalchemy/dialects/oracle": "the function connects to PostgreSQL (SQLite locally) only",
+    "pyasn1": (
+        "rsa reads PEM and DER keys with it; the console builds its keys from a JWK's numbers "
+        "(rsa.PublicKey(n, e)) and never reads either"
+    ),
 }
 _NAME = re.compile(r"^\s*([A-Za-z0-9][A-Za-z0-9._-]*)")
 

@@ -244,6 +244,21 @@ def call(method, path, body=None):
     answer = lambda_handler(event, None)
     return answer["statusCode"], json.loads(answer["body"])
 
+def page(path):
+    event = {"resource": path, "path": path, "httpMethod": "GET", "headers": {}, "multiValueHeaders": {},
+             "queryStringParameters": None, "multiValueQueryStringParameters": None, "pathParameters": None,
+             "stageVariables": None, "isBase64Encoded": False, "body": None,
+             "requestContext": {"requestId": "zip-page", "stage": "v1", "httpMethod": "GET", "path": path,
+                                "resourcePath": path, "identity": {"sourceIp": "127.0.0.1", "accountId": "123456789012",
+                                                                   "userArn": "arn:aws:iam::123456789012:user/probe"}}}
+    answer = lambda_handler(event, None)
+    return answer["statusCode"], "<h1>Tables</h1>" in answer["body"]
+
+import rsa  # the console's token signatures, without pyasn1 (pruned)
+try:
+    rsa.verify(b"x", bytes(256), rsa.PublicKey(2**2047 + 1, 65537))
+except rsa.VerificationError:
+    pass
 answers = [
     call("GET", "/health"),
     call("POST", "/tables", {"data": [{"name": "tb_x", "partitions": [{"name": "dt", "type": "date"}],
@@ -251,9 +266,10 @@ answers = [
                                                   "params": {"--d": "{{ partitions.dt }}"}}]}]}),
     call("GET", "/runs"),
 ]
+console = page("/console/tables")  # Jinja2 and the templates, from the zip alone
 outside = sorted({m.__file__.split("/site-packages/")[0] for m in list(sys.modules.values())
                   if getattr(m, "__file__", None) and "site-packages" in m.__file__})
-print("PROBE " + json.dumps({"answers": answers, "python": list(sys.version_info[:2]), "outside": outside,
+print("PROBE " + json.dumps({"answers": answers, "console": console, "python": list(sys.version_info[:2]), "outside": outside,
                              "yaml": "yaml" in sys.modules, "jsonschema_rs": "jsonschema_rs" in sys.modules}))
 """
 
@@ -378,6 +394,7 @@ def test_the_x86_64_zip_serves_requests_with_nothing_but_itself_and_the_runtimes
     result = json.loads(line.removeprefix("PROBE "))
     assert [status for status, _ in result["answers"]] == [200, 200, 200]
     assert result["answers"][1][1]["valid"] is True
+    assert result["console"] == [200, True]
     assert result["outside"] == []
     assert (result["yaml"], result["jsonschema_rs"]) == (False, False)
     assert result["python"] == [int(p) for p in load_builder().PYTHON_VERSION.split(".")]

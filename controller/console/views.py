@@ -7,13 +7,12 @@ sends does not grow with the history: every read is bounded (pages of :data:`PAG
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Mapping
 from functools import lru_cache
 from typing import Any
 from urllib.parse import quote
-
-import yaml
 
 from controller.console import lineage
 from controller.core.access import Action, Caller, may
@@ -160,7 +159,8 @@ def table(deps: Dependencies, name: str, key: str) -> dict[str, Any]:
         name, _adjacency(catalog), states, lambda t: f"/console/tables/{quote(t, safe='')}"
     )
     partitions = [p.name for p in spec.partitions]
-    text = yaml.safe_dump(definition["table"], sort_keys=False, allow_unicode=True)
+    # JSON, not YAML: the function's package has no YAML library (the command line reads the files).
+    text = json.dumps(definition["table"], indent=2, ensure_ascii=False)
     return {
         "definition": definition,
         "definition_text": text,
