@@ -13,10 +13,14 @@ install: $(STAMP)
 # checkov pins an older boto3 than the project's: it gets a venv of its own, under the project's.
 CHECKOV := $(VENV)/tools/checkov/bin/checkov
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml package-lock.json
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	# axe-core, which the browser tests inject to check the console's accessibility (package.json);
+	# without npm they skip those checks (and fail under CI).
+	if command -v npm >/dev/null 2>&1; then npm ci --no-audit --no-fund --silent; \
+	else echo "npm not found: the browser tests' accessibility checks will skip" >&2; fi
 	$(PYTHON) -m venv $(VENV)/tools/checkov
 	$(VENV)/tools/checkov/bin/python -m pip install --quiet 'checkov>=3.2,<4'
 	touch $(STAMP)

@@ -46,6 +46,30 @@ def browser() -> Iterator[Any]:
             launched.close()
 
 
+AXE = REPO_ROOT / "node_modules" / "axe-core" / "axe.min.js"
+
+
+def axe_script() -> Path:
+    """axe-core's script (``npm ci``, package.json), or a skip (a failure under CI)."""
+    if AXE.is_file():
+        return AXE
+    message = f"no axe-core at {AXE}: run `npm ci` (make install does) for the accessibility checks"
+    if CHROMIUM_REQUIRED:
+        pytest.fail(message)
+    pytest.skip(message)
+
+
+def accessibility_violations(page: Any) -> list[str]:
+    """axe-core's WCAG 2 A/AA violations on the page (its context must bypass the page's CSP: the
+    console allows no injected script, rightly)."""
+    page.add_script_tag(path=str(axe_script()))
+    found = page.evaluate(
+        "async () => (await axe.run(document, {runOnly: ['wcag2a', 'wcag2aa']})).violations"
+        ".map(v => v.id + ': ' + v.help + ' (' + v.nodes.map(n => n.target.join(' ')).join(', ') + ')')"
+    )
+    return list(found)
+
+
 def screenshot(page: Any, name: str) -> Path:
     """Save the whole page as ``<name>.png`` for people to look at; its path."""
     SCREENSHOTS.mkdir(parents=True, exist_ok=True)

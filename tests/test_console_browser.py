@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from tests.browser_support import browser, screenshot
+from tests.browser_support import accessibility_violations, browser, screenshot
 from tests.factories import states, table_doc
 from tests.serve_support import Server, serving, wait_for
 
@@ -138,3 +138,27 @@ def test_the_lineage_page_draws_the_tables_graph(page: Any, server: Server) -> N
     drawing.locator("a", has_text="tb_a").first.click()
     page.wait_for_url(re.compile(r"/console/tables/tb_a"))
     assert Path(screenshot(page, "table")).exists()
+
+
+def test_every_page_passes_the_wcag_aa_checks_of_axe_core(browser: Any, server: Server) -> None:
+    run = produce(server, 202405)
+    context = browser.new_context(base_url=server.base, bypass_csp=True)  # to inject axe-core only
+    page = context.new_page()
+    try:
+        sign_in(page, "ana")
+        found = {}
+        for path in (
+            "/console/",
+            "/console/approvals",
+            "/console/runs",
+            f"/console/runs/{run['id']}",
+            "/console/tables",
+            "/console/tables/tb_b?p_ano_mes=202405",
+            "/console/executions",
+            "/console/login",
+        ):
+            page.goto(path)
+            found[path] = accessibility_violations(page)
+    finally:
+        context.close()
+    assert found == {path: [] for path in found}

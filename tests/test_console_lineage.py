@@ -119,7 +119,7 @@ def test_the_focus_alone_when_it_has_no_edges() -> None:
 def test_svg_structure_title_links_and_viewbox() -> None:
     lineage = render("c", CHAIN, {}, _href)
     root = _parse(lineage.svg)
-    assert root.get("role") == "img"
+    assert root.get("role") == "group"  # not "img": its links must stay reachable
     title_id = root.get("aria-labelledby")
     title = root.find(f"{SVG}title")
     assert title is not None and title.get("id") == title_id and title.text == "Lineage of c"

@@ -190,7 +190,7 @@ def render(
 
     title_id = f"{id_prefix}-title"
     parts = [
-        f'<svg xmlns="http://www.w3.org/2000/svg" class="lineage" role="img" aria-labelledby="{title_id}"'
+        f'<svg xmlns="http://www.w3.org/2000/svg" class="lineage" role="group" aria-labelledby="{title_id}"'
         f' width="{width}" height="{height}" viewBox="0 0 {width} {height}"'
         f' font-family="{_esc(_FONT)}" font-size="{FONT_SIZE}">',
         f'<title id="{title_id}">Lineage of {_esc(focus)}</title>',
