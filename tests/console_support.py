@@ -4,15 +4,22 @@ accepts, with the console's security headers."""
 
 from __future__ import annotations
 
+import json
+import os
 import re
+import shutil
+import subprocess
 from dataclasses import dataclass, field
+from pathlib import Path
 from urllib.parse import urlencode
 
 import html5lib
+import pytest
 
 from controller.console.security import CONTENT_SECURITY_POLICY, CSRF_FIELD
 from controller.lambda_function import lambda_handler
 from controller.local.http import to_event
+from tests.conftest import REPO_ROOT
 
 _TOKEN = re.compile(rf'name="{CSRF_FIELD}" value="([0-9a-f]+)"')
 _COOKIE = re.compile(r"^([^=;]+)=([^;]*)")
@@ -92,3 +99,37 @@ def run_id_from(location: str) -> int:
     match = re.match(r"/console/runs/(\d+)", location)
     assert match, location
     return int(match.group(1))
+
+
+VNU = REPO_ROOT / "node_modules" / "vnu-jar" / "build" / "dist" / "vnu.jar"
+#: Under CI the Nu validator must run (npm ci installs it; the machine has Java).
+VALIDATOR_REQUIRED = os.environ.get("CI") == "true" or bool(os.environ.get("FLUX_TEST_CHROMIUM"))
+
+
+def nu_validator_errors(pages: dict[str, str], workdir: Path) -> dict[str, list[str]]:
+    """The Nu HTML Checker's errors (``vnu.jar``, the W3C validator) for each page, by name; a skip
+    (a failure under CI) when Java or the checker is missing."""
+    java = shutil.which("java")
+    if java is None or not VNU.is_file():
+        message = f"the Nu HTML Checker needs Java and {VNU} (npm ci)"
+        if VALIDATOR_REQUIRED:
+            pytest.fail(message)
+        pytest.skip(message)
+    files = {}
+    for index, (name, html) in enumerate(pages.items()):
+        path = workdir / f"page-{index}.html"
+        path.write_text(html, encoding="utf-8")
+        files[str(path.resolve())] = name
+    done = subprocess.run(
+        [java, "-jar", str(VNU), "--errors-only", "--format", "json", *files],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    messages = json.loads(done.stderr or '{"messages": []}')["messages"]
+    found: dict[str, list[str]] = {name: [] for name in files.values()}
+    for message in messages:
+        where = files.get(message.get("url", "").removeprefix("file:"), "?")
+        found.setdefault(where, []).append(f"line {message.get('lastLine')}: {message.get('message')}")
+    return found

@@ -7,12 +7,13 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 from sqlalchemy import Engine
 
 from controller.console import views
-from tests.console_support import Visitor, csrf_of, page, run_id_from, squash
+from tests.console_support import Visitor, csrf_of, nu_validator_errors, page, run_id_from, squash
 from tests.factories import table_doc
 from tests.runtime_support import Lambda, partitions, running_lambda
 
@@ -176,3 +177,25 @@ def test_runs_filter_by_table_state_and_key_in_pages(flux: Lambda, monkeypatch: 
     assert "choose a table" in squash(page(visitor.get("/console/runs", key="mes=12"), 422))
     assert page(visitor.get("/console/runs", status="sleeping"), 422)
     assert "unknown table" in squash(page(visitor.get("/console/runs", table="nope"), 404))
+
+
+def test_every_page_passes_the_nu_html_checker(flux: Lambda, tmp_path: Path) -> None:
+    produce(flux, 21)
+    [run] = flux.ok("GET", "/runs", query={"table": "gated"})["runs"]
+    visitor = Visitor(APPROVER)
+    paths = [
+        "/console/",
+        "/console/approvals",
+        "/console/runs?status=awaiting_approval",
+        f"/console/runs/{run['id']}",
+        "/console/tables",
+        "/console/tables/gated?key=mes%3D21&p_mes=21",
+        "/console/executions",
+        "/console/nowhere",
+    ]
+    pages = {}
+    for path in paths:
+        target, _, query = path.partition("?")
+        answer = visitor.get(target, **dict(part.split("=", 1) for part in query.split("&") if part))
+        pages[path] = answer.text
+    assert nu_validator_errors(pages, tmp_path) == {path: [] for path in paths}
