@@ -1082,6 +1082,20 @@ class MemoryReads:
 
         return self._store.read_with("backfill", read)
 
+    def triggers(self, run_ids: Sequence[int]) -> dict[int, list[tuple[int, str, Key]]]:
+        """The executions that triggered each run, oldest first."""
+
+        def read(data: Tables, definitions: Definitions) -> dict[int, list[tuple[int, str, Key]]]:
+            names = definitions.names()
+            found: dict[int, list[tuple[int, str, Key]]] = {run_id: [] for run_id in run_ids}
+            for run_id, execution_id in sorted(data.triggers, key=lambda pair: pair[1]):
+                if run_id in found:
+                    e = data.executions[execution_id]
+                    found[run_id].append((e.id, names[e.table_id], dict(e.partitions)))
+            return found
+
+        return self._store.read_with("triggers", read)
+
     def run_detail(self, run_id: int) -> RunDetail | None:
         """A run with its table name, newest approval, tasks (by attempt, then recorded) and the
         executions that triggered it (oldest first); None for an unknown run."""

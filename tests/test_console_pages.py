@@ -73,6 +73,7 @@ def test_an_approver_approves_with_the_button_and_the_run_is_scheduled(flux: Lam
     visitor = Visitor(APPROVER)
     html = page(visitor.get("/console/approvals"))
     assert "Approve" in html and "Reject" in html
+    assert "Triggered by: raw (mes=2)" in squash(html)  # the execution that opened its gate
     answer = visitor.post(
         f"/console/approvals/{approval_id}",
         {"decision": "approve", "comment": "looks right"},

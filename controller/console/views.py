@@ -59,8 +59,10 @@ def home(deps: Dependencies) -> dict[str, Any]:
 def approvals(deps: Dependencies, caller: Caller | None) -> dict[str, Any]:
     """Pending approvals, each with whether the caller may decide it (else why not), then decided ones."""
     catalog = deps.reads.catalog()
+    waiting = deps.reads.approvals("pending", PAGE)
+    triggers = deps.reads.triggers([approval.run_id for approval, _, _ in waiting])
     pending = []
-    for approval, table, partitions in deps.reads.approvals("pending", PAGE):
+    for approval, table, partitions in waiting:
         why_not = decision(deps, catalog, caller, "decide", table)
         pending.append(
             {
@@ -69,7 +71,9 @@ def approvals(deps: Dependencies, caller: Caller | None) -> dict[str, Any]:
                 "table_name": table,
                 "partitions": partitions,
                 "waiting_since": approval.requested_at.isoformat(),
-                "triggers": [],
+                "triggers": [
+                    {"table_name": name, "partitions": key} for _, name, key in triggers[approval.run_id]
+                ],
                 "may_decide": not why_not,
                 "why_not": why_not,
             }

@@ -180,6 +180,23 @@ class SqlReads:
             [RunEvent.from_detail(detail) for detail in events],
         )
 
+    def triggers(self, run_ids: Sequence[int]) -> dict[int, list[tuple[int, str, Key]]]:
+        """The executions that triggered each run, oldest first, in one statement."""
+        found: dict[int, list[tuple[int, str, Key]]] = {run_id: [] for run_id in run_ids}
+        if not run_ids:
+            return found
+        with self._session() as session:
+            rows = session.execute(
+                select(RunTriggerRow.run_id, ExecutionRow.id, TableRow.name, ExecutionRow.partitions)
+                .join(ExecutionRow, RunTriggerRow.execution_id == ExecutionRow.id)
+                .join(TableRow, TableRow.id == ExecutionRow.table_id)
+                .where(RunTriggerRow.run_id.in_(list(run_ids)))
+                .order_by(RunTriggerRow.run_id, ExecutionRow.id)
+            ).all()
+        for run_id, execution_id, name, partitions in rows:
+            found[run_id].append((execution_id, name, partitions))
+        return found
+
     def runs_of_key(self, table_id: int, partition_key: str, limit: int) -> list[tuple[Run, Approval | None]]:
         """The last ``limit`` runs of (table, key), newest first, each with its newest approval."""
         with self._session() as session:

@@ -381,6 +381,11 @@ class Reads(Protocol):
         the executions that triggered it (oldest first); None for an unknown run."""
         ...
 
+    def triggers(self, run_ids: Sequence[int]) -> dict[int, list[tuple[int, str, Key]]]:
+        """The executions that triggered each run (id, table name, partitions; oldest first): one
+        statement for them all."""
+        ...
+
     def runs_of_key(self, table_id: int, partition_key: str, limit: int) -> list[tuple[Run, Approval | None]]:
         """The last ``limit`` runs of (table, key), newest first, each with its newest approval."""
         ...
