@@ -42,6 +42,8 @@ class Visitor:
 
     user: str | None = None
     cookies: dict[str, str] = field(default_factory=dict)
+    #: API Gateway's stage in the browser's paths (``/v1``): ``requestContext.path`` keeps it.
+    stage: str = ""
     requests: int = 0
 
     def get(self, path: str, **query: str) -> Answer:
@@ -64,6 +66,7 @@ class Visitor:
         event = to_event(
             method, target, headers, body, "127.0.0.1", authorizer=authorizer, request_id=f"c-{self.requests}"
         )
+        event["requestContext"]["path"] = self.stage + event["path"]
         response = lambda_handler(event, None)
         merged: dict[str, list[str]] = {k: [str(v)] for k, v in (response.get("headers") or {}).items()}
         for name, values in (response.get("multiValueHeaders") or {}).items():

@@ -200,3 +200,19 @@ def test_every_page_passes_the_nu_html_checker(flux: Lambda, tmp_path: Path) -> 
         answer = visitor.get(target, **dict(part.split("=", 1) for part in query.split("&") if part))
         pages[path] = answer.text
     assert nu_validator_errors(pages, tmp_path) == {path: [] for path in paths}
+
+
+def test_behind_an_api_stage_links_redirects_and_cookies_keep_the_stage(flux: Lambda) -> None:
+    """The browser sees ``/v1/console/…`` at API Gateway's default URL; the function sees
+    ``/console/…``: every link, form, redirect and cookie must carry the stage."""
+    approval_id = produce(flux, 31)
+    visitor = Visitor(APPROVER, stage="/v1")
+    answer = visitor.get("/console/approvals")
+    html = page(answer)
+    links = re.findall(r'(?:href|action)="(/[^"]*)"', html)
+    assert links and all(link.startswith("/v1/console/") for link in links), links
+    assert "Path=/v1/console" in answer.header("Set-Cookie")
+    done = visitor.post(f"/console/approvals/{approval_id}", {"decision": "approve"}, token=csrf_of(html))
+    assert done.status == 303 and done.header("Location").startswith("/v1/console/runs/")
+    lineage = page(visitor.get("/console/tables/gated"))
+    assert 'href="/v1/console/tables/raw"' in lineage

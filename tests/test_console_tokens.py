@@ -20,8 +20,7 @@ from typing import Any
 import jwt
 import pytest
 from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import padding, rsa
-from jwt.algorithms import RSAAlgorithm
+from cryptography.hazmat.primitives.asymmetric import padding
 
 from controller.api.identity import caller_from
 from controller.console.tokens import (
@@ -32,48 +31,9 @@ from controller.console.tokens import (
     jwks_url,
 )
 from controller.core.access import Caller
+from tests.cognito_support import CLIENT, ISSUER, NOW, claims, jwk, private_key, sign
 
-ISSUER = "https://cognito-idp.sa-east-1.amazonaws.com/sa-east-1_AbCdEf123"
-CLIENT = "4p9xkq2example7client"
-NOW = 1_750_000_000.0
 ANA = Caller("ana", kind="cognito", groups=frozenset({"leads", "ops"}))
-
-_KEYS: dict[str, rsa.RSAPrivateKey] = {}
-
-
-def private_key(name: str, bits: int = 2048) -> rsa.RSAPrivateKey:
-    """One RSA key per name for the whole module (making keys is the slow part); ``bits`` sizes a new one."""
-    if name not in _KEYS:
-        _KEYS[name] = rsa.generate_private_key(public_exponent=65537, key_size=bits)
-    return _KEYS[name]
-
-
-def jwk(name: str, kid: str) -> dict[str, Any]:
-    """The public half of key ``name`` as Cognito's key set lists it."""
-    entry = RSAAlgorithm.to_jwk(private_key(name).public_key(), as_dict=True)
-    return {**entry, "kid": kid, "alg": "RS256", "use": "sig"}
-
-
-def claims(**changes: Any) -> dict[str, Any]:
-    """An ID token's claims as Cognito issues them; ``None`` drops a claim."""
-    base: dict[str, Any] = {
-        "sub": "7c1e0c0a-0000-4000-8000-000000000001",
-        "cognito:groups": ["leads", "ops"],
-        "iss": ISSUER,
-        "cognito:username": "ana",
-        "aud": CLIENT,
-        "token_use": "id",
-        "auth_time": int(NOW) - 60,
-        "iat": int(NOW) - 60,
-        "exp": int(NOW) + 3600,
-        "email": "ana@example.com",
-    }
-    base.update(changes)
-    return {name: value for name, value in base.items() if value is not None}
-
-
-def sign(payload: Mapping[str, Any], key: str = "a", kid: str = "k1", **headers: Any) -> str:
-    return jwt.encode(dict(payload), private_key(key), algorithm="RS256", headers={"kid": kid, **headers})
 
 
 def b64(data: bytes) -> str:

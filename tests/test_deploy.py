@@ -32,6 +32,13 @@ REPO = Path(__file__).resolve().parent.parent
 FUNCTION_ARN = {
     "Fn::Sub": "arn:${AWS::Partition}:lambda:${AWS::Region}:${AWS::AccountId}:function:${FunctionName}"
 }
+#: What every route of the API integrates with: the function, named by the name the stack gives it.
+INVOCATIONS = {
+    "Fn::Sub": "arn:${AWS::Partition}:apigateway:${AWS::Region}:lambda:path/2015-03-31/functions/"
+    "arn:${AWS::Partition}:lambda:${AWS::Region}:${AWS::AccountId}:function:${FunctionName}/invocations"
+}
+#: The console's URL as the API serves it (its REST API id, the region, the stage).
+CONSOLE_URL = "https://${Api}.execute-api.${AWS::Region}.${AWS::URLSuffix}/${StageName}/console"
 
 
 # --- loading -----------------------------------------------------------------------------------------
@@ -147,14 +154,39 @@ def test_the_function_environment_names_itself_without_a_circular_reference(temp
         "FLUX_TRACING": {"Fn::If": ["UseTracing", "true", "false"]},
         "POWERTOOLS_SERVICE_NAME": "flux-control",
         "POWERTOOLS_METRICS_NAMESPACE": "FluxControl",
+        # The console's browser login, only with ConsoleLogin=cognito.
+        "FLUX_COGNITO_ISSUER": {
+            "Fn::If": [
+                "UseConsoleLogin",
+                {"Fn::Sub": "https://cognito-idp.${AWS::Region}.${AWS::URLSuffix}/${ConsoleUserPool}"},
+                NO_VALUE,
+            ]
+        },
+        "FLUX_COGNITO_CLIENT_ID": {"Fn::If": ["UseConsoleLogin", {"Ref": "ConsoleUserPoolClient"}, NO_VALUE]},
+        "FLUX_COGNITO_DOMAIN": {
+            "Fn::If": [
+                "UseConsoleLogin",
+                {"Fn::Sub": "https://${ConsoleUserPoolDomain}.auth.${AWS::Region}.amazoncognito.com"},
+                NO_VALUE,
+            ]
+        },
+        "FLUX_CONSOLE_URL": {"Fn::If": ["UseConsoleLogin", {"Fn::Sub": CONSOLE_URL}, NO_VALUE]},
     }
+    # The API's URL names the REST API, whose routes name the function by its name (not its Arn): the
+    # function comes after the API and its user pool client, and nothing of theirs needs the function.
     assert depends_on(template, "Function") == {
         "FunctionRole",
         "SchedulerRole",
         "ScheduleGroup",
         "LogGroup",
         "DeadLetterQueue",
+        "Api",
+        "ApiAccessLogGroup",
+        "ConsoleUserPool",
+        "ConsoleUserPoolClient",
+        "ConsoleUserPoolDomain",
     }
+    assert "Function" not in depends_on(template, "Api") | depends_on(template, "ConsoleUserPoolClient")
     assert [name for name in template["Resources"] if name in depends_on(template, name)] == []
     assert template["Resources"]["ScheduleGroup"]["Properties"]["Name"] == {"Ref": "ScheduleGroupName"}
     assert template["Parameters"]["ScheduleGroupName"]["Default"] == "flux-control"
@@ -351,20 +383,124 @@ def test_every_route_is_authorised_by_iam_unless_a_cognito_pool_is_given(templat
     assert iam["x-amazon-apigateway-authtype"] == "awsSigv4"
     assert cognito["x-amazon-apigateway-authtype"] == "cognito_user_pools"
     assert cognito["x-amazon-apigateway-authorizer"]["providerARNs"] == [{"Ref": "CognitoUserPoolArn"}]
-    methods = [method for path in body["paths"].values() for method in path.values()]
-    assert methods, "the API has routes"
-    for method in methods:
-        assert method["security"] == [{"flux": []}]
-        integration = method["x-amazon-apigateway-integration"]
-        assert integration["type"] == "aws_proxy"
-        assert "${Function.Arn}" in integration["uri"]["Fn::Sub"]
-    assert list(body["paths"]) == ["/{proxy+}"]
+    assert list(body["paths"]) == ["/{proxy+}", "/console", "/console/{proxy+}"]
+    (method,) = body["paths"]["/{proxy+}"].values()
+    assert method["security"] == [{"flux": []}]
+    assert "security" not in body, "no API-wide default: each route says how it is authorised"
+    for path, methods in body["paths"].items():
+        for verb, operation in methods.items():
+            integration = operation["x-amazon-apigateway-integration"]
+            assert integration["type"] == "aws_proxy", (path, verb)
+            assert integration["uri"] == INVOCATIONS, (path, verb)
     (api_permission,) = [
         p["Properties"]
         for p in resources(template, "AWS::Lambda::Permission").values()
         if p["Properties"]["Principal"] == "apigateway.amazonaws.com"
     ]
     assert "${Api}" in api_permission["SourceArn"]["Fn::Sub"]
+
+
+def test_only_the_console_skips_the_authoriser_and_only_with_its_browser_login(
+    template: dict[str, Any],
+) -> None:
+    """A browser cannot sign requests: with ConsoleLogin=cognito the console's GET pages and POST forms
+    go to the function unauthorised, which authenticates the login cookie itself. Nothing else does."""
+    assert template["Parameters"]["ConsoleLogin"]["AllowedValues"] == ["cognito", "none"]
+    assert template["Parameters"]["ConsoleLogin"]["Default"] == "cognito"
+    assert template["Conditions"]["UseConsoleLogin"] == {"Fn::Equals": [{"Ref": "ConsoleLogin"}, "cognito"]}
+    paths = template["Resources"]["Api"]["Properties"]["DefinitionBody"]["paths"]
+    unauthorised = {
+        (path, verb)
+        for path, methods in paths.items()
+        for verb, operation in methods.items()
+        if operation["security"] != [{"flux": []}]
+    }
+    assert unauthorised == {(p, v) for p in ("/console", "/console/{proxy+}") for v in ("get", "post")}
+    for path, verb in unauthorised:
+        assert paths[path][verb]["security"] == {"Fn::If": ["UseConsoleLogin", [], [{"flux": []}]]}
+
+
+@pytest.mark.parametrize(
+    "path",
+    ["/console/../runs", "/console/%2e%2e/runs", "/console/..%2fruns", "/console/./health", "/console"],
+)
+def test_a_request_the_console_routes_let_through_reaches_the_console_never_the_json_api(
+    engine: Any, monkeypatch: pytest.MonkeyPatch, path: str
+) -> None:
+    """API Gateway sends the unauthorised routes only paths under /console; the function serves every
+    such path with the console (HTML), whatever dot segments it holds, and without a login shows nothing."""
+    from tests.api_support import TABLES, api_event
+    from tests.runtime_support import running_lambda
+
+    with running_lambda(engine, TABLES, monkeypatch) as flux:
+        for method in ("GET", "POST"):
+            event = api_event(method, path, authorizer={})
+            event["resource"] = "/console" if path == "/console" else "/console/{proxy+}"
+            answer = flux.invoke(event)
+            headers = {k.lower(): str(v) for k, v in (answer.get("headers") or {}).items()}
+            for name, values in (answer.get("multiValueHeaders") or {}).items():
+                headers[name.lower()] = str(values[-1])
+            assert headers["content-type"].startswith("text/html"), (method, path, answer)
+            assert answer["statusCode"] in (403, 404), (method, path, answer["statusCode"])
+            assert '"runs"' not in answer["body"] and '"status": "ok"' not in answer["body"]
+
+
+def test_the_console_login_is_a_user_pool_of_invited_users_and_a_public_pkce_client(
+    template: dict[str, Any],
+) -> None:
+    names = ("ConsoleUserPool", "ConsoleUserPoolDomain", "ConsoleUserPoolClient")
+    for name in names:
+        assert template["Resources"][name]["Condition"] == "UseConsoleLogin", name
+    pool = template["Resources"]["ConsoleUserPool"]
+    assert (pool["DeletionPolicy"], pool["UpdateReplacePolicy"]) == ("Retain", "Retain")  # users are kept
+    props = pool["Properties"]
+    assert props["AdminCreateUserConfig"] == {"AllowAdminCreateUserOnly": True}  # no sign-up
+    # Definitions name users by cognito:username (DESIGN §7): a name of the administrator's choice, the
+    # email an alias. With UsernameAttributes [email] that claim would be a random id.
+    assert props["AliasAttributes"] == ["email"] and "UsernameAttributes" not in props
+    assert props["MfaConfiguration"] == "OPTIONAL" and props["EnabledMfas"] == ["SOFTWARE_TOKEN_MFA"]
+    assert props["DeletionProtection"] == "ACTIVE"
+    password = props["Policies"]["PasswordPolicy"]
+    assert password["MinimumLength"] >= 12
+    assert all(password[f"Require{kind}"] for kind in ("Lowercase", "Uppercase", "Numbers", "Symbols"))
+    client = template["Resources"]["ConsoleUserPoolClient"]["Properties"]
+    assert client["UserPoolId"] == {"Ref": "ConsoleUserPool"}
+    assert client["GenerateSecret"] is False  # public: PKCE binds the code to the browser
+    assert client["AllowedOAuthFlowsUserPoolClient"] is True
+    assert client["AllowedOAuthFlows"] == ["code"]
+    assert client["AllowedOAuthScopes"] == ["openid", "email", "profile"]  # browser_login.SCOPES
+    assert client["SupportedIdentityProviders"] == ["COGNITO"]
+    # Exactly where controller/console/browser_login.py sends the browser back to.
+    assert client["CallbackURLs"] == [{"Fn::Sub": f"{CONSOLE_URL}/callback"}]
+    assert client["LogoutURLs"] == [{"Fn::Sub": f"{CONSOLE_URL}/"}]
+    assert client["ExplicitAuthFlows"] == ["ALLOW_REFRESH_TOKEN_AUTH"]  # the hosted UI only
+    assert client["PreventUserExistenceErrors"] == "ENABLED"
+    assert (client["IdTokenValidity"], client["TokenValidityUnits"]["IdToken"]) == (1, "hours")
+    domain = template["Resources"]["ConsoleUserPoolDomain"]["Properties"]
+    assert domain["UserPoolId"] == {"Ref": "ConsoleUserPool"}
+    assert domain["Domain"]["Fn::If"][:2] == [
+        "HasConsoleLoginDomainPrefix",
+        {"Ref": "ConsoleLoginDomainPrefix"},
+    ]
+    outputs = template["Outputs"]
+    assert outputs["ConsoleUrl"] == {
+        "Condition": "UseConsoleLogin",
+        "Description": outputs["ConsoleUrl"]["Description"],
+        "Value": {"Fn::Sub": f"{CONSOLE_URL}/"},
+    }
+    assert outputs["ConsoleUserPoolId"]["Value"] == {"Ref": "ConsoleUserPool"}
+
+
+def test_the_console_login_settings_are_the_ones_the_code_reads(template: dict[str, Any]) -> None:
+    from controller.console import browser_login, tokens
+
+    variables = template["Resources"]["Function"]["Properties"]["Environment"]["Variables"]
+    names = {tokens.ISSUER_ENV, tokens.CLIENT_ID_ENV, browser_login.DOMAIN_ENV, browser_login.CONSOLE_URL_ENV}
+    assert names <= set(variables)
+    assert browser_login.CLIENT_ID_ENV == tokens.CLIENT_ID_ENV
+    client = template["Resources"]["ConsoleUserPoolClient"]["Properties"]
+    assert client["AllowedOAuthScopes"] == list(browser_login.SCOPES)
+    assert 3600 * client["IdTokenValidity"] == browser_login.ID_TOKEN_MAX_AGE_SECONDS
 
 
 def test_the_outputs_give_the_api_url_and_the_function_arn(template: dict[str, Any]) -> None:
@@ -386,10 +522,10 @@ def test_an_api_request_never_outlives_api_gateway(template: dict[str, Any]) -> 
     props = template["Resources"]["Function"]["Properties"]
     assert props["Timeout"] < 29
     assert CLIENT_SETTINGS["connect_timeout"] + CLIENT_SETTINGS["read_timeout"] < props["Timeout"]
-    integration = template["Resources"]["Api"]["Properties"]["DefinitionBody"]["paths"]["/{proxy+}"][
-        "x-amazon-apigateway-any-method"
-    ]["x-amazon-apigateway-integration"]
-    assert integration["timeoutInMillis"] == 29000
+    paths = template["Resources"]["Api"]["Properties"]["DefinitionBody"]["paths"]
+    for path, methods in paths.items():
+        for verb, operation in methods.items():
+            assert operation["x-amazon-apigateway-integration"]["timeoutInMillis"] == 29000, (path, verb)
 
 
 def test_everything_that_delivers_to_the_function_has_a_dead_letter_queue(template: dict[str, Any]) -> None:

@@ -48,6 +48,24 @@ def console_caller(
     return None
 
 
+class InvalidLogin(Exception):
+    """A browser login's ID token that does not verify (or no verifier is configured)."""
+
+
+def verified_caller(token: str) -> Caller:
+    """The caller a freshly issued ID token names, verified; :class:`InvalidLogin` otherwise."""
+    verifier = _verifier()
+    if verifier is None:
+        raise InvalidLogin("no token verifier is configured (FLUX_COGNITO_ISSUER, FLUX_COGNITO_CLIENT_ID)")
+    from controller.console.tokens import InvalidToken  # lazy: rsa only with a browser login
+
+    try:
+        verified: Caller = verifier.verify(token)
+    except InvalidToken as exc:
+        raise InvalidLogin(str(exc)) from None
+    return verified
+
+
 @cache
 def _verifier() -> Any:
     """The deployment's token verifier (None without a browser login configured), made once."""

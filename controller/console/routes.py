@@ -9,12 +9,13 @@ Reads need a signed-in caller outside trusted mode (§7); every post proves its 
 from __future__ import annotations
 
 import logging
+from functools import cache
 from typing import Any
 from urllib.parse import parse_qs, quote
 
 from aws_lambda_powertools.event_handler import APIGatewayRestResolver, Response
 
-from controller.console import callers, rendering, security, views
+from controller.console import browser_login, callers, rendering, security, views
 from controller.core.access import Caller
 from controller.core.errors import Forbidden, NotFound, ServiceError, Unavailable, Unprocessable
 from controller.wiring import dependencies
@@ -43,6 +44,7 @@ class _Page:
         context = event.raw_event.get("requestContext") or {}
         self.caller: Caller | None = callers.console_caller(context, self.cookies, trusted=self.trusted)
         self.csrf, self.new_csrf = security.csrf_token(self.cookies)
+        self.root = console_root(event.raw_event)
 
     def html(self, template: str, title: str, /, http_status: int = 200, **context: Any) -> Response[str]:
         """The page, with the security headers and, on a first visit, the CSRF cookie."""
@@ -51,13 +53,14 @@ class _Page:
             template,
             title=title,
             caller=self.caller.name if self.caller else None,
-            login_enabled=self.trusted,
+            login_enabled=self.trusted or _browser_login() is not None,
             csrf_token=self.csrf,
+            root=self.root,
             notice=context.pop("notice", DONE.get(done, "")),
             error=context.pop("error", ""),
             **context,
         )
-        cookies = [security.console_cookie(security.CSRF_COOKIE, self.csrf, secure=not self.trusted)]
+        cookies = [self.cookie(security.CSRF_COOKIE, self.csrf)]
         return Response(
             status_code=http_status,
             content_type=HTML,
@@ -65,6 +68,10 @@ class _Page:
             headers=dict(security.SECURITY_HEADERS),
             cookies=cookies if self.new_csrf else [],
         )
+
+    def cookie(self, name: str, value: str, max_age: int | None = None) -> Any:
+        """A console cookie for this console's path (Secure but in trusted mode: serve is plain HTTP)."""
+        return security.console_cookie(name, value, secure=not self.trusted, path=self.root, max_age=max_age)
 
     def reader(self) -> None:
         """Refuse a read without a caller outside trusted mode (DESIGN §7)."""
@@ -79,8 +86,17 @@ class _Page:
         return self.caller
 
 
+def console_root(event: dict[str, Any]) -> str:
+    """The console's path as the browser sees it: ``/console``, behind an API stage
+    ``/<stage>/console`` (API Gateway's ``requestContext.path`` keeps the stage, ``path`` does not)."""
+    path = str(event.get("path") or "")
+    seen = str((event.get("requestContext") or {}).get("path") or path)
+    stage = seen[: -len(path)] if path and seen.endswith(path) else ""
+    return f"{stage.rstrip('/')}/console"
+
+
 def redirect(location: str, cookies: list[Any] | None = None) -> Response[str]:
-    """A 303 to ``location`` (a path of this console)."""
+    """A 303 to ``location`` (a path of this console, with its root)."""
     headers = {**security.SECURITY_HEADERS, "Location": location}
     return Response(status_code=303, content_type=HTML, body="", headers=headers, cookies=cookies or [])
 
@@ -105,12 +121,60 @@ def home() -> Response[str]:
     return page.html("home.html", "What needs you", **views.home(dependencies()))
 
 
+@cache
+def _browser_login() -> browser_login.BrowserLogin | None:
+    """The deployment's browser login (the Cognito hosted UI), or None (serve, or none deployed)."""
+    return browser_login.BrowserLogin.from_env()
+
+
 @console.get("/console/login")
 def login_form() -> Response[str]:
+    """serve: the local form; in AWS: off to the hosted UI, back to ``/console/callback``."""
     page = _Page()
-    if not page.trusted:
-        raise NotFound("this deployment signs in through its browser login")
-    return page.html("login.html", "Sign in")
+    if page.trusted:
+        return page.html("login.html", "Sign in")
+    login = _browser_login()
+    if login is None:
+        raise NotFound("this deployment has no browser login (ConsoleLogin=none)")
+    try:
+        url, pending = login.start(query("next") or browser_login.HOME)
+    except browser_login.LoginFailed:
+        url, pending = login.start()
+    return redirect(url, [login.state_cookie(pending)])
+
+
+@console.get("/console/callback")
+def login_callback() -> Response[str]:
+    """The hosted UI's redirect: the code exchanged for an ID token, verified, kept in a cookie."""
+    login = _browser_login()
+    if login is None:
+        raise NotFound("this deployment has no browser login")
+    if query("error"):
+        return _error_page(
+            403, "the sign-in was cancelled or refused; try again", cookies=login.cleared_cookies()[:1]
+        )
+    cookies = security.cookies_of({k.lower(): v for k, v in (console.current_event.headers or {}).items()})
+    try:
+        id_token, next_path = login.finish(
+            query("code") or None, query("state") or None, cookies.get(browser_login.STATE_COOKIE)
+        )
+        callers.verified_caller(id_token)
+    except (browser_login.LoginFailed, callers.InvalidLogin) as exc:
+        return _error_page(403, f"sign-in failed: {exc}", cookies=login.cleared_cookies()[:1])
+    return redirect(
+        login.console_link(next_path), [login.cleared_cookies()[0], login.id_token_cookie(id_token)]
+    )
+
+
+@console.get("/console/logout")
+def logout() -> Response[str]:
+    page = _Page()
+    if page.trusted:
+        return redirect(f"{page.root}/login", [page.cookie(security.USER_COOKIE, "", max_age=0)])
+    login = _browser_login()
+    if login is None:
+        raise NotFound("this deployment has no browser login")
+    return redirect(login.logout_url(), login.cleared_cookies())
 
 
 @console.post("/console/login")
@@ -123,8 +187,7 @@ def login() -> Response[str]:
     user = fields.get("user", "").strip()
     if not user:
         return page.html("login.html", "Sign in", http_status=422, error="User: enter a name")
-    cookie = security.console_cookie(security.USER_COOKIE, quote(user, safe=""), secure=False)
-    return redirect("/console/", [cookie])
+    return redirect(f"{page.root}/", [page.cookie(security.USER_COOKIE, quote(user, safe=""))])
 
 
 @console.get("/console/approvals")
@@ -153,7 +216,7 @@ def decide(approval_id: str) -> Response[str]:
             "approvals.html", "Approvals", http_status=_status(exc), error=_message(exc), **context
         )
     done = "approved" if choice == "approve" else "rejected"
-    return redirect(f"/console/runs/{result['run']['id']}?done={done}")
+    return redirect(f"{page.root}/runs/{result['run']['id']}?done={done}")
 
 
 @console.get("/console/runs")
@@ -196,7 +259,8 @@ def run_action(run_id: str, action: str) -> Response[str]:
         return page.html(
             "run.html", f"Run {run_id}", http_status=_status(exc), error=_message(exc), **context
         )
-    return redirect(f"/console/runs/{number}?done={'cancelled' if action == 'cancel' else 'retried'}")
+    done = "cancelled" if action == "cancel" else "retried"
+    return redirect(f"{page.root}/runs/{number}?done={done}")
 
 
 @console.get("/console/tables")
@@ -210,7 +274,7 @@ def tables_page() -> Response[str]:
 def table_page(name: str) -> Response[str]:
     page = _Page()
     page.reader()
-    context = views.table(dependencies(), name, query("key"))
+    context = views.table(dependencies(), name, query("key"), page.root)
     answer = ""
     params = console.current_event.query_string_parameters or {}
     asked = {k.removeprefix("p_"): v for k, v in params.items() if k.startswith("p_")}
@@ -272,7 +336,9 @@ def _unexpected(exc: Exception) -> Response[str]:
     return _error_page(500, f"internal error (reference {reference}); it was logged")
 
 
-def _error_page(status: int, message: str, *, retry: bool = False) -> Response[str]:
+def _error_page(
+    status: int, message: str, *, retry: bool = False, cookies: list[Any] | None = None
+) -> Response[str]:
     """An error as a page of the console, never a stack trace."""
     titles = {403: "Not allowed", 404: "Not found", 409: "Conflict", 503: "Unavailable"}
     body = rendering.render(
@@ -282,11 +348,12 @@ def _error_page(status: int, message: str, *, retry: bool = False) -> Response[s
         login_enabled=False,
         notice="",
         error=message,
+        root=console_root(console.current_event.raw_event),
     )
     headers = dict(security.SECURITY_HEADERS)
     if retry:
         headers["Retry-After"] = "5"
-    return Response(status_code=status, content_type=HTML, body=body, headers=headers)
+    return Response(status_code=status, content_type=HTML, body=body, headers=headers, cookies=cookies or [])
 
 
 def _id(value: str) -> int:

@@ -77,12 +77,15 @@ def check_csrf(cookies: Mapping[str, str], form: Mapping[str, str], headers: Map
         raise CsrfRefused("the form's security token is missing or stale: reload the page and try again")
 
 
-def console_cookie(name: str, value: str, *, secure: bool, max_age: int | None = None) -> Cookie:
-    """A cookie of the console: HttpOnly, SameSite=Strict, for the console's path only."""
+def console_cookie(
+    name: str, value: str, *, secure: bool, path: str = "/console", max_age: int | None = None
+) -> Cookie:
+    """A cookie of the console: HttpOnly, SameSite=Strict, for the console's ``path`` only (behind an
+    API stage, ``/<stage>/console``: the path the browser sees)."""
     return Cookie(
         name,
         value,
-        path="/console",
+        path=path,
         secure=secure,
         http_only=True,
         max_age=max_age,

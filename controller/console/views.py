@@ -148,9 +148,10 @@ def tables(deps: Dependencies) -> dict[str, Any]:
     return queries.list_tables(deps)
 
 
-def table(deps: Dependencies, name: str, key: str) -> dict[str, Any]:
+def table(deps: Dependencies, name: str, key: str, root: str = "/console") -> dict[str, Any]:
     """One table: its definition, its recent runs, and its lineage coloured by the state of ``key``
-    (a key text ``name=value, …``; empty: the newest run of each table)."""
+    (a key text ``name=value, …``; empty: the newest run of each table), its nodes linking to the
+    table pages under ``root`` (the console's path, behind any API stage)."""
     catalog = deps.reads.catalog()
     spec = catalog.table(name)
     if spec is None:
@@ -159,9 +160,7 @@ def table(deps: Dependencies, name: str, key: str) -> dict[str, Any]:
     recent = queries.list_runs(deps, name, None, PAGE)["runs"]
     drawn = lineage.neighbourhood(name, _adjacency(catalog))
     states = _states_of(deps, catalog, drawn, key)
-    picture = lineage.render(
-        name, _adjacency(catalog), states, lambda t: f"/console/tables/{quote(t, safe='')}"
-    )
+    picture = lineage.render(name, _adjacency(catalog), states, lambda t: table_href(t, root))
     partitions = [p.name for p in spec.partitions]
     # JSON, not YAML: the function's package has no YAML library (the command line reads the files).
     text = json.dumps(definition["table"], indent=2, ensure_ascii=False)
@@ -175,9 +174,9 @@ def table(deps: Dependencies, name: str, key: str) -> dict[str, Any]:
     }
 
 
-def table_href(name: str) -> str:
+def table_href(name: str, root: str = "/console") -> str:
     """The console page of table ``name``."""
-    return f"/console/tables/{quote(name, safe='')}"
+    return f"{root}/tables/{quote(name, safe='')}"
 
 
 def explain_key(deps: Dependencies, name: str, values: Mapping[str, str]) -> str:
