@@ -38,6 +38,7 @@ MODULES = {
     "reconcile": ("bench.reconcile", "Reconcile: validate, plan and apply at 1,000 and 10,000 tables"),
     "runtime": ("bench.runtime", "Runtime: registrations through lambda_handler"),
     "sweep": ("bench.sweep", "Sweep: its cost over 10, 1,000 and 10,000 healthy running runs"),
+    "console": ("bench.console", "Console: pages over 100,000 runs and 1,000 tables"),
     "coldstart": ("bench.coldstart", "Cold start of the Lambda handler"),
     "package": ("bench.package", "The Lambda package: size and cold start, before and after issue 14"),
     "peer": ("bench.peer_dagster", "Peer: Dagster declarative automation on the same DAG"),

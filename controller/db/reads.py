@@ -18,7 +18,7 @@ from typing import Any, cast
 from sqlalchemy import Engine, Table, and_, func, or_, select
 from sqlalchemy.orm import InstrumentedAttribute, Session
 
-from controller.core.catalog import Catalog
+from controller.core.catalog import Catalog, CatalogCache
 from controller.core.gates import Execution, Probe
 from controller.core.keys import Key, key_from_text
 from controller.core.plans import TableState
@@ -70,6 +70,8 @@ class SqlReads:
 
     def __init__(self, engine: Engine) -> None:
         self._engine = read_only(engine)
+        # The definitions change only with a reconcile: loaded (and validated) once per revision.
+        self._catalogs = CatalogCache()
 
     @contextmanager
     def _session(self) -> Iterator[Session]:
@@ -82,9 +84,12 @@ class SqlReads:
     # --- definitions ----------------------------------------------------------------------------------
 
     def catalog(self) -> Catalog:
-        """The live definitions, stamped with the newest reconcile revision."""
+        """The live definitions, stamped with the newest reconcile revision: one statement when they
+        are those of the last call (the revision read), else loaded again."""
         with self._session() as session:
-            return load_catalog(session, newest_revision(session))
+            return self._catalogs.at(
+                newest_revision(session), lambda revision: load_catalog(session, revision)
+            )
 
     def backfill(self, backfill_id: int) -> BackfillDetail | None:
         """A backfill, its table's name and its runs counted per state (two statements)."""

@@ -92,6 +92,8 @@ class RunRow(Base):
         Index("ix_runs_schedule_written", "id", sqlite_where=_WRITTEN, postgresql_where=_WRITTEN),
         # The sweep's search for failed runs whose key must run again (DESIGN §8): few rows.
         Index("ix_runs_failed_rerun", "id", sqlite_where=_RERUN, postgresql_where=_RERUN),
+        # The newest runs of a key (explain, the console's lineage and key filter): any state.
+        Index(None, "table_id", "partition_key", "id"),
     )
 
     id: Mapped[int] = mapped_column(Id, primary_key=True)
@@ -191,7 +193,8 @@ class RunEventRow(Base):
     """
 
     __tablename__ = "run_events"
-    __table_args__ = (Index(None, "published_at", "id"),)
+    # The outbox's unpublished rows; a run's events in order (its console page).
+    __table_args__ = (Index(None, "published_at", "id"), Index(None, "run_id", "id"))
 
     id: Mapped[int] = mapped_column(Id, primary_key=True)
     run_id: Mapped[int] = mapped_column(ForeignKey("runs.id"))
