@@ -20,6 +20,7 @@ from controller.core.catalog import Catalog
 from controller.core.errors import NotFound, Unprocessable
 from controller.core.graphs import Edge
 from controller.core.keys import InvalidPartition, key_text, make_key
+from controller.core.plans import state_of
 from controller.core.runs import ALL_STATES, CANCELLABLE_STATES, FAILED, Run
 from controller.services import queries
 from controller.services.answers import run_summary
@@ -156,16 +157,16 @@ def table(deps: Dependencies, name: str, key: str, root: str = "/console") -> di
     spec = catalog.table(name)
     if spec is None:
         raise NotFound(f"unknown table {name!r}")
-    definition = queries.list_tables(deps, name)
     recent = queries.list_runs(deps, name, None, PAGE)["runs"]
     drawn = lineage.neighbourhood(name, _adjacency(catalog))
     states = _states_of(deps, catalog, drawn, key)
     picture = lineage.render(name, _adjacency(catalog), states, lambda t: table_href(t, root))
     partitions = [p.name for p in spec.partitions]
     # JSON, not YAML: the function's package has no YAML library (the command line reads the files).
-    text = json.dumps(definition["table"], indent=2, ensure_ascii=False)
+    # As reconciled: the state the catalog holds (no read of every other table's definition).
+    text = json.dumps(state_of(spec), indent=2, ensure_ascii=False)
     return {
-        "definition": definition,
+        "name": name,
         "definition_text": text,
         "recent": recent,
         "lineage": picture,
