@@ -1082,6 +1082,23 @@ class MemoryReads:
 
         return self._store.read_with("backfill", read)
 
+    def newest_states(self, wanted: Sequence[tuple[int, str | None]]) -> dict[int, str]:
+        """The state of the newest run of each table (of a key, when given)."""
+
+        def read(data: Tables, _: Definitions) -> dict[int, str]:
+            found: dict[int, str] = {}
+            for table_id, partition_key in wanted:
+                runs = [
+                    r
+                    for r in data.runs.values()
+                    if r.table_id == table_id and (partition_key is None or r.partition_key == partition_key)
+                ]
+                if runs:
+                    found[table_id] = max(runs, key=lambda r: r.id).status
+            return found
+
+        return self._store.read_with("newest_states", read)
+
     def triggers(self, run_ids: Sequence[int]) -> dict[int, list[tuple[int, str, Key]]]:
         """The executions that triggered each run, oldest first."""
 

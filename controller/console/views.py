@@ -210,21 +210,14 @@ def _adjacency(catalog: Catalog) -> lineage.Adjacency:
 
 
 def _states_of(deps: Dependencies, catalog: Catalog, drawn: Mapping[str, int], key: str) -> dict[str, str]:
-    """The state of each drawn table's newest run of ``key`` (or its newest run at all)."""
-    states: dict[str, str] = {}
-    for name in drawn:
-        table_id = catalog.ids.get(name)
-        if table_id is None:
-            continue
-        if key:
-            found = deps.reads.runs_of_key(table_id, _key_text(catalog, name, key), 1)
-            if found:
-                states[name] = found[0][0].status
-        else:
-            newest = deps.reads.runs(name, None, 1)
-            if newest:
-                states[name] = newest[0][0].status
-    return states
+    """The state of each drawn table's newest run of ``key`` (or its newest run at all): one read."""
+    wanted = [
+        (catalog.ids[name], _key_text(catalog, name, key) if key else None)
+        for name in drawn
+        if name in catalog.ids
+    ]
+    found = deps.reads.newest_states(wanted)
+    return {catalog.names[table_id]: state for table_id, state in found.items()}
 
 
 def _key_text(catalog: Catalog, name: str, key: str) -> str:

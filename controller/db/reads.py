@@ -185,6 +185,21 @@ class SqlReads:
             [RunEvent.from_detail(detail) for detail in events],
         )
 
+    def newest_states(self, wanted: Sequence[tuple[int, str | None]]) -> dict[int, str]:
+        """The state of the newest run of each table (of a key, when given), in one statement."""
+        if not wanted:
+            return {}
+        conditions = [
+            RunRow.table_id == table_id
+            if partition_key is None
+            else and_(RunRow.table_id == table_id, RunRow.partition_key == partition_key)
+            for table_id, partition_key in wanted
+        ]
+        newest = select(func.max(RunRow.id)).where(or_(*conditions)).group_by(RunRow.table_id)
+        with self._session() as session:
+            rows = session.execute(select(RunRow.table_id, RunRow.status).where(RunRow.id.in_(newest)))
+            return {int(table_id): str(status) for table_id, status in rows}
+
     def triggers(self, run_ids: Sequence[int]) -> dict[int, list[tuple[int, str, Key]]]:
         """The executions that triggered each run, oldest first, in one statement."""
         found: dict[int, list[tuple[int, str, Key]]] = {run_id: [] for run_id in run_ids}

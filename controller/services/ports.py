@@ -381,6 +381,11 @@ class Reads(Protocol):
         the executions that triggered it (oldest first); None for an unknown run."""
         ...
 
+    def newest_states(self, wanted: Sequence[tuple[int, str | None]]) -> dict[int, str]:
+        """The state of the newest run of each table id (of the key text given with it, or of any
+        key with None): one statement for them all. Tables without such a run are left out."""
+        ...
+
     def triggers(self, run_ids: Sequence[int]) -> dict[int, list[tuple[int, str, Key]]]:
         """The executions that triggered each run (id, table name, partitions; oldest first): one
         statement for them all."""
