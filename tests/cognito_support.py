@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import json
 import threading
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
@@ -153,3 +154,17 @@ def tokens(**changes: object) -> dict[str, object]:
     }
     answer.update(changes)
     return answer
+
+
+@contextmanager
+def token_endpoint() -> Iterator[TokenEndpoint]:
+    """A :class:`TokenEndpoint` serving until the block ends (a slow answer is cut short)."""
+    server = TokenEndpoint()
+    server.thread.start()
+    try:
+        yield server
+    finally:
+        server.released.set()
+        server.server.shutdown()
+        server.server.server_close()
+        server.thread.join(timeout=5)

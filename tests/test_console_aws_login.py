@@ -15,7 +15,7 @@ from sqlalchemy import Engine
 
 from controller.console import callers, routes
 from controller.console.tokens import TokenVerifier
-from tests.cognito_support import CLIENT, ISSUER, TokenEndpoint, claims, jwk, sign, tokens
+from tests.cognito_support import CLIENT, ISSUER, TokenEndpoint, claims, jwk, sign, token_endpoint, tokens
 from tests.console_support import Visitor, page, squash
 from tests.factories import table_doc
 from tests.runtime_support import Lambda, running_lambda
@@ -25,12 +25,8 @@ CONSOLE_URL = "https://abc123.execute-api.us-east-1.amazonaws.com/v1/console"
 
 @pytest.fixture
 def endpoint() -> Iterator[TokenEndpoint]:
-    server = TokenEndpoint()
-    server.thread.start()
-    yield server
-    server.released.set()
-    server.server.shutdown()
-    server.server.server_close()
+    with token_endpoint() as server:
+        yield server
 
 
 @pytest.fixture

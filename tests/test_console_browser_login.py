@@ -21,7 +21,7 @@ from controller.console.browser_login import (
     console_page,
 )
 from controller.console.security import ID_TOKEN_COOKIE
-from tests.cognito_support import CLIENT, ID_TOKEN, TokenEndpoint, tokens
+from tests.cognito_support import CLIENT, ID_TOKEN, TokenEndpoint, token_endpoint, tokens
 
 CONSOLE = "https://abc123.execute-api.eu-west-1.amazonaws.com/prod/console"
 CODE = "9f0c2d4e-0b7a-4c55-8f3e-2a1b7c6d5e4f"
@@ -29,13 +29,8 @@ CODE = "9f0c2d4e-0b7a-4c55-8f3e-2a1b7c6d5e4f"
 
 @pytest.fixture
 def endpoint() -> Iterator[TokenEndpoint]:
-    server = TokenEndpoint()
-    server.thread.start()
-    yield server
-    server.released.set()
-    server.server.shutdown()
-    server.server.server_close()
-    server.thread.join(timeout=5)
+    with token_endpoint() as server:
+        yield server
 
 
 @pytest.fixture

@@ -15,14 +15,14 @@ from typing import Any
 from urllib.parse import quote
 
 from controller.console import lineage
-from controller.core.access import Action, Caller, may
+from controller.core.access import Action, Caller
 from controller.core.catalog import Catalog
 from controller.core.errors import NotFound, Unprocessable
 from controller.core.graphs import Edge
 from controller.core.keys import InvalidPartition, key_text, make_key
 from controller.core.plans import state_of
 from controller.core.runs import ALL_STATES, CANCELLABLE_STATES, FAILED, Run
-from controller.services import queries
+from controller.services import authorization, queries
 from controller.services.answers import run_summary
 from controller.services.dependencies import Dependencies
 from controller.services.explain import explain, render
@@ -36,16 +36,7 @@ def decision(deps: Dependencies, catalog: Catalog, caller: Caller | None, action
     """Why ``caller`` may not do ``action`` on ``table`` (empty: they may)."""
     if caller is None:
         return "Sign in to act on this table."
-    spec = catalog.table(table)
-    answer = may(
-        action,
-        caller,
-        table=table,
-        approvers=spec.approvers if spec else (),
-        producers=spec.producers if spec else (),
-        operators=spec.operators if spec else (),
-        own_account=deps.own_account,
-    )
+    answer = authorization.decide(action, caller, catalog, table, deps.own_account)
     return "" if answer.allowed else answer.message
 
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-from controller.core.access import Action, Caller, may
+from controller.core.access import Action, Caller, Decision, may
 from controller.core.catalog import Catalog
 from controller.core.errors import Forbidden
 
@@ -27,8 +27,17 @@ def require(
     lists nobody: any identified caller)."""
     if caller is None:
         return
+    decision = decide(action, caller, catalog, table, own_account)
+    if not decision.allowed:
+        prefix = f"{where}: " if where else ""
+        raise Forbidden(prefix + decision.message, dict(decision.details or {}))
+
+
+def decide(action: Action, caller: Caller, catalog: Catalog, table: str, own_account: str | None) -> Decision:
+    """What §7 says of ``caller`` doing ``action`` on ``table``, by the lists of its definition now (a
+    table no longer defined lists nobody). The API refuses by it; the console shows it."""
     spec = catalog.table(table)
-    decision = may(
+    return may(
         action,
         caller,
         table=table,
@@ -37,9 +46,6 @@ def require(
         operators=spec.operators if spec else (),
         own_account=own_account,
     )
-    if not decision.allowed:
-        prefix = f"{where}: " if where else ""
-        raise Forbidden(prefix + decision.message, dict(decision.details or {}))
 
 
 def require_registration(
