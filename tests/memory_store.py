@@ -1047,6 +1047,11 @@ class MemoryReads:
             "definitions", lambda _, d: ({name: state_of(spec) for name, spec in d.live.items()}, d.stamp)
         )
 
+    def last_reconcile(self) -> tuple[str, str | None, datetime] | None:
+        """(Git revision, who applied it, when) of the last reconcile (the test's actor: none)."""
+        stamp = self._store.read_with("last_reconcile", lambda _, d: d.stamp)
+        return None if stamp is None else (stamp[0], None, stamp[1])
+
     def table_exists(self, name: str) -> bool:
         """Whether a table of this name was ever defined (a deleted one keeps its history)."""
         return self._store.read_with("table_exists", lambda _, d: name in d.ids)

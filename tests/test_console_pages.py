@@ -216,3 +216,13 @@ def test_behind_an_api_stage_links_redirects_and_cookies_keep_the_stage(flux: La
     assert done.status == 303 and done.header("Location").startswith("/v1/console/runs/")
     lineage = page(visitor.get("/console/tables/gated"))
     assert 'href="/v1/console/tables/raw"' in lineage
+
+
+def test_the_tables_page_finds_tables_by_name_and_says_which_reconcile_it_shows(flux: Lambda) -> None:
+    visitor = Visitor(APPROVER)
+    html = squash(page(visitor.get("/console/tables")))
+    assert "As reconciled from revision test" in html and "2 tables" in html
+    found = page(visitor.get("/console/tables", q="GAT"))
+    assert 'href="/console/tables/gated"' in found and 'href="/console/tables/raw"' not in found
+    assert "1 tables" in squash(found)
+    assert "No table's name holds" in squash(page(visitor.get("/console/tables", q="zzz")))

@@ -267,7 +267,9 @@ def run_action(run_id: str, action: str) -> Response[str]:
 def tables_page() -> Response[str]:
     page = _Page()
     page.reader()
-    return page.html("tables.html", "Tables", **views.tables(dependencies()))
+    number = query("page")
+    context = views.tables(dependencies(), query("q"), _id(number) if number else 1)
+    return page.html("tables.html", "Tables", **context)
 
 
 @console.get("/console/tables/<name>")

@@ -135,9 +135,43 @@ def run(deps: Dependencies, run_id: int, caller: Caller | None) -> dict[str, Any
     return {"run": detail, "actions": actions, "why_not": why_not}
 
 
-def tables(deps: Dependencies) -> dict[str, Any]:
-    """Every table as reconciled, with the revision and who applied it."""
-    return queries.list_tables(deps)
+#: Tables per page of the tables' list.
+TABLES_PAGE = 100
+
+
+def tables(deps: Dependencies, search: str, page: int) -> dict[str, Any]:
+    """A page of the tables as reconciled (whose name holds ``search``), with the last reconcile:
+    from the read port's cached definitions, so a page costs the same whatever the number of tables."""
+    catalog = deps.reads.catalog()
+    names = sorted(n for n in catalog.graph.tables if search.lower() in n.lower())
+    shown = [catalog.graph.tables[n] for n in names[(page - 1) * TABLES_PAGE : page * TABLES_PAGE]]
+    rows = [
+        {
+            "name": spec.name,
+            "partitions": [p.name for p in spec.partitions],
+            "dependencies": [d.dependency_name for d in spec.dependencies],
+            "requires_approval": spec.requires_approval,
+        }
+        for spec in shown
+    ]
+    more = page * TABLES_PAGE < len(names)
+    return {
+        "tables": rows,
+        "count": len(names),
+        "search": search,
+        "page": page,
+        "more": more,
+        **_reconciled(deps),
+    }
+
+
+def _reconciled(deps: Dependencies) -> dict[str, Any]:
+    """The last reconcile, for a page to say what it shows."""
+    found = deps.reads.last_reconcile()
+    if found is None:
+        return {"revision": None}
+    revision, actor, applied_at = found
+    return {"revision": {"revision": revision, "applied_by": actor, "applied_at": applied_at.isoformat()}}
 
 
 def table(deps: Dependencies, name: str, key: str, root: str = "/console") -> dict[str, Any]:
@@ -157,6 +191,7 @@ def table(deps: Dependencies, name: str, key: str, root: str = "/console") -> di
     # As reconciled: the state the catalog holds (no read of every other table's definition).
     text = json.dumps(state_of(spec), indent=2, ensure_ascii=False)
     return {
+        **_reconciled(deps),
         "name": name,
         "definition_text": text,
         "recent": recent,

@@ -119,6 +119,12 @@ class SqlReads:
         stamp = None if revision is None else (revision.revision, revision.applied_at)
         return state.tables, stamp
 
+    def last_reconcile(self) -> tuple[str, str | None, datetime] | None:
+        """(Git revision, who applied it, when) of the last reconcile; None before any."""
+        with self._session() as session:
+            found = last_revision(session)
+        return None if found is None else (found.revision, found.actor, found.applied_at)
+
     def table_exists(self, name: str) -> bool:
         """Whether the database ever had a table of this name (a deleted one keeps its history)."""
         with self._session() as session:

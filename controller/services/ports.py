@@ -364,6 +364,10 @@ class Reads(Protocol):
         """The live definitions by name, and (Git revision, applied at) of the last reconcile."""
         ...
 
+    def last_reconcile(self) -> tuple[str, str | None, datetime] | None:
+        """(Git revision, who applied it, when) of the last reconcile, in one statement; None before any."""
+        ...
+
     def table_exists(self, name: str) -> bool:
         """Whether the database ever had a table of this name (a deleted one keeps its history)."""
         ...
