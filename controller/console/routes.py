@@ -74,8 +74,11 @@ class _Page:
         return security.console_cookie(name, value, secure=not self.trusted, path=self.root, max_age=max_age)
 
     def reader(self) -> None:
-        """Refuse a read without a caller outside trusted mode (DESIGN §7)."""
+        """Refuse a read without a caller outside trusted mode (DESIGN §7): off to the browser login
+        when the deployment has one, else a 403."""
         if self.caller is None and not self.trusted:
+            if _browser_login() is not None:
+                raise _SignInFirst(f"{self.root}/login{rendering.query(next=_console_path())}")
             raise Forbidden("sign in to see the console (your organisation's browser login)")
 
     def writer(self, form: dict[str, str]) -> Caller:
@@ -84,6 +87,17 @@ class _Page:
         if self.caller is None:
             raise Forbidden("sign in first: a change needs an identified caller")
         return self.caller
+
+
+class _SignInFirst(Exception):
+    """A page asked for without a caller, where a browser login exists: the sign-in's URL."""
+
+
+def _console_path() -> str:
+    """The page asked for, as a path under /console (where a sign-in comes back to)."""
+    event = console.current_event
+    query_string = "&".join(f"{k}={v}" for k, v in (event.query_string_parameters or {}).items())
+    return event.path + (f"?{query_string}" if query_string else "")
 
 
 def console_root(event: dict[str, Any]) -> str:
@@ -319,6 +333,11 @@ def static(name: str) -> Response[bytes]:
 @console.exception_handler(ServiceError)
 def _problem(exc: ServiceError) -> Response[str]:
     return _error_page(exc.status, exc.message, retry=isinstance(exc, Unavailable))
+
+
+@console.exception_handler(_SignInFirst)
+def _sign_in_first(exc: _SignInFirst) -> Response[str]:
+    return redirect(str(exc))
 
 
 @console.exception_handler(security.CsrfRefused)
