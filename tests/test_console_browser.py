@@ -1,6 +1,6 @@
-"""The console in a real browser (DESIGN §9): ``flux-control serve`` in a subprocess, Chromium driven
-by Playwright. An approver signs in, sees the pending approval of the flow and approves it with the
-button; a caller who may not approve sees no button; a run page shows its tasks and its timeline; the
+"""The console in a real browser (DESIGN §9): ``flux-control serve`` in a subprocess on the example
+definitions (the seed's flow), Chromium driven by Playwright. An approver signs in, sees the pending
+approval of the flow and approves it with the button; a caller who may not approve sees no button; a run page shows its tasks and its timeline; the
 lineage page draws the graph. Each page is saved as a screenshot."""
 
 from __future__ import annotations
@@ -13,36 +13,29 @@ from typing import Any
 import pytest
 
 from tests.browser_support import accessibility_violations, browser, screenshot
-from tests.factories import states, table_doc
+from tests.conftest import REPO_ROOT
+from tests.factories import desired_from, states, table_doc
 from tests.serve_support import Server, serving, wait_for
 
 __all__ = ["browser"]  # the fixture, used by name
 
-MONTH = [{"name": "ano_mes", "type": "int"}]
-TABLES = [
-    table_doc("tb_a", partitions=MONTH),
-    table_doc(
-        "tb_b",
-        partitions=MONTH,
-        requires_approval=True,
-        approvers=["ana"],
-        debounce_seconds=600,  # stays scheduled while the test looks at it
-        dependencies=[{"dependency_name": "tb_a"}],
-        tasks=[{"alias": "build", "type": "glue", "target": "job-b"}],
-    ),
-    table_doc(
-        "tb_c",
-        partitions=MONTH,
-        debounce_seconds=0,
-        dependencies=[{"dependency_name": "tb_b"}],
-        tasks=[{"alias": "load", "type": "glue", "target": "job-c"}],
-    ),
-]
+#: The seed's flow: the example definitions of the README's tour (``tbjf001_op_pdz_prep`` →
+#: ``tb_op_enriquecido``, approved by ``lrcxpnu`` → ``tb_indicadores_mensais``), and one table whose
+#: runs start at once, for a run page with tasks.
+APPROVER = "lrcxpnu"
+PARTITION = "ano_mes_referencia"
+NOW_TABLE = table_doc(
+    "tb_console_demo",
+    partitions=[{"name": PARTITION, "type": "int"}],
+    debounce_seconds=0,
+    tasks=[{"alias": "load", "type": "glue", "target": "job-console-demo"}],
+)
 
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
-    with serving(tmp_path_factory.mktemp("console"), states(TABLES)) as running:
+    desired = {**desired_from(REPO_ROOT / "definitions"), **states([NOW_TABLE])}
+    with serving(tmp_path_factory.mktemp("console"), desired) as running:
         yield running
 
 
@@ -68,21 +61,22 @@ def sign_in(page: Any, user: str) -> None:
 
 def produce(server: Server, month: int) -> dict[str, Any]:
     item = {
-        "table_name": "tb_a",
-        "partitions": [{"partition_name": "ano_mes", "value": month}],
+        "table_name": "tbjf001_op_pdz_prep",
+        "partitions": [{"partition_name": PARTITION, "value": month}],
         "source": "glue",
     }
     [run] = server.ok("POST", "/register_execution", {"data": [item], "user": "glue-job"})["runs"]
+    assert run["table_name"] == "tb_op_enriquecido" and run["status"] == "awaiting_approval"
     return dict(run)
 
 
 def test_an_approver_signs_in_and_approves_the_pending_run(page: Any, server: Server) -> None:
     run = produce(server, 202401)
-    sign_in(page, "ana")
+    sign_in(page, APPROVER)
     assert page.get_by_text("Signed in as").is_visible()
     screenshot(page, "home")
     page.get_by_role("link", name="Approvals").first.click()
-    card = page.locator("section.card", has_text="ano_mes=202401")
+    card = page.locator("section.card", has_text=f"{PARTITION}=202401")
     assert card.is_visible()
     screenshot(page, "approvals")
     card.get_by_label("Comment (optional)").fill("checked the source")
@@ -98,15 +92,15 @@ def test_a_caller_who_may_not_approve_sees_why_and_no_button(page: Any, server: 
     produce(server, 202402)
     sign_in(page, "bob")
     page.goto("/console/approvals")
-    card = page.locator("section.card", has_text="ano_mes=202402")
+    card = page.locator("section.card", has_text=f"{PARTITION}=202402")
     assert card.get_by_role("button", name="Approve").count() == 0
     assert "approvers" in card.locator(".why").inner_text()
 
 
 def test_a_run_page_shows_its_tasks_and_its_timeline(page: Any, server: Server) -> None:
     body = {
-        "table_name": "tb_c",
-        "partitions": [{"partition_name": "ano_mes", "value": 202403}],
+        "table_name": "tb_console_demo",
+        "partitions": [{"partition_name": PARTITION, "value": 202403}],
         "user": "otto",
     }
     run = server.ok("POST", "/runs", body)["run"]
@@ -123,20 +117,20 @@ def test_a_run_page_shows_its_tasks_and_its_timeline(page: Any, server: Server) 
 
 
 def test_the_lineage_page_draws_the_tables_graph(page: Any, server: Server) -> None:
-    sign_in(page, "ana")
-    page.goto("/console/tables/tb_b")
+    sign_in(page, APPROVER)
+    page.goto("/console/tables/tb_op_enriquecido")
     drawing = page.locator("figure.lineage svg")
     assert drawing.is_visible()
     names = drawing.locator("a text").all_text_contents()
-    assert {"tb_a", "tb_b", "tb_c"} <= set(names)
+    assert {"tbjf001_op_pdz_prep", "tb_op_enriquecido", "tb_indicadores_mensais"} <= set(names)
     box = drawing.bounding_box()
     assert box is not None and box["width"] > 100 and box["height"] > 30
-    page.get_by_label("ano_mes").fill("202401")
+    page.get_by_label(PARTITION).fill("202401")
     page.get_by_role("button", name="Explain").click()
-    assert "tb_b" in page.locator("pre.explain").inner_text()
+    assert "tb_op_enriquecido" in page.locator("pre.explain").inner_text()
     screenshot(page, "lineage")
-    drawing.locator("a", has_text="tb_a").first.click()
-    page.wait_for_url(re.compile(r"/console/tables/tb_a"))
+    drawing.locator("a", has_text="tbjf001_op_pdz_prep").first.click()
+    page.wait_for_url(re.compile(r"/console/tables/tbjf001_op_pdz_prep"))
     assert Path(screenshot(page, "table")).exists()
 
 
@@ -145,7 +139,7 @@ def test_every_page_passes_the_wcag_aa_checks_of_axe_core(browser: Any, server: 
     context = browser.new_context(base_url=server.base, bypass_csp=True)  # to inject axe-core only
     page = context.new_page()
     try:
-        sign_in(page, "ana")
+        sign_in(page, APPROVER)
         found = {}
         for path in (
             "/console/",
@@ -153,7 +147,7 @@ def test_every_page_passes_the_wcag_aa_checks_of_axe_core(browser: Any, server: 
             "/console/runs",
             f"/console/runs/{run['id']}",
             "/console/tables",
-            "/console/tables/tb_b?p_ano_mes=202405",
+            f"/console/tables/tb_op_enriquecido?p_{PARTITION}=202405",
             "/console/executions",
             "/console/login",
         ):
