@@ -69,6 +69,14 @@ class _Page:
             cookies=cookies if self.new_csrf else [],
         )
 
+    def refused(
+        self, exc: ServiceError | security.CsrfRefused, template: str, title: str, context: dict[str, Any]
+    ) -> Response[str]:
+        """The page a refused post came from, again, with the refusal on it (and its status)."""
+        if isinstance(exc, ServiceError):
+            return self.html(template, title, http_status=exc.status, error=exc.message, **context)
+        return self.html(template, title, http_status=403, error=str(exc), **context)
+
     def cookie(self, name: str, value: str, max_age: int | None = None) -> Any:
         """A console cookie for this console's path (Secure but in trusted mode: serve is plain HTTP)."""
         return security.console_cookie(name, value, secure=not self.trusted, path=self.root, max_age=max_age)
@@ -225,10 +233,7 @@ def decide(approval_id: str) -> Response[str]:
         comment = fields.get("comment", "").strip() or None
         result = approvals.decide(dependencies(), _id(approval_id), caller, choice == "approve", comment)
     except (ServiceError, security.CsrfRefused) as exc:
-        context = views.approvals(dependencies(), page.caller)
-        return page.html(
-            "approvals.html", "Approvals", http_status=_status(exc), error=_message(exc), **context
-        )
+        return page.refused(exc, "approvals.html", "Approvals", views.approvals(dependencies(), page.caller))
     done = "approved" if choice == "approve" else "rejected"
     return redirect(f"{page.root}/runs/{result['run']['id']}?done={done}")
 
@@ -269,10 +274,7 @@ def run_action(run_id: str, action: str) -> Response[str]:
         else:
             raise NotFound(f"no action {action!r} on runs")
     except (ServiceError, security.CsrfRefused) as exc:
-        context = views.run(dependencies(), number, page.caller)
-        return page.html(
-            "run.html", f"Run {run_id}", http_status=_status(exc), error=_message(exc), **context
-        )
+        return page.refused(exc, "run.html", f"Run {run_id}", views.run(dependencies(), number, page.caller))
     done = "cancelled" if action == "cancel" else "retried"
     return redirect(f"{page.root}/runs/{number}?done={done}")
 
@@ -298,15 +300,7 @@ def table_page(name: str) -> Response[str]:
         try:
             answer = views.explain_key(dependencies(), name, asked)
         except ServiceError as exc:
-            return page.html(
-                "table.html",
-                name,
-                http_status=exc.status,
-                error=exc.message,
-                asked=asked,
-                explanation="",
-                **context,
-            )
+            return page.refused(exc, "table.html", name, {**context, "asked": asked, "explanation": ""})
     return page.html("table.html", name, asked=asked, explanation=answer, **context)
 
 
@@ -382,14 +376,6 @@ def _id(value: str) -> int:
     if not value.isdigit() or not 0 < int(value) < 2**63:
         raise NotFound(f"no such id {value!r}")
     return int(value)
-
-
-def _status(exc: Exception) -> int:
-    return exc.status if isinstance(exc, ServiceError) else 403
-
-
-def _message(exc: Exception) -> str:
-    return exc.message if isinstance(exc, ServiceError) else str(exc)
 
 
 def handle(event: dict[str, Any], context: Any) -> dict[str, Any]:

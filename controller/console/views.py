@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Mapping
-from functools import lru_cache
 from typing import Any
 from urllib.parse import quote
 
@@ -183,9 +182,10 @@ def table(deps: Dependencies, name: str, key: str, root: str = "/console") -> di
     if spec is None:
         raise NotFound(f"unknown table {name!r}")
     recent = queries.list_runs(deps, name, None, PAGE)["runs"]
-    drawn = lineage.neighbourhood(name, _adjacency(catalog))
+    index = _adjacency(catalog)
+    drawn = lineage.neighbourhood(name, index)
     states = _states_of(deps, catalog, drawn, key)
-    picture = lineage.render(name, _adjacency(catalog), states, lambda t: table_href(t, root))
+    picture = lineage.render(name, index, states, lambda t: table_href(t, root))
     partitions = [p.name for p in spec.partitions]
     # JSON, not YAML: the function's package has no YAML library (the command line reads the files).
     # As reconciled: the state the catalog holds (no read of every other table's definition).
@@ -220,19 +220,23 @@ def executions(deps: Dependencies, table: str | None) -> dict[str, Any]:
     return {"executions": found, "table": table or ""}
 
 
-@lru_cache(maxsize=4)
-def _adjacency_of(revision: int | None, edges: tuple[Edge, ...]) -> lineage.Adjacency:
-    return lineage.adjacency(edges)
+#: The lineage index of the last definitions drawn, with them: the read port hands the same
+#: ``Catalog`` object out until a reconcile, so the index is built once per revision.
+_indexed: list[tuple[Catalog, lineage.Adjacency]] = []
 
 
 def _adjacency(catalog: Catalog) -> lineage.Adjacency:
-    """The lineage index of the definitions, built once per revision."""
-    edges = tuple(
+    """The lineage index of ``catalog``'s definitions (built again only for other definitions)."""
+    if _indexed and _indexed[0][0] is catalog:
+        return _indexed[0][1]
+    edges = (
         Edge(dep.dependency_name, spec.name, dep.is_required)
         for spec in catalog.graph.tables.values()
         for dep in spec.dependencies
     )
-    return _adjacency_of(catalog.revision, edges)
+    built = lineage.adjacency(edges)
+    _indexed[:] = [(catalog, built)]
+    return built
 
 
 def _states_of(deps: Dependencies, catalog: Catalog, drawn: Mapping[str, int], key: str) -> dict[str, str]:
