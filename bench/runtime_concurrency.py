@@ -46,6 +46,8 @@ REPEATS = 3
 QUICK_REPEATS = 1
 GOAL_PER_SECOND = 500
 FLOOR = "floor: raw psycopg"
+#: Forked processes calling ``register_executions`` (no handler): what the HTTP layer costs.
+SERVICES_ONLY = "processes, no HTTP layer"
 GOAL_WORKERS = 4
 PROFILE_TOP = 15
 
@@ -83,7 +85,7 @@ def concurrency(quick: bool, history: int, workdir: str) -> Table:
             "vs 1 worker",
         ],
     )
-    medians: dict[str, dict[int, float]] = {"threads": {}, "processes": {}, FLOOR: {}}
+    medians: dict[str, dict[int, float]] = {"threads": {}, "processes": {}, SERVICES_ONLY: {}, FLOOR: {}}
     for mode, by_workers in medians.items():
         for workers in WORKERS:
             with database("postgresql", workdir) as url:
@@ -108,6 +110,7 @@ def concurrency(quick: bool, history: int, workdir: str) -> Table:
     met = goal >= GOAL_PER_SECOND
     threads = medians["threads"][GOAL_WORKERS]
     floor = medians[FLOOR][GOAL_WORKERS]
+    bare = medians[SERVICES_ONLY][GOAL_WORKERS]
     load = load_average()
     table.notes += [
         f"Goal ≥ {GOAL_PER_SECOND} registrations/s with {GOAL_WORKERS} workers (processes, like Lambda "
@@ -116,6 +119,10 @@ def concurrency(quick: bool, history: int, workdir: str) -> Table:
         f"The floor, the same SQL from raw psycopg in {GOAL_WORKERS} processes: {floor:,.0f}/s, so Flux "
         f"Control reaches {goal / floor:.0%} of what this machine's PostgreSQL allows for these statements. "
         f"{os.cpu_count()} CPUs shared with PostgreSQL; load average at the end {load}.",
+        f"{SERVICES_ONLY}: the same forked processes calling `register_executions` (the services and the "
+        f"store, no Powertools resolver, request validation, access log or metrics): {bare:,.0f}/s with "
+        f"{GOAL_WORKERS}, {bare / floor:.2f}× the floor, against {goal / floor:.2f}× through "
+        "`lambda_handler`: the difference is what the HTTP layer costs on CPUs shared with the server.",
         f"{FLOOR}: `bench/runtime_floor.py` sends, per registration, the statements the PostgreSQL store "
         "sends (the texts of `controller/db/postgresql_statements.py`, the same explicit BEGIN/COMMIT on an "
         "autocommit connection, the same `record_done` statement after commit; schema and data alike; "
@@ -176,7 +183,7 @@ def throughput(
             finally:
                 engine.dispose()
         else:
-            results.append(_processes(url, streams, warm))
+            results.append(_processes(url, streams, warm, through_handler=mode != SERVICES_ONLY))
     return results
 
 
@@ -219,9 +226,11 @@ def _threads(runtime: Dependencies, streams: list[list[date]], warm: int) -> Thr
     return Throughput(len(streams), len(flat), seconds, flat)
 
 
-def _process_worker(url: str, days: list[date], warm: int, barrier: Any, out: Any) -> None:
+def _process_worker(
+    url: str, days: list[date], warm: int, barrier: Any, out: Any, through_handler: bool
+) -> None:
     """One worker process: its own engine, store (its own connections) and dependencies, registrations
-    through ``lambda_handler``."""
+    through ``lambda_handler`` (or ``register_executions`` directly, without ``through_handler``)."""
     from controller import wiring
     from controller.db.engine import make_engine
     from controller.lambda_function import lambda_handler
@@ -230,18 +239,26 @@ def _process_worker(url: str, days: list[date], warm: int, barrier: Any, out: An
     deps = in_memory_runtime(engine)
     wiring.use(deps)
     latencies = []
+
+    def register(index: int, day: date) -> dict[str, Any]:
+        if through_handler:
+            answer: dict[str, Any] = lambda_handler(register_event("source", day, index), None)
+            return answer
+        _register_directly(deps, day)
+        return {"statusCode": 200}
+
     with (
         closing_store(deps),
         Path(os.devnull).open("w") as sink,
         contextlib.redirect_stdout(sink),
     ):
         for index, day in enumerate(days[:warm]):  # warm-up (see WARM_UP)
-            lambda_handler(register_event("source", day, index), None)
+            register(index, day)
         barrier.wait()
         first = time.perf_counter()
         for index, day in enumerate(days[warm:], warm):
             started = time.perf_counter()
-            response = lambda_handler(register_event("source", day, index), None)
+            response = register(index, day)
             latencies.append(time.perf_counter() - started)
             if response["statusCode"] != 200:
                 out.put(("error", response["body"]))
@@ -251,11 +268,14 @@ def _process_worker(url: str, days: list[date], warm: int, barrier: Any, out: An
     out.put(("ok", (first, last, latencies)))
 
 
-def _processes(url: str, streams: list[list[date]], warm: int) -> Throughput:
+def _processes(url: str, streams: list[list[date]], warm: int, *, through_handler: bool) -> Throughput:
     context = multiprocessing.get_context("fork")
     barrier = context.Barrier(len(streams))
     out = context.Queue()
-    processes = [context.Process(target=_process_worker, args=(url, s, warm, barrier, out)) for s in streams]
+    processes = [
+        context.Process(target=_process_worker, args=(url, s, warm, barrier, out, through_handler))
+        for s in streams
+    ]
     for process in processes:
         process.start()
     results = [out.get(timeout=600) for _ in processes]
