@@ -130,8 +130,11 @@ def test_graph_indexes_tables_and_dependents() -> None:
     second = spec("tb_second", [part("p")], [dep("tb_first"), dep("tb_root", required=False)])
     graph = Graph([root, first, second])
     assert graph.tables == {"tb_root": root, "tb_first": first, "tb_second": second}
-    assert graph.dependents["tb_root"] == [(first, first.dependencies[0]), (second, second.dependencies[1])]
-    assert graph.dependents["tb_first"] == [(second, second.dependencies[0])]
+    assert graph.dependents["tb_root"] == [
+        (first, first.dependencies[0], first.requirements[0]),
+        (second, second.dependencies[1], second.requirements[1]),
+    ]
+    assert graph.dependents["tb_first"] == [(second, second.dependencies[0], second.requirements[0])]
     assert "tb_second" not in graph.dependents
 
 
@@ -725,3 +728,123 @@ def test_the_guard_counts_openings_of_every_dependent(monkeypatch: pytest.Monkey
     execution = registry.execution("tb_u", ano_mes=202305)
     with pytest.raises(ValueError, match="more than 2 runs"):
         openings(registry.graph, execution, by_table(registry.executions))
+
+
+# --- any_of groups (DESIGN §4) -----------------------------------------------------------------------
+
+
+def group(*members: str | dict[str, Any], required: bool = True) -> dict[str, Any]:
+    """An ``any_of`` group of ``members`` (a name, or ``{dependency_name, partition_map}``)."""
+    return {"any_of": list(members), "is_required": required}
+
+
+def full_or_delta(*, required: bool = True) -> Registry:
+    """``tb_d`` needs ``tb_a`` and either ``tb_full`` (by ``dt``) or ``tb_delta`` (by its ``day``)."""
+    return Registry(
+        spec("tb_a", [part("dt", "date")]),
+        spec("tb_full", [part("dt", "date")]),
+        spec("tb_delta", [part("day", "date")]),
+        spec(
+            "tb_d",
+            [part("dt", "date")],
+            [
+                dep("tb_a"),
+                group(
+                    "tb_full",
+                    {"dependency_name": "tb_delta", "partition_map": {"dt": "day"}},
+                    required=required,
+                ),
+            ],
+        ),
+    )
+
+
+def test_a_required_group_blocks_until_one_member_is_present() -> None:
+    registry = full_or_delta()
+    assert registry.register("tb_a", dt="2024-01-01") == []
+
+
+def test_either_member_of_a_required_group_opens_the_gate() -> None:
+    for member, values in (("tb_full", {"dt": "2024-01-01"}), ("tb_delta", {"day": "2024-01-01"})):
+        registry = full_or_delta()
+        a = registry.execution("tb_a", dt="2024-01-01").id
+        opened = registry.register(member, **values)
+        assert opened == [Opening("tb_d", {"dt": "2024-01-01"}, [registry.last, a])], member
+
+
+def test_a_member_is_compared_through_its_own_partition_map() -> None:
+    registry = full_or_delta()
+    registry.execution("tb_a", dt="2024-01-01")
+    assert registry.register("tb_delta", day="2024-01-02") == []
+    opened = registry.register("tb_delta", day="2024-01-01")
+    assert keys_of(opened) == [{"dt": "2024-01-01"}]
+
+
+def test_the_required_upstream_opens_the_gate_when_any_member_is_present() -> None:
+    registry = full_or_delta()
+    delta = registry.execution("tb_delta", day="2024-01-01").id
+    opened = registry.register("tb_a", dt="2024-01-01")
+    assert opened == [Opening("tb_d", {"dt": "2024-01-01"}, [registry.last, delta])]
+
+
+def test_the_newest_execution_of_any_member_satisfies_the_group() -> None:
+    registry = full_or_delta()
+    registry.execution("tb_full", dt="2024-01-01")
+    delta = registry.execution("tb_delta", day="2024-01-01").id
+    opened = registry.register("tb_a", dt="2024-01-01")
+    assert opened[0].triggers == [registry.last, delta]
+    statuses = gate(
+        registry.graph, registry.graph.tables["tb_d"], {"dt": "2024-01-01"}, by_table(registry.executions)
+    )
+    assert [(s.dependency, s.members, s.satisfied_by and s.satisfied_by.table) for s in statuses] == [
+        ("tb_a", (), "tb_a"),
+        ("any_of(tb_full, tb_delta)", ("tb_full", "tb_delta"), "tb_delta"),
+    ]
+
+
+def test_a_re_registered_member_opens_the_gate_again() -> None:
+    registry = full_or_delta()
+    registry.execution("tb_a", dt="2024-01-01")
+    first = registry.register("tb_full", dt="2024-01-01")
+    again = registry.register("tb_full", dt="2024-01-01")
+    other = registry.register("tb_delta", day="2024-01-01")
+    assert keys_of(first) == keys_of(again) == keys_of(other) == [{"dt": "2024-01-01"}]
+
+
+def test_an_optional_group_never_blocks_and_its_members_open_gates() -> None:
+    registry = full_or_delta(required=False)
+    assert keys_of(registry.register("tb_a", dt="2024-01-01")) == [{"dt": "2024-01-01"}]
+    assert keys_of(registry.register("tb_delta", day="2024-01-01")) == [{"dt": "2024-01-01"}]
+    assert registry.register("tb_delta", day="2024-01-05") == []  # tb_a is required and absent there
+
+
+def test_a_group_fills_a_partition_the_trigger_does_not_give() -> None:
+    registry = Registry(
+        spec("tb_a", [part("dt", "date")]),
+        spec("tb_x", [part("dt", "date"), part("region", "string")]),
+        spec("tb_y", [part("dt", "date"), part("region", "string")]),
+        spec("tb_d", [part("dt", "date"), part("region", "string")], [dep("tb_a"), group("tb_x", "tb_y")]),
+    )
+    registry.execution("tb_x", dt="2024-01-01", region="eu")
+    registry.execution("tb_y", dt="2024-01-01", region="us")
+    opened = registry.register("tb_a", dt="2024-01-01")
+    assert sorted(key_text(k) for k in keys_of(opened)) == sorted(
+        key_text({"dt": "2024-01-01", "region": r}) for r in ("eu", "us")
+    )
+
+
+def test_the_lock_partitions_are_those_every_member_shares() -> None:
+    registry = full_or_delta()
+    d = registry.graph.tables["tb_d"]
+    assert registry.graph.lock_partitions(d) == ("dt",)
+    wider = Registry(
+        spec("tb_a", [part("dt", "date")]),
+        spec("tb_m", [part("month", "int")]),
+        spec(
+            "tb_d",
+            [part("dt", "date"), part("month", "int", required=False)],
+            [dep("tb_a"), group("tb_a2", "tb_m")],
+        ),
+        spec("tb_a2", [part("dt", "date")]),
+    )
+    assert wider.graph.lock_partitions(wider.graph.tables["tb_d"]) == ()

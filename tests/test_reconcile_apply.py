@@ -272,3 +272,65 @@ def test_apply_uses_bulk_statements(engine: Engine) -> None:
     assert large_total - small_total <= 6
     assert updated_large[0] - updated_small[0] <= 6
     assert large_total <= 40
+
+
+# --- any_of groups and http task secrets (issue 20) ------------------------------------------------------
+
+
+def grouped(required: bool = True, members: tuple[str, ...] = ("full", "delta")) -> list[dict[str, Any]]:
+    """``d`` needs ``a`` and one of ``members`` (``delta`` through its own ``day``), and posts to a hook."""
+    maps = {"delta": {"dt": "day"}}
+    group = [{"dependency_name": m, "partition_map": maps.get(m, {})} for m in members]
+    return [
+        table_doc("a"),
+        table_doc("full"),
+        table_doc("delta", partitions=[{"name": "day", "type": "date"}]),
+        table_doc("other"),
+        table_doc(
+            "d",
+            dependencies=[{"dependency_name": "a"}, {"any_of": group, "is_required": required}],
+            tasks=[
+                {
+                    "alias": "hook",
+                    "type": "http",
+                    "target": "https://hooks.example.com/d",
+                    "auth_secret": "hook",
+                },
+                {"alias": "bus", "type": "eventbridge", "target": "team-bus"},
+            ],
+        ),
+    ]
+
+
+def test_a_group_and_an_auth_secret_round_trip_through_the_database(engine: Engine) -> None:
+    desired = states(grouped())
+    do_apply(engine, desired)
+    assert current(engine) == desired
+    assert current(engine)["d"]["dependencies"][1] == {
+        "any_of": [
+            {"dependency_name": "full", "partition_map": {}},
+            {"dependency_name": "delta", "partition_map": {"dt": "day"}},
+        ],
+        "is_required": True,
+    }
+    assert plan(engine, desired)[0].actions == []
+
+
+def test_a_changed_group_is_planned_field_by_field_and_applied(engine: Engine) -> None:
+    do_apply(engine, states(grouped()))
+    reordered = states(grouped(required=False, members=("delta", "full")))
+    (action,) = plan(engine, reordered)[0].actions
+    assert [(c.field, c.kind) for c in action.changes] == [
+        ("dependencies.any_of(delta, full).any_of", "change"),
+        ("dependencies.any_of(delta, full).is_required", "change"),
+    ]
+    do_apply(engine, reordered)
+    assert current(engine) == reordered
+    widened = states(grouped(members=("full", "delta", "other")))
+    (action,) = plan(engine, widened)[0].actions
+    assert [(c.field, c.kind) for c in action.changes] == [
+        ("dependencies.any_of(delta, full)", "remove"),
+        ("dependencies.any_of(delta, full, other)", "add"),
+    ]
+    do_apply(engine, widened)
+    assert current(engine) == widened

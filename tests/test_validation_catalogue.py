@@ -184,7 +184,9 @@ CASES = [
     Case(
         "bad-task-type",
         {"a.yaml": table("partitions: []\ntasks:\n  - {alias: t, type: athena, target: q}", name="a")},
-        ["defs/a.yaml:5:22: 'tasks[0].type' must be one of glue, step_function, sqs, lambda; got 'athena'"],
+        [
+            "defs/a.yaml:5:22: 'tasks[0].type' must be one of glue, step_function, sqs, lambda, eventbridge, http; got 'athena'"
+        ],
     ),
     Case(
         "step-function-target-not-an-arn",
@@ -309,6 +311,95 @@ CASES = [
             "c.yaml": table("partitions: []\ndependencies: [{dependency_name: a}]", name="c"),
         },
         ["defs/a.yaml:4:34: dependency cycle: a -> b -> c -> a"],
+    ),
+    # --- any_of groups and the new task targets (issue 20) ------------------------------------------
+    Case(
+        "any_of-unknown-member",
+        {"up.yaml": UPSTREAM, "a.yaml": table("partitions: []\ndependencies:\n  - any_of: [up, upp]")},
+        ["defs/a.yaml:5:18: unknown dependency 'upp' (did you mean 'up'?)"],
+    ),
+    Case(
+        "any_of-member-repeated",
+        {"up.yaml": UPSTREAM, "a.yaml": table("partitions: []\ndependencies:\n  - any_of: [up, up]")},
+        ["defs/a.yaml:5:18: 'up' is named twice among the any_of members of table 'down'"],
+    ),
+    Case(
+        "any_of-member-also-plain",
+        {
+            "up.yaml": UPSTREAM,
+            "b.yaml": table("partitions: []", name="b"),
+            "a.yaml": table("partitions: []\ndependencies:\n  - {dependency_name: up}\n  - any_of: [b, up]"),
+        },
+        [
+            "defs/a.yaml:6:17: 'up' is both a dependency and an any_of member of table 'down': name it once "
+            "(an upstream is either required on its own or one of the alternatives)"
+        ],
+    ),
+    Case(
+        "any_of-one-member",
+        {"up.yaml": UPSTREAM, "a.yaml": table("partitions: []\ndependencies:\n  - any_of: [up]")},
+        ["defs/a.yaml:5:13: 'dependencies[0].any_of' must have at least 2 items"],
+    ),
+    Case(
+        "any_of-cycle-through-a-member",
+        {
+            "a.yaml": table("partitions: []\ndependencies: [{dependency_name: b}]", name="a"),
+            "b.yaml": table("partitions: []\ndependencies: [{any_of: [c, {dependency_name: a}]}]", name="b"),
+            "c.yaml": table("partitions: []", name="c"),
+        },
+        ["defs/a.yaml:4:34: dependency cycle: a -> b -> a"],
+    ),
+    Case(
+        "any_of-member-lacks-a-required-partition",
+        {
+            "up.yaml": UPSTREAM,
+            "flat.yaml": table("partitions: []", name="flat"),
+            "a.yaml": table(
+                "partitions:\n  - {name: dt, type: date}\ndependencies:\n  - any_of: [up, flat]", name="a"
+            ),
+        },
+        [
+            "defs/a.yaml:4:12: required partition 'dt' is provided by no dependency (any_of(up, flat)); "
+            "any_of(up, flat): 'flat' lacks it, and a group provides a partition only if every member does; "
+            "add it upstream, map it with partition_map, or set is_required: false"
+        ],
+    ),
+    Case(
+        "any_of-member-partition-map",
+        {
+            "up.yaml": UPSTREAM,
+            "b.yaml": table("partitions: []", name="b"),
+            "a.yaml": table(
+                "partitions: []\ndependencies:\n  - any_of: [b, {dependency_name: up, partition_map: {dt: day}}]",
+                name="a",
+            ),
+        },
+        [
+            "defs/a.yaml:5:55: partition_map names unknown partition 'dt' of 'a' (it has: no partitions)",
+            "defs/a.yaml:5:59: partition_map maps 'dt' to 'day', which 'up' does not have (it has: dt)",
+        ],
+    ),
+    Case(
+        "http-task-not-https",
+        {
+            "a.yaml": table(
+                "partitions: []\ntasks:\n  - {alias: hook, type: http, target: 'http://example.com/x'}",
+                name="a",
+            )
+        },
+        [
+            "defs/a.yaml:5:39: http task 'hook' must use https:// (plain http:// only for a local host: "
+            "127.0.0.1, ::1, localhost), not 'http://example.com/x'"
+        ],
+    ),
+    Case(
+        "auth-secret-on-a-glue-task",
+        {
+            "a.yaml": table(
+                "partitions: []\ntasks:\n  - {alias: j, type: glue, target: job, auth_secret: s}", name="a"
+            )
+        },
+        ["defs/a.yaml:5:22: 'tasks[0].type' must be 'http', got 'glue'"],
     ),
     Case(
         "duplicate-partition",

@@ -138,7 +138,7 @@ def test_positions_after_a_dropped_item_are_the_items_own(write_defs: WriteDefs)
           - {alias: b, type: glue, target: job, params: {"--d": "{{ partitions.dia }}"}}
     """
     assert problems(write_defs, **{"t.yaml": table}) == [
-        "defs/t.yaml:6:22: 'tasks[0].type' must be one of glue, step_function, sqs, lambda; got 'ftp'",
+        "defs/t.yaml:6:22: 'tasks[0].type' must be one of glue, step_function, sqs, lambda, eventbridge, http; got 'ftp'",
         "defs/t.yaml:8:13: duplicate task alias 'b' in table 't'",
         "defs/t.yaml:8:57: template names unknown partition 'dia' (table has: dt)",
     ]

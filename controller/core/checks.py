@@ -5,10 +5,11 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
+from urllib.parse import urlsplit
 
 from controller.core.access import GROUP_PREFIX
 from controller.core.problems import Locator, PathSegment, Problem, did_you_mean
-from controller.core.specs import PartitionSpec, TableSpec
+from controller.core.specs import LOCAL_HOSTS, AnyOfSpec, DependencySpec, PartitionSpec, TableSpec
 from controller.core.templates import template_errors, template_strings
 
 
@@ -64,6 +65,7 @@ def check_tables(tables: Sequence[LocatedTable], known_names: Iterable[str] = ()
         problems.extend(_templates(table, template_messages))
         problems.extend(_reserved_params(table))
         problems.extend(_principal_typos(table))
+        problems.extend(_task_targets(table))
     problems.extend(_cycles(by_name))
     return problems
 
@@ -74,12 +76,26 @@ def _at(
     return Problem(table.source.locate(path, key=key), message, code)
 
 
+#: Where an edge is written: ``("dependencies", i)`` or ``("dependencies", i, "any_of", j)``.
+_EdgePath = tuple[PathSegment, ...]
+
+
+def _edges(spec: TableSpec) -> Iterator[tuple[DependencySpec, _EdgePath]]:
+    """Each edge of ``spec`` (plain dependencies and ``any_of`` members) with where it is written."""
+    for index, dependency in enumerate(spec.dependencies):
+        if isinstance(dependency, AnyOfSpec):
+            for member, edge in enumerate(dependency.edges):
+                yield edge, ("dependencies", index, "any_of", member)
+        else:
+            yield dependency, ("dependencies", index)
+
+
 def _own_names(table: LocatedTable) -> Iterator[Problem]:
     spec = table.spec
+    yield from _repeated_upstreams(table)
     groups = (
         ("partitions", "name", spec.partitions, "partition"),
         ("tasks", "alias", spec.tasks, "task alias"),
-        ("dependencies", "dependency_name", spec.dependencies, "dependency"),
     )
     for field, attr, items, what in groups:
         if len(items) < 2:
@@ -99,6 +115,26 @@ def _own_names(table: LocatedTable) -> Iterator[Problem]:
             seen.add(name)
 
 
+def _repeated_upstreams(table: LocatedTable) -> Iterator[Problem]:
+    """A table appears once among another's dependencies: plain, or as one ``any_of`` member."""
+    seen: dict[str, bool] = {}  # name → whether its first appearance is a group member
+    for edge, path in _edges(table.spec):
+        name, in_group = edge.dependency_name, len(path) > 2
+        if name not in seen:
+            seen[name] = in_group
+            continue
+        if not in_group and not seen[name]:
+            message = f"duplicate dependency {name!r} in table {table.spec.name!r}"
+        elif in_group and seen[name]:
+            message = f"{name!r} is named twice among the any_of members of table {table.spec.name!r}"
+        else:
+            message = (
+                f"{name!r} is both a dependency and an any_of member of table {table.spec.name!r}: "
+                "name it once (an upstream is either required on its own or one of the alternatives)"
+            )
+        yield _at(table, (*path, "dependency_name"), message, "duplicate-dependencies")
+
+
 _Partitions = dict[str, PartitionSpec]
 
 
@@ -114,12 +150,12 @@ def _dependencies(
         return
     own = {p.name: p for p in spec.partitions}
     all_resolved = table.complete("dependencies")
-    for index, dep in enumerate(dependencies):
+    for dep, at in _edges(spec):
         name = dep.dependency_name
         if name == spec.name:
             yield _at(
                 table,
-                ("dependencies", index, "dependency_name"),
+                (*at, "dependency_name"),
                 f"table {name!r} depends on itself",
                 "self-dependency",
             )
@@ -130,7 +166,7 @@ def _dependencies(
             if downstream not in own:
                 yield _at(
                     table,
-                    ("dependencies", index, "partition_map", downstream),
+                    (*at, "partition_map", downstream),
                     f"partition_map names unknown partition {downstream!r} of {spec.name!r} "
                     f"(it has: {_names(own)})",
                     "partition-map",
@@ -143,7 +179,7 @@ def _dependencies(
                 hint = did_you_mean(name, sorted(known))
                 yield _at(
                     table,
-                    ("dependencies", index, "dependency_name"),
+                    (*at, "dependency_name"),
                     f"unknown dependency {name!r}{hint}",
                     "unknown-dependency",
                 )
@@ -157,7 +193,7 @@ def _dependencies(
             if mapped not in theirs:
                 yield _at(
                     table,
-                    ("dependencies", index, "partition_map", downstream),
+                    (*at, "partition_map", downstream),
                     f"partition_map maps {downstream!r} to {mapped!r}, which {upstream.spec.name!r} "
                     f"does not have (it has: {_names(theirs)})",
                     "partition-map",
@@ -167,7 +203,7 @@ def _dependencies(
             if other is not None and other.type != partition.type:
                 yield _at(
                     table,
-                    ("dependencies", index, "dependency_name"),
+                    (*at, "dependency_name"),
                     f"partition {partition.name!r} is {partition.type} here but {other.name!r} of "
                     f"{upstream.spec.name!r} is {other.type}: their values can never match",
                     "partition-type",
@@ -180,27 +216,41 @@ def _unprovided_partitions(
     table: LocatedTable, upstream_partitions: dict[str, _Partitions | None]
 ) -> Iterator[Problem]:
     """Each required partition of a dependent table must come from at least one dependency (whose
-    partitions are all known: the caller checks)."""
+    partitions are all known: the caller checks); an ``any_of`` group provides a partition only when
+    every member does, since any one of them may be the one that satisfies it."""
     spec = table.spec
+
+    def provides(edge: DependencySpec, name: str) -> bool:
+        mapping = edge.partition_map
+        return (mapping.get(name, name) if mapping else name) in (
+            upstream_partitions[edge.dependency_name] or {}
+        )
+
     for index, partition in enumerate(spec.partitions):
         if not partition.is_required:
             continue
         name = partition.name
-        for dep in spec.dependencies:
-            mapping = dep.partition_map
-            if (mapping.get(name, name) if mapping else name) in (
-                upstream_partitions[dep.dependency_name] or {}
-            ):
-                break
-        else:
-            upstreams = ", ".join(repr(d.dependency_name) for d in spec.dependencies)
-            yield _at(
-                table,
-                ("partitions", index, "name"),
-                f"required partition {partition.name!r} is provided by no dependency ({upstreams}); "
-                "add it upstream, map it with partition_map, or set is_required: false",
-                "unprovided-partition",
-            )
+        if any(all(provides(edge, name) for edge in r.edges) for r in spec.requirements):
+            continue
+        upstreams = ", ".join(repr(r.label) if not r.is_group else r.label for r in spec.requirements)
+        lacking = [
+            f"{r.label}: {', '.join(repr(e.dependency_name) for e in r.edges if not provides(e, name))} "
+            "lacks it"
+            for r in spec.requirements
+            if r.is_group and any(provides(e, name) for e in r.edges)
+        ]
+        why = (
+            f"; {'; '.join(lacking)}, and a group provides a partition only if every member does"
+            if lacking
+            else ""
+        )
+        yield _at(
+            table,
+            ("partitions", index, "name"),
+            f"required partition {partition.name!r} is provided by no dependency ({upstreams}){why}; "
+            "add it upstream, map it with partition_map, or set is_required: false",
+            "unprovided-partition",
+        )
 
 
 def _templates(
@@ -270,12 +320,28 @@ def _principal_typos(table: LocatedTable) -> Iterator[Problem]:
                 )
 
 
+def _task_targets(table: LocatedTable) -> Iterator[Problem]:
+    """An ``http`` task posts to https only, but for a local host (the schema checks the URL's form)."""
+    for index, task in enumerate(table.spec.tasks):
+        if task.type != "http" or not task.target.lower().startswith("http://"):
+            continue
+        host = (urlsplit(task.target).hostname or "").lower()
+        if host not in LOCAL_HOSTS:
+            yield _at(
+                table,
+                ("tasks", index, "target"),
+                f"http task {task.alias!r} must use https:// (plain http:// only for a local host: "
+                f"{', '.join(sorted(LOCAL_HOSTS))}), not {task.target!r}",
+                "http-target",
+            )
+
+
 def _cycles(by_name: dict[str, LocatedTable]) -> Iterator[Problem]:
     """One problem per dependency cycle, printed from its alphabetically first table."""
     upstreams = {
         name: {
             d.dependency_name
-            for d in t.spec.dependencies
+            for d in t.spec.edges
             if d.dependency_name in by_name and d.dependency_name != name
         }
         for name, t in by_name.items()
@@ -288,10 +354,10 @@ def _cycles(by_name: dict[str, LocatedTable]) -> Iterator[Problem]:
             continue
         cycle = _cycle_through(min(component), graph, component)
         start = by_name[cycle[0]]
-        index = next(i for i, d in enumerate(start.spec.dependencies) if d.dependency_name == cycle[1])
+        at = next(path for edge, path in _edges(start.spec) if edge.dependency_name == cycle[1])
         yield _at(
             start,
-            ("dependencies", index, "dependency_name"),
+            (*at, "dependency_name"),
             "dependency cycle: " + " -> ".join(cycle),
             "cycle",
         )

@@ -5,6 +5,10 @@ K on the partitions D and R share (by name, or through ``partition_map``). When 
 U arrives, each dependent D of U is considered for the keys that agree with E on what they share,
 completed with values from executions of D's other dependencies (every combination that satisfies
 all required ones). Optional dependencies never block, but their executions open gates too.
+
+An ``any_of`` group is one requirement with several edges: it is satisfied for K by an execution of
+any member that agrees with K through that member's own shared partitions. The execution that
+triggers a decision satisfies its own requirement; the other members of that group are not consulted.
 """
 
 from __future__ import annotations
@@ -13,7 +17,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from controller.core.keys import Key, Value, agrees, key_text
-from controller.core.specs import DependencySpec, TableSpec
+from controller.core.specs import DependencySpec, Requirement, TableSpec
 
 #: Most runs one registration may open: beyond this, a definition or an execution is wrong.
 MAX_OPENINGS = 10_000
@@ -52,11 +56,15 @@ class Opening:
 
 @dataclass(frozen=True, slots=True)
 class DependencyStatus:
-    """For ``explain``: whether one dependency is satisfied for a key, and by which execution."""
+    """For ``explain``: whether one dependency is satisfied for a key, and by which execution (of which
+    member, for a group: ``satisfied_by.table``)."""
 
+    #: The upstream's name, or ``any_of(a, b)`` for a group.
     dependency: str
     required: bool
     satisfied_by: Execution | None
+    #: A group's members, in order; empty for a plain dependency.
+    members: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -72,10 +80,13 @@ class Graph:
 
     def __init__(self, tables: Iterable[TableSpec]) -> None:
         self.tables: dict[str, TableSpec] = {t.name: t for t in tables}
-        self.dependents: dict[str, list[tuple[TableSpec, DependencySpec]]] = {}
+        #: By upstream: each dependent, the edge from it, and the requirement that edge belongs to.
+        self.dependents: dict[str, list[tuple[TableSpec, DependencySpec, Requirement]]] = {}
         for table in self.tables.values():
-            for dependency in table.dependencies:
-                self.dependents.setdefault(dependency.dependency_name, []).append((table, dependency))
+            for requirement in table.requirements:
+                for edge in requirement.edges:
+                    entry = (table, edge, requirement)
+                    self.dependents.setdefault(edge.dependency_name, []).append(entry)
         self._lock_partitions: dict[str, tuple[str, ...]] = {}
 
     def lock_partitions(self, table: TableSpec) -> tuple[str, ...]:
@@ -88,7 +99,7 @@ class Graph:
         found = self._lock_partitions.get(table.name)
         if found is None:
             common = {p.name for p in table.partitions}
-            for dependency in table.dependencies:
+            for dependency in table.edges:
                 upstream = self.tables.get(dependency.dependency_name)
                 if upstream is not None:
                     common &= {mine for mine, _ in shared(table, dependency, upstream)}
@@ -116,10 +127,10 @@ def probes(graph: Graph, execution: Execution) -> list[Probe]:
     """The executions to fetch to evaluate every gate ``execution`` may open."""
     upstream = graph.tables[execution.table]
     found: dict[Probe, None] = {}
-    for dependent, edge in graph.dependents.get(execution.table, []):
+    for dependent, edge, own in graph.dependents.get(execution.table, []):
         fixed = _determined(dependent, edge, upstream, execution.key)
-        for dependency in dependent.dependencies:
-            if dependency is edge or dependency.dependency_name not in graph.tables:
+        for dependency in _other_edges(dependent, own):
+            if dependency.dependency_name not in graph.tables:
                 continue
             other = graph.tables[dependency.dependency_name]
             anchors = [
@@ -142,7 +153,7 @@ def gate_locks(graph: Graph, execution: Execution) -> list[GateLock]:
     """
     upstream = graph.tables[execution.table]
     locks: dict[GateLock, None] = {}
-    for dependent, edge in graph.dependents.get(execution.table, []):
+    for dependent, edge, _ in graph.dependents.get(execution.table, []):
         fixed = _determined(dependent, edge, upstream, execution.key)
         names = graph.lock_partitions(dependent)
         whole = not names or any(fixed.get(name) is None for name in names)
@@ -155,11 +166,11 @@ def openings(graph: Graph, execution: Execution, fetched: Mapping[str, Sequence[
     """Every (dependent, key) whose gate ``execution`` opens, given the probed executions by table."""
     upstream = graph.tables[execution.table]
     result: list[Opening] = []
-    for dependent, edge in graph.dependents.get(execution.table, []):
+    for dependent, edge, own in graph.dependents.get(execution.table, []):
         start = _determined(dependent, edge, upstream, execution.key)
         seen: set[str] = set()
-        for key in _completions(graph, dependent, edge, start, fetched):
-            statuses = gate(graph, dependent, key, fetched, trigger=(edge, execution))
+        for key in _completions(graph, dependent, own, start, fetched):
+            statuses = gate(graph, dependent, key, fetched, trigger=(own, execution))
             if any(s.required and s.satisfied_by is None for s in statuses):
                 continue
             text = key_text(key)
@@ -180,48 +191,67 @@ def gate(
     table: TableSpec,
     key: Key,
     fetched: Mapping[str, Sequence[Execution]],
-    trigger: tuple[DependencySpec, Execution] | None = None,
+    trigger: tuple[Requirement, Execution] | None = None,
 ) -> list[DependencyStatus]:
-    """Each dependency of ``table`` for ``key``: satisfied by which execution (the newest), if any."""
+    """Each dependency of ``table`` for ``key``: satisfied by which execution (the newest among its
+    members'), if any. The ``trigger``'s own requirement is satisfied by the trigger alone."""
     statuses = []
-    for dependency in table.dependencies:
-        upstream = graph.tables.get(dependency.dependency_name)
-        if upstream is None:
-            statuses.append(DependencyStatus(dependency.dependency_name, dependency.is_required, None))
-            continue
-        pairs = shared(table, dependency, upstream)
-        candidates = list(fetched.get(upstream.name, ()))
-        if trigger is not None and trigger[0] is dependency:
-            candidates = [trigger[1]]
-        matching = [e for e in candidates if agrees(key, e.key, pairs)]
+    for requirement in table.requirements:
+        if trigger is not None and trigger[0] is requirement:
+            candidates = [
+                (edge, trigger[1]) for edge in requirement.edges if edge.dependency_name == trigger[1].table
+            ]
+        else:
+            candidates = [
+                (edge, e) for edge in requirement.edges for e in fetched.get(edge.dependency_name, ())
+            ]
+        matching = [
+            e
+            for edge, e in candidates
+            if edge.dependency_name in graph.tables
+            and agrees(key, e.key, shared(table, edge, graph.tables[edge.dependency_name]))
+        ]
         newest = max(matching, key=lambda e: e.id) if matching else None
-        statuses.append(DependencyStatus(dependency.dependency_name, dependency.is_required, newest))
+        members = tuple(edge.dependency_name for edge in requirement.edges) if requirement.is_group else ()
+        statuses.append(DependencyStatus(requirement.label, requirement.is_required, newest, members))
     return statuses
+
+
+def _other_edges(table: TableSpec, own: Requirement) -> list[DependencySpec]:
+    """The edges of ``table``'s requirements other than ``own``."""
+    return [edge for r in table.requirements if r is not own for edge in r.edges]
 
 
 def _completions(
     graph: Graph,
     table: TableSpec,
-    edge: DependencySpec,
+    own: Requirement,
     start: Key,
     fetched: Mapping[str, Sequence[Execution]],
 ) -> list[Key]:
-    """Keys of ``table`` extending ``start`` with values from the other dependencies' executions."""
+    """Keys of ``table`` extending ``start`` with values from the other requirements' executions (a
+    group's: those of any member, each through its own shared partitions)."""
     partials = [start]
-    others = [d for d in table.dependencies if d is not edge and d.dependency_name in graph.tables]
+    others = [r for r in table.requirements if r is not own]
     # Required dependencies first: they must agree; optional ones only fill what is still missing.
-    for dependency in sorted(others, key=lambda d: not d.is_required):
-        upstream = graph.tables[dependency.dependency_name]
-        pairs = shared(table, dependency, upstream)
+    for requirement in sorted(others, key=lambda r: not r.is_required):
+        members = [
+            (shared(table, edge, graph.tables[edge.dependency_name]), edge.dependency_name)
+            for edge in requirement.edges
+            if edge.dependency_name in graph.tables
+        ]
+        if not members:
+            continue
         extended: list[Key] = []
         for partial in partials:
-            matching = [e for e in fetched.get(upstream.name, ()) if agrees(partial, e.key, pairs)]
             adds = [
                 {mine: e.key[theirs] for mine, theirs in pairs if mine not in partial and theirs in e.key}
-                for e in matching
+                for pairs, name in members
+                for e in fetched.get(name, ())
+                if agrees(partial, e.key, pairs)
             ]
             additions = [{**partial, **add} for add in {key_text(a): a for a in adds if a}.values()]
-            if dependency.is_required:
+            if requirement.is_required:
                 # Each distinct set of values it adds is one key; an execution that adds nothing
                 # (it omits those partitions) satisfies the partial key as it is.
                 if any(not add for add in adds):

@@ -45,6 +45,9 @@ def state_of(spec: TableSpec) -> TableState:
     state = spec.model_dump(mode="json", exclude={"version"})
     for people in PEOPLE_FIELDS:
         state[people] = list(state[people])
+    for task in state["tasks"]:
+        if task["auth_secret"] is None:  # only http tasks have one: the others' states stay as they were
+            del task["auth_secret"]
     return state
 
 
@@ -281,9 +284,17 @@ def diff_table(before: TableState, after: TableState) -> tuple[FieldChange, ...]
     return tuple(changes)
 
 
+def item_name(key: str, item: Mapping[str, Any]) -> str:
+    """What names a list item in a plan: its ``key`` field; an ``any_of`` group, its members sorted
+    (``any_of(a, b)``), so that reordering them changes the group instead of replacing it."""
+    if key == "dependency_name" and "any_of" in item:
+        return "any_of(" + ", ".join(sorted(m["dependency_name"] for m in item["any_of"])) + ")"
+    return str(item[key])
+
+
 def _diff_items(list_field: str, key: str, before: list[Any], after: list[Any]) -> list[FieldChange]:
-    old = {item[key]: item for item in before}
-    new = {item[key]: item for item in after}
+    old = {item_name(key, item): item for item in before}
+    new = {item_name(key, item): item for item in after}
     changes = [
         FieldChange(f"{list_field}.{name}", "remove", before=old[name]) for name in old if name not in new
     ]
@@ -308,7 +319,8 @@ def _creation(state: TableState) -> tuple[FieldChange, ...]:
     changes = [FieldChange(name, "add", None, get(name)) for name in SCALAR_FIELDS]
     for list_field, key in LIST_FIELDS:
         prefix = list_field + "."
-        changes += [FieldChange(prefix + str(item[key]), "add", None, item) for item in get(list_field, ())]
+        items = get(list_field, ())
+        changes += [FieldChange(prefix + item_name(key, item), "add", None, item) for item in items]
     return tuple(changes)
 
 

@@ -82,6 +82,8 @@ class DependencyRow(Base):
     position: Mapped[int] = mapped_column(Integer)
     is_required: Mapped[bool] = mapped_column(Boolean)
     partition_map: Mapped[dict[str, str]] = mapped_column(Json, default=dict)
+    #: An ``any_of`` member: the position of its group in the table's dependencies (null: plain).
+    any_of_position: Mapped[int | None] = mapped_column(Integer)
 
 
 class TaskRow(Base):
@@ -102,6 +104,8 @@ class TaskRow(Base):
         default=DEFAULT_TASK_TIMEOUT_SECONDS,
         server_default=text(str(DEFAULT_TASK_TIMEOUT_SECONDS)),
     )
+    #: ``http`` tasks: the Secrets Manager secret (name or ARN) of the Authorization header.
+    auth_secret: Mapped[str | None] = mapped_column(String(2048))
 
 
 class AuditEntry(Base):

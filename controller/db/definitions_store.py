@@ -147,30 +147,53 @@ def read_state(session: Session) -> DatabaseState:
             live[table_id]["partitions"].append({"name": name, "type": type_, "is_required": required})
     d = _DEPENDENCIES.c
     dependencies = _in_position_order(
-        connection, d.table_id, d.position, d.upstream_table_id, d.is_required, _as_text(d.partition_map)
+        connection,
+        d.table_id,
+        d.position,
+        d.upstream_table_id,
+        d.is_required,
+        _as_text(d.partition_map),
+        d.any_of_position,
     )
     maps = _decode(row[4] for row in dependencies)
-    for (table_id, _, upstream, required, _), mapping in zip(dependencies, maps, strict=True):
-        if table_id in live:
-            live[table_id]["dependencies"].append(
+    groups: dict[tuple[int, int], dict[str, Any]] = {}  # (table id, group position) → its item
+    for (table_id, _, upstream, required, _, group), mapping in zip(dependencies, maps, strict=True):
+        if table_id not in live:
+            continue
+        items: list[dict[str, Any]] = live[table_id]["dependencies"]
+        if group is None:
+            items.append(
                 {"dependency_name": names[upstream], "is_required": required, "partition_map": mapping or {}}
             )
+            continue
+        item = groups.get((table_id, group))
+        if item is None:
+            item = groups[table_id, group] = {"any_of": [], "is_required": required}
+            items.append(item)
+        item["any_of"].append({"dependency_name": names[upstream], "partition_map": mapping or {}})
     k = _TASKS.c
     tasks = _in_position_order(
-        connection, k.table_id, k.position, k.alias, k.type, k.target, _as_text(k.params), k.timeout_seconds
+        connection,
+        k.table_id,
+        k.position,
+        k.alias,
+        k.type,
+        k.target,
+        _as_text(k.params),
+        k.timeout_seconds,
+        k.auth_secret,
     )
     params = _decode(row[5] for row in tasks)
-    for (table_id, _, alias, type_, target, _, timeout), values in zip(tasks, params, strict=True):
+    for (table_id, _, alias, type_, target, _, timeout, secret), values in zip(tasks, params, strict=True):
         if table_id in live:
-            live[table_id]["tasks"].append(
-                {
-                    "alias": alias,
-                    "type": type_,
-                    "target": target,
-                    "params": values or {},
-                    "timeout_seconds": timeout,
-                }
-            )
+            task = {
+                "alias": alias,
+                "type": type_,
+                "target": target,
+                "params": values or {},
+                "timeout_seconds": timeout,
+            }
+            live[table_id]["tasks"].append(task if secret is None else {**task, "auth_secret": secret})
     return state
 
 
@@ -363,26 +386,40 @@ def _rewrite_children(
         if stale:
             connection.execute(delete(table).where(table.c.table_id.in_(stale)))
         rows = [
-            _child_row(list_field, item, ids[a.table], position, ids)
+            row
             for a in targets
             if a.after
-            for position, item in enumerate(a.after.get(list_field, []))
+            for row in _child_rows(list_field, a.after.get(list_field, []), ids[a.table], ids)
         ]
         _insert_rows(connection, table, rows)
         progress()
 
 
-def _child_row(
-    list_field: str, item: dict[str, Any], table_id: int, position: int, ids: dict[str, int]
-) -> dict[str, Any]:
-    if list_field == "dependencies":
-        return {
+def _child_rows(
+    list_field: str, items: list[dict[str, Any]], table_id: int, ids: dict[str, int]
+) -> list[dict[str, Any]]:
+    """The rows of one table's partitions, dependencies or tasks (an ``any_of`` group: one per member)."""
+    if list_field != "dependencies":
+        return [_child_row(list_field, item, table_id, position) for position, item in enumerate(items)]
+    edges = [
+        (member, item["is_required"], index if "any_of" in item else None)
+        for index, item in enumerate(items)
+        for member in item.get("any_of", [item])
+    ]
+    return [
+        {
             "table_id": table_id,
             "position": position,
-            "upstream_table_id": ids[item["dependency_name"]],
-            "is_required": item["is_required"],
-            "partition_map": item.get("partition_map") or {},
+            "upstream_table_id": ids[member["dependency_name"]],
+            "is_required": required,
+            "partition_map": member.get("partition_map") or {},
+            "any_of_position": group,
         }
+        for position, (member, required, group) in enumerate(edges)
+    ]
+
+
+def _child_row(list_field: str, item: dict[str, Any], table_id: int, position: int) -> dict[str, Any]:
     if list_field == "tasks":
         return {
             "table_id": table_id,
@@ -392,6 +429,7 @@ def _child_row(
             "target": item["target"],
             "params": item.get("params") or {},
             "timeout_seconds": item.get("timeout_seconds", DEFAULT_TASK_TIMEOUT_SECONDS),
+            "auth_secret": item.get("auth_secret"),
         }
     return {
         "table_id": table_id,
