@@ -7,23 +7,30 @@ dicts that are validated and applied; values are canonicalised by type as §4 "P
 The reading of DESIGN §4 that the model encodes:
 
 * A key K of D maps some of D's partitions to values; every required partition of D is in it.
+* Each entry of D's ``dependencies`` is a *requirement*: a set of edges D → U with one required
+  flag. A plain dependency is a requirement of one edge; an ``any_of`` group is one requirement
+  whose edges are its members (each with its own ``partition_map``; the group's ``is_required``,
+  default true). A table is the upstream of at most one edge of D (the validator's rule).
 * An execution x of U *provides* to D, through the edge D → U, the value of each partition p of D
   whose upstream partition (``partition_map.get(p, p)``) U has and x gives. It *agrees* with K
   when no provided value differs from K's (an omitted value agrees with anything).
-* **Gate.** D's gate for K is open when every required dependency of D has at least one execution,
-  registered so far, that agrees with K. Optional dependencies never block.
-* **Keys considered.** When E of U is registered, for each dependent D of U: take E, and one
-  execution of each of D's other required dependencies, and at most one of each optional one
-  ("every combination"); when the values they provide never contradict each other, K is their
-  union: E's values ("agree with E on the shared partitions"; a given value is part of the key)
-  and "D's other partitions taken from executions of D's other dependencies". An optional
-  partition nobody in the combination gives is left out of K. K must hold every required
-  partition of D. E opens D@K when D's gate for K is open (checked separately, from the gate
-  definition above, against every execution registered so far including E).
+* **Gate.** D's gate for K is open when every required requirement of D has at least one edge with
+  an execution, registered so far, that agrees with K through that edge ("a required group blocks
+  until one member is present"). Optional requirements (plain or group) never block.
+* **Keys considered.** When E of U is registered, for each edge D → U (in requirement R0): E is
+  R0's chosen execution (the other members of R0 are not consulted: E satisfies the group). For
+  each other requirement: one execution of any one of its members (providing through that member's
+  edge), or, when the requirement is optional, nothing ("every combination"). When the values they
+  provide never contradict each other, K is their union: E's values ("agree with E on the shared
+  partitions"; a given value is part of the key) and "D's other partitions taken from executions of
+  D's other dependencies". An optional partition nobody in the combination gives is left out of K.
+  K must hold every required partition of D. E opens D@K when D's gate for K is open (checked
+  separately, from the gate definition above, against every execution registered so far including E).
 * The items of one request are all registered before any gate is decided (they see each other).
   This gives the same union of runs as registering them one by one: a key that needs both E1
   and E2 is reached from whichever is registered second.
-* Each opened (D, K) has one run: created by the first opening, pushed by the next ones.
+* Each opened (D, K) has one run: created by the first opening, pushed by the next ones (a
+  re-registered execution of any member opens the same keys again).
 """
 
 from __future__ import annotations
@@ -48,19 +55,30 @@ class Partition:
 
 @dataclass(frozen=True)
 class Edge:
+    """D → ``upstream``: a plain dependency, or one member of an ``any_of`` group."""
+
     upstream: str
-    required: bool
     partition_map: tuple[tuple[str, str], ...]
 
     def upstream_partition(self, mine: str) -> str:
         return dict(self.partition_map).get(mine, mine)
 
 
+@dataclass(frozen=True, eq=False)
+class Requirement:
+    """One entry of ``dependencies``: satisfied by an execution of any of its edges (compared by
+    identity: two equal entries of one table are still two requirements)."""
+
+    edges: tuple[Edge, ...]
+    required: bool
+    group: bool
+
+
 @dataclass(frozen=True)
 class Table:
     name: str
     partitions: tuple[Partition, ...]
-    dependencies: tuple[Edge, ...]
+    dependencies: tuple[Requirement, ...]
 
     def partition_names(self) -> set[str]:
         return {p.name for p in self.partitions}
@@ -83,16 +101,23 @@ def tables_from(documents: Iterable[Mapping[str, Any]]) -> dict[str, Table]:
             Partition(p["name"], p["type"], p.get("is_required", True))
             for p in document.get("partitions", [])
         )
-        edges = tuple(
-            Edge(
-                d["dependency_name"],
-                d.get("is_required", True),
-                tuple(sorted(d.get("partition_map", {}).items())),
-            )
-            for d in document.get("dependencies", [])
-        )
-        tables[document["name"]] = Table(document["name"], partitions, edges)
+        requirements = tuple(requirement_from(d) for d in document.get("dependencies", []))
+        tables[document["name"]] = Table(document["name"], partitions, requirements)
     return tables
+
+
+def requirement_from(entry: Mapping[str, Any]) -> Requirement:
+    """An item of ``dependencies``: ``{dependency_name, is_required?, partition_map?}`` or
+    ``{any_of: [name | {dependency_name, partition_map?}, …], is_required?}``."""
+    required = entry.get("is_required", True)
+    if "any_of" not in entry:
+        return Requirement((edge_from(entry),), required, group=False)
+    members = tuple(edge_from({"dependency_name": m} if isinstance(m, str) else m) for m in entry["any_of"])
+    return Requirement(members, required, group=True)
+
+
+def edge_from(entry: Mapping[str, Any]) -> Edge:
+    return Edge(entry["dependency_name"], tuple(sorted(entry.get("partition_map", {}).items())))
 
 
 def canonical(kind: str, raw: Any) -> Value:
@@ -141,15 +166,21 @@ def gate_open(
     candidate: Mapping[str, Value],
     history: Sequence[Registered],
 ) -> bool:
-    """Every required dependency has a registered execution that agrees with ``candidate``."""
+    """Every required requirement has an edge with a registered execution that agrees with ``candidate``."""
     return all(
         any(
             x.table == edge.upstream and agrees(dependent, edge, tables[edge.upstream], candidate, x.key)
+            for edge in requirement.edges
             for x in history
         )
-        for edge in dependent.dependencies
-        if edge.required
+        for requirement in dependent.dependencies
+        if requirement.required
     )
+
+
+#: What a requirement contributes to one combination: an edge and one of its upstream's executions,
+#: or nothing (an optional requirement left out).
+Choice = tuple[Edge, Registered] | None
 
 
 def opened_by(
@@ -159,28 +190,43 @@ def opened_by(
     result: set[tuple[str, FrozenKey]] = set()
     upstream = tables[execution.table]
     for dependent in tables.values():
-        for edge in dependent.dependencies:
-            if edge.upstream != execution.table:
-                continue
-            others = [e for e in dependent.dependencies if e is not edge]
-            choices: list[list[tuple[Edge, Registered | None]]] = [
-                [(e, x) for x in history if x.table == e.upstream] + ([] if e.required else [(e, None)])
-                for e in others
-            ]
-            for combination in itertools.product(*choices):
-                candidate: Key | None = dict(provided(dependent, edge, upstream, execution.key))
-                for other_edge, chosen in combination:
-                    if chosen is None or candidate is None:
+        for own in dependent.dependencies:
+            for edge in own.edges:
+                if edge.upstream != execution.table:
+                    continue
+                others = [r for r in dependent.dependencies if r is not own]
+                choices: list[list[Choice]] = [
+                    [(e, x) for e in r.edges for x in history if x.table == e.upstream]
+                    + ([] if r.required else [None])
+                    for r in others
+                ]
+                for combination in itertools.product(*choices):
+                    candidate = combine(dependent, tables, edge, upstream, execution, combination)
+                    if candidate is None:
                         continue
-                    given = provided(dependent, other_edge, tables[other_edge.upstream], chosen.key)
-                    if any(candidate.get(name, value) != value for name, value in given.items()):
-                        candidate = None  # contradicting values: not one key
-                    else:
-                        candidate.update(given)
-                if candidate is None:
-                    continue
-                if any(p.required and p.name not in candidate for p in dependent.partitions):
-                    continue
-                if gate_open(tables, dependent, candidate, history):
-                    result.add((dependent.name, freeze(candidate)))
+                    if any(p.required and p.name not in candidate for p in dependent.partitions):
+                        continue
+                    if gate_open(tables, dependent, candidate, history):
+                        result.add((dependent.name, freeze(candidate)))
     return result
+
+
+def combine(
+    dependent: Table,
+    tables: Mapping[str, Table],
+    edge: Edge,
+    upstream: Table,
+    execution: Registered,
+    combination: Iterable[Choice],
+) -> Key | None:
+    """The union of what ``execution`` and the chosen executions provide, None if they contradict."""
+    candidate = dict(provided(dependent, edge, upstream, execution.key))
+    for chosen in combination:
+        if chosen is None:
+            continue
+        other_edge, x = chosen
+        given = provided(dependent, other_edge, tables[other_edge.upstream], x.key)
+        if any(candidate.get(name, value) != value for name, value in given.items()):
+            return None  # contradicting values: not one key
+        candidate.update(given)
+    return candidate

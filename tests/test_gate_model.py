@@ -1,12 +1,16 @@
-"""Gates and keys against a brute-force reference model (issue 8), on the real path through the database.
+"""Gates and keys against a brute-force reference model (issues 8, 20), on the real path through the
+database.
 
 Hypothesis draws small definition sets (2–6 tables, 0–2 partitions each from a small pool of int,
 string and date partitions, required or optional; dependencies forming a DAG, required or optional,
-sometimes through ``partition_map``), checks them with the project's validator, applies them with the
-reconciler, then registers executions drawn from two values per type (so gates do open), some
-omitting optional partitions, through ``register_executions``. After every request the runs it
-opened or pushed must be exactly those :mod:`tests.gate_reference` predicts, and at the end the
-database must hold one run per (table, key) the model ever opened, and no other.
+sometimes through ``partition_map``; from the third table on, often one or two ``any_of`` groups of
+2–3 earlier tables, required or optional, members sometimes with their own ``partition_map``),
+checks them with the project's validator, applies them with the reconciler, then registers
+executions drawn from two values per type (so gates do open), some omitting optional partitions,
+through ``register_executions``. After every request the runs it opened or pushed must be exactly
+those :mod:`tests.gate_reference` predicts, and at the end the database must hold one run per
+(table, key) the model ever opened, and no other. ``--hypothesis-show-statistics`` shows how many
+drawn sets hold groups.
 
 AWS is replaced by in-memory ports; the clock stands still, so with the default debounce no run ever
 fires and the runs that exist are exactly the gates that opened.
@@ -19,6 +23,7 @@ from collections.abc import Iterator, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
+import hypothesis
 import pytest
 from hypothesis import given, note, settings
 from hypothesis import strategies as st
@@ -55,41 +60,101 @@ Request = list[tuple[str, dict[str, Any]]]  # (table, raw partition values) per 
 
 
 @st.composite
+def partition_map_for(
+    draw: st.DrawFn, partitions: list[dict[str, Any]], upstream: dict[str, Any]
+) -> dict[str, str]:
+    """Sometimes renames a partition to an upstream partition of the same type (``dt`` → ``dt_ref``)."""
+    mapping: dict[str, str] = {}
+    for partition in partitions:
+        renames: list[str] = [
+            q["name"]
+            for q in upstream["partitions"]
+            if q["type"] == partition["type"] and q["name"] != partition["name"]
+        ]
+        if not renames or not draw(st.booleans()):
+            continue
+        mapping[partition["name"]] = draw(st.sampled_from(renames))
+    return mapping
+
+
+def edges_of(entry: dict[str, Any]) -> list[dict[str, Any]]:
+    """The edges of an item of ``dependencies``: itself, or the members of an ``any_of`` group."""
+    if "any_of" not in entry:
+        return [entry]
+    return [{"dependency_name": m} if isinstance(m, str) else m for m in entry["any_of"]]
+
+
+def members_of(group: dict[str, Any]) -> list[str]:
+    return [e["dependency_name"] for e in edges_of(group)]
+
+
+def provides(upstreams: dict[str, dict[str, Any]], edge: dict[str, Any], name: str) -> bool:
+    """Whether ``edge`` gives a value for the dependent's partition ``name`` (mapped or shared)."""
+    source = edge.get("partition_map", {}).get(name, name)
+    return any(q["name"] == source for q in upstreams[edge["dependency_name"]]["partitions"])
+
+
+@st.composite
+def any_of_group(
+    draw: st.DrawFn, partitions: list[dict[str, Any]], upstreams: list[dict[str, Any]]
+) -> dict[str, Any]:
+    """``{any_of: [...], is_required?}`` over 2–3 of ``upstreams``; members written as a bare name,
+    as ``{dependency_name}`` or with a ``partition_map``."""
+    members: list[str | dict[str, Any]] = []
+    for upstream in upstreams:
+        mapping = draw(partition_map_for(partitions, upstream))
+        if mapping:
+            members.append({"dependency_name": upstream["name"], "partition_map": mapping})
+        elif draw(st.booleans()):
+            members.append(upstream["name"])
+        else:
+            members.append({"dependency_name": upstream["name"]})
+    group: dict[str, Any] = {"any_of": members}
+    required = draw(st.sampled_from([True, False, None]))  # None: the default (required)
+    if required is not None:
+        group["is_required"] = required
+    return group
+
+
+@st.composite
 def definitions(draw: st.DrawFn) -> list[dict[str, Any]]:
-    """A valid definition set: tables t0…tN, each depending only on earlier ones (a DAG)."""
+    """A valid definition set: tables t0…tN, each depending only on earlier ones (a DAG); from t2 on,
+    a table often has an ``any_of`` group (sometimes two) among its dependencies. Each earlier table
+    is named at most once among a table's dependencies (plain or as a member), as §2 requires."""
     documents: list[dict[str, Any]] = []
     for index in range(draw(st.integers(2, 6))):
         names = [name for name in POOL if draw(st.sampled_from(LIKELY[name]))][:2]
         partitions: list[dict[str, Any]] = [
             {"name": n, "type": POOL[n], "is_required": draw(st.booleans())} for n in names
         ]
-        dependencies = []
-        for upstream in documents:
+        free = list(documents)  # earlier tables not yet named among this table's dependencies
+        dependencies: list[dict[str, Any]] = []
+        for _ in range(draw(st.sampled_from([0, 1, 1, 2]))):
+            if len(free) < 2:
+                break
+            chosen = draw(
+                st.lists(st.sampled_from(free), min_size=2, max_size=3, unique_by=lambda d: d["name"])
+            )
+            free = [d for d in free if all(d["name"] != c["name"] for c in chosen)]
+            dependencies.append(draw(any_of_group(partitions, chosen)))
+        for upstream in free:
             if not draw(st.booleans()):
                 continue
-            mapping: dict[str, str] = {}
-            for partition in partitions:
-                renames: list[str] = [
-                    q["name"]
-                    for q in upstream["partitions"]
-                    if q["type"] == partition["type"] and q["name"] != partition["name"]
-                ]
-                if not renames or not draw(st.booleans()):
-                    continue
-                mapping[partition["name"]] = draw(st.sampled_from(renames))
             edge: dict[str, Any] = {"dependency_name": upstream["name"], "is_required": draw(st.booleans())}
+            mapping = draw(partition_map_for(partitions, upstream))
             if mapping:
                 edge["partition_map"] = mapping
             dependencies.append(edge)
-        if dependencies:  # DESIGN §2: a dependent's required partition must come from a dependency
+        if len(dependencies) > 1:
+            dependencies = draw(st.permutations(dependencies))
+        if dependencies:
+            # DESIGN §2: a dependent's required partition must come from a dependency; a group
+            # provides it only when every member does.
             upstreams = {d["name"]: d for d in documents}
             for partition in partitions:
                 provided = any(
-                    any(
-                        q["name"] == d.get("partition_map", {}).get(partition["name"], partition["name"])
-                        for q in upstreams[d["dependency_name"]]["partitions"]
-                    )
-                    for d in dependencies
+                    all(provides(upstreams, edge, partition["name"]) for edge in edges_of(entry))
+                    for entry in dependencies
                 )
                 partition["is_required"] = partition["is_required"] and provided
         document = {"version": 1, "name": f"t{index}", "partitions": partitions}
@@ -125,6 +190,13 @@ def request_for(draw: st.DrawFn, documents: list[dict[str, Any]]) -> Request:
 def scenarios(draw: st.DrawFn) -> tuple[list[dict[str, Any]], list[Request]]:
     documents = draw(definitions())
     requests = draw(st.lists(request_for(documents), min_size=2, max_size=10))
+    groups = [e for d in documents for e in d.get("dependencies", []) if "any_of" in e]
+    hypothesis.event(f"any_of groups in the set: {min(len(groups), 3)}{'+' if len(groups) > 3 else ''}")
+    if groups:  # a group whose members both got an execution: the interesting case
+        registered = {t for request in requests for t, _ in request}
+        hypothesis.event(
+            f"a group with 2+ members registered: {any(sum(m in registered for m in members_of(g)) > 1 for g in groups)}"
+        )
     return documents, requests
 
 
