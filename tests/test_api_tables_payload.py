@@ -135,3 +135,33 @@ def test_the_request_body_is_in_the_openapi_document() -> None:
     envelope = document["components"]["schemas"]["TablesEnvelope"]
     assert envelope["required"] == ["data"]
     assert set(envelope["properties"]) == {"data", "user"}
+
+
+def test_an_any_of_group_in_the_payload_is_checked_and_planned(flux: Lambda) -> None:
+    group = {"any_of": ["tb_a", {"dependency_name": "tb_manual", "partition_map": {}}], "is_required": True}
+    table = {"name": "tb_g", "partitions": MONTH, "dependencies": [group]}
+    answer = flux.ok("POST", "/tables", {"data": [table]})
+    assert (answer["valid"], answer["problems"]) == (True, [])
+    [action] = answer["plan"]["actions"]
+    assert (action["action"], action["table"]) == ("create", "tb_g")
+
+    broken = {"any_of": ["tb_a", "tb_ghost"], "is_required": True}
+    [problem] = flux.ok("POST", "/tables", {"data": [{**table, "dependencies": [broken]}]})["problems"]
+    assert problem["path"] == "data[0].dependencies[0].any_of[1].dependency_name"
+    assert problem["code"] == "unknown-dependency"
+    [problem] = flux.ok("POST", "/tables", {"data": [{**table, "dependencies": [{"any_of": ["tb_a"]}]}]})[
+        "problems"
+    ]
+    assert (problem["path"], problem["code"]) == ("data[0].dependencies[0].any_of", "schema-minItems")
+
+
+def test_the_old_systems_optative_link_is_refused_with_what_to_write_instead(flux: Lambda) -> None:
+    old = [{"dependency_name": "tb_a"}, {"dependency_name": "tb_manual", "optative_with_dependency_id": 1}]
+    table = {"name": "tb_g", "partitions": MONTH, "dependencies": old}
+    [problem] = flux.ok("POST", "/tables", {"data": [table]})["problems"]
+    assert problem == {
+        "path": "data[0].dependencies[1].optative_with_dependency_id",
+        "code": "schema-unknown-field",
+        "message": "unknown field 'optative_with_dependency_id': alternative upstreams are one any_of group "
+        "here, {any_of: [a, b], is_required: true} (`flux-control import` converts them)",
+    }

@@ -104,3 +104,72 @@ def test_a_root_table_has_no_gate(flux: Lambda, database_url: str) -> None:
         result.output.splitlines()[1]
         == "  gate: none (a root table: it runs only when registered or started by hand)"
     )
+
+
+# --- any_of groups: which member satisfied it, or that none did ------------------------------------
+
+GROUPED = [
+    *(table_doc(name, partitions=MONTH) for name in ("tb_req", "tb_full", "tb_delta", "tb_x1", "tb_x2")),
+    table_doc(
+        "tb_g",
+        partitions=MONTH,
+        dependencies=[
+            {"dependency_name": "tb_req"},
+            {"any_of": ["tb_full", "tb_delta"], "is_required": True},
+            {
+                "any_of": ["tb_x1", {"dependency_name": "tb_x2", "partition_map": {"mes": "mes"}}],
+                "is_required": False,
+            },
+        ],
+    ),
+]
+
+
+@pytest.fixture
+def grouped(engine: Engine, monkeypatch: pytest.MonkeyPatch) -> Iterator[Lambda]:
+    with running_lambda(engine, GROUPED, monkeypatch) as handler:
+        yield handler
+
+
+def test_explain_says_which_member_satisfied_a_group_or_that_none_did(
+    grouped: Lambda, database_url: str
+) -> None:
+    register(grouped, "tb_req")
+    waiting = explain(database_url, "tb_g", "-p", "mes=202305")
+    assert waiting.exit_code == 0, waiting.output
+    lines = waiting.output.splitlines()
+    assert lines[1] == "  gate: closed, waiting for any_of(tb_full, tb_delta)"
+    assert lines[3].startswith("    ✓ tb_req (required): execution ")
+    assert lines[4] == (
+        "    ✗ any_of(tb_full, tb_delta) (required): missing: none of tb_full, tb_delta has an execution "
+        "for mes=202305"
+    )
+    assert lines[5] == (
+        "    ✗ any_of(tb_x1, tb_x2) (optional): none of tb_x1, tb_x2 has an execution for mes=202305 "
+        "(optional: does not block)"
+    )
+
+    register(grouped, "tb_delta")
+    ready = explain(database_url, "tb_g", "-p", "mes=202305").output.splitlines()
+    assert ready[1] == "  gate: open"
+    assert ready[4].startswith("    ✓ any_of(tb_full, tb_delta) (required): via tb_delta, execution ")
+    assert ready[4].endswith("of mes=202305, registered 2026-11-29T12:00:00+00:00 by glue")
+
+    document = json.loads(explain(database_url, "tb_g", "-p", "mes=202305", "--format", "json").output)
+    assert document["gate"] == "open"
+    # the fields of a plain dependency keep their meaning; members and satisfied_by_member are added
+    assert [
+        (d["dependency"], d["required"], d["present"], d["members"], d["satisfied_by_member"])
+        for d in document["dependencies"]
+    ] == [
+        ("tb_req", True, True, [], None),
+        ("any_of(tb_full, tb_delta)", True, True, ["tb_full", "tb_delta"], "tb_delta"),
+        ("any_of(tb_x1, tb_x2)", False, False, ["tb_x1", "tb_x2"], None),
+    ]
+    group = document["dependencies"][1]
+    assert group["execution"]["partitions"] == {"mes": 202305}
+    assert document["open_run"]["status"] == "scheduled"
+
+    register(grouped, "tb_full")  # both members present: the newest execution is shown
+    again = explain(database_url, "tb_g", "-p", "mes=202305").output.splitlines()
+    assert again[4].startswith("    ✓ any_of(tb_full, tb_delta) (required): via tb_full, execution ")

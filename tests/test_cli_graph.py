@@ -1,4 +1,5 @@
-"""``flux-control graph`` and ``controller.core.graphs``: edges, optional and approval marks, focus, changed."""
+"""``flux-control graph`` and ``controller.core.graphs``: edges, optional, any_of and approval marks,
+focus, changed."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ from click.testing import CliRunner
 
 from controller.cli import main
 from controller.core.graphs import build, dot, mermaid
-from controller.core.specs import DependencySpec, TableSpec
+from controller.core.specs import AnyOfSpec, DependencySpec, MemberSpec, TableSpec
 from tests.conftest import REPO_ROOT, WriteDefs
 
 DEFINITIONS = str(REPO_ROOT / "definitions")
@@ -195,3 +196,87 @@ def test_node_ids_are_safe_for_mermaid() -> None:
     text = mermaid([_table("end"), _table("o_x", "end")])
     assert '  t_end["end"]' in text
     assert "  t_end --> t_o_x" in text
+
+
+# --- any_of groups --------------------------------------------------------------------------------
+
+
+def _group(*members: str, required: bool = True) -> AnyOfSpec:
+    return AnyOfSpec(any_of=tuple(MemberSpec(dependency_name=m) for m in members), is_required=required)
+
+
+def test_a_group_labels_each_member_edge_in_mermaid_and_dot() -> None:
+    tables = [
+        _table("a"),
+        _table("b"),
+        _table("p"),
+        TableSpec(name="x", dependencies=(DependencySpec(dependency_name="p"), _group("b", "a"))),
+    ]
+    assert _lines(mermaid(tables), "->") == [
+        't_a -->|"any of"| t_x',
+        't_b -->|"any of"| t_x',
+        "t_p --> t_x",  # a plain dependency beside the group: no label
+    ]
+    assert _lines(dot(tables), "->") == [
+        '"a" -> "x" [label="any of"];',
+        '"b" -> "x" [label="any of"];',
+        '"p" -> "x";',
+    ]
+    assert [(e.upstream, e.group) for e in build(tables).edges] == [
+        ("a", "any of"),
+        ("b", "any of"),
+        ("p", ""),
+    ]
+
+
+def test_an_optional_group_is_dotted_or_dashed_and_labelled() -> None:
+    tables = [_table("a"), _table("b"), TableSpec(name="x", dependencies=(_group("a", "b", required=False),))]
+    assert _lines(mermaid(tables), "->") == ['t_a -.->|"any of"| t_x', 't_b -.->|"any of"| t_x']
+    assert _lines(dot(tables), "->") == [
+        '"a" -> "x" [style=dashed, label="any of"];',
+        '"b" -> "x" [style=dashed, label="any of"];',
+    ]
+
+
+def test_several_groups_of_one_table_are_numbered_in_the_order_written() -> None:
+    tables = [
+        *(_table(n) for n in ("a", "b", "c", "d")),
+        TableSpec(name="x", dependencies=(_group("c", "d"), _group("a", "b", required=False))),
+        TableSpec(name="y", dependencies=(_group("a", "b"),)),  # one group: not numbered
+    ]
+    text = mermaid(tables)
+    # '#' is written as Mermaid's entity, as in node labels
+    assert _lines(text, "->") == [
+        't_a -.->|"any of #35;2"| t_x',
+        't_a -->|"any of"| t_y',
+        't_b -.->|"any of #35;2"| t_x',
+        't_b -->|"any of"| t_y',
+        't_c -->|"any of #35;1"| t_x',
+        't_d -->|"any of #35;1"| t_x',
+    ]
+    assert '"c" -> "x" [label="any of #1"];' in dot(tables)
+    assert '"a" -> "x" [style=dashed, label="any of #2"];' in dot(tables)
+    assert mermaid(list(reversed(tables))) == text  # deterministic whatever the input order
+
+
+def test_focus_follows_group_members(write_defs: WriteDefs) -> None:
+    root = write_defs(
+        {
+            "a.yaml": "version: 1\nname: a\npartitions: []\n",
+            "b.yaml": "version: 1\nname: b\npartitions: []\n",
+            "c.yaml": "version: 1\nname: c\npartitions: []\n",
+            "x.yaml": "version: 1\nname: x\npartitions: []\ndependencies:\n  - any_of: [a, b]\n    is_required: true\n",
+        }
+    )
+    code, out, err = _run(str(root), "--focus", "a")
+    assert code == 0, err
+    assert _lines(out, "->") == ['t_a -->|"any of"| t_x']
+    code, out, err = _run(str(root), "--focus", "x", "--format", "dot")
+    assert code == 0, err
+    assert _lines(out, "->") == ['"a" -> "x" [label="any of"];', '"b" -> "x" [label="any of"];']
+    assert '"c"' not in out
+
+
+def test_help_describes_groups() -> None:
+    result = CliRunner().invoke(main, ["graph", "--help"])
+    assert '"any of"' in result.output

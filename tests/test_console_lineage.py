@@ -1,4 +1,5 @@
-"""``controller.console.lineage``: levels, depth, cycles, escaping, colours, the cap, a large DAG, CSP."""
+"""``controller.console.lineage``: levels, depth, cycles, escaping, colours, the cap, a large DAG, CSP,
+any_of members."""
 
 from __future__ import annotations
 
@@ -201,6 +202,46 @@ def test_optional_edges_are_dashed() -> None:
     # a pair that is required by any edge is required
     assert dashes == {"a → b (optional)": "6 4", "b → c (required)": None}
     assert len(adjacency(edges).downstreams["b"]) == 1
+
+
+def test_any_of_members_are_labelled_in_text_not_by_look_alone() -> None:
+    edges = [
+        Edge("full", "x", group="any of"),
+        Edge("delta", "x", group="any of"),
+        Edge("extra", "x", required=False, group="any of #2"),
+        Edge("plain", "x"),
+    ]
+    root = _parse(render("x", edges, {}, _href).svg)
+    paths = {
+        (title.text or ""): path
+        for path in root.iter(f"{SVG}path")
+        if (title := path.find(f"{SVG}title")) is not None
+    }
+    assert sorted(paths) == [
+        "delta → x (required, any of: one of the group is enough)",
+        "extra → x (optional, any of #2: one of the group is enough)",
+        "full → x (required, any of: one of the group is enough)",
+        "plain → x (required)",
+    ]
+    assert (
+        paths["full → x (required, any of: one of the group is enough)"].get("class")
+        == "edge required any-of"
+    )
+    assert (
+        paths["extra → x (optional, any of #2: one of the group is enough)"].get("stroke-dasharray") == "6 4"
+    )
+    assert paths["plain → x (required)"].get("class") == "edge required"
+    # each member's edge carries a visible label, drawn in the label colour
+    labels = [t for t in root.iter(f"{SVG}text") if t.get("class") == "edge-label"]
+    assert sorted(t.text or "" for t in labels) == ["any of", "any of", "any of #2"]
+    assert {t.get("fill") for t in labels} == {LABEL_COLOUR}
+
+
+def test_merged_pairs_keep_a_plain_dependency_over_a_group() -> None:
+    index = adjacency([Edge("a", "x", group="any of"), Edge("a", "x", required=False)])
+    assert index.upstreams["x"] == (Edge("a", "x", True, ""),)
+    index = adjacency([Edge("a", "x", required=False, group="any of #2"), Edge("a", "x", group="any of #1")])
+    assert index.upstreams["x"] == (Edge("a", "x", True, "any of #1"),)
 
 
 def test_a_crowded_column_shows_the_first_names_and_a_count() -> None:

@@ -226,3 +226,27 @@ def test_the_tables_page_finds_tables_by_name_and_says_which_reconcile_it_shows(
     assert 'href="/console/tables/gated"' in found and 'href="/console/tables/raw"' not in found
     assert "1 tables" in squash(found)
     assert "No table's name holds" in squash(page(visitor.get("/console/tables", q="zzz")))
+
+
+GROUPED = [
+    *(table_doc(name, partitions=MONTH) for name in ("full", "delta")),
+    table_doc("merged", partitions=MONTH, dependencies=[{"any_of": ["full", "delta"], "is_required": True}]),
+]
+
+
+def test_an_any_of_group_is_listed_drawn_and_explained(
+    engine: Engine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    with running_lambda(engine, GROUPED, monkeypatch) as flux:
+        item = {"table_name": "delta", "partitions": partitions(mes=4), "source": "glue"}
+        flux.ok("POST", "/register_execution", {"data": [item]})
+        visitor = Visitor(APPROVER)
+        listed = squash(page(visitor.get("/console/tables", q="merged")))
+        assert "any_of(full, delta)" in listed
+        html = page(visitor.get("/console/tables/merged", p_mes="4", key="mes=4"))
+        # each member's edge is marked in text: a visible label and the tooltip, besides a class hook
+        assert html.count('class="edge required any-of"') == 2
+        assert html.count(">any of</text>") == 2
+        assert "full → merged (required, any of: one of the group is enough)" in html
+        assert "✓ any_of(full, delta) (required): via delta, execution " in html
+        assert 'href="/console/tables/full"' in html and 'href="/console/tables/delta"' in html

@@ -185,7 +185,11 @@ TableObject = Annotated[
             {
                 "name": "tb_op_enriquecido",
                 "partitions": [{"name": "ano_mes_referencia", "type": "int", "is_required": True}],
-                "dependencies": [{"dependency_name": "tbjf001_op_pdz_prep", "is_required": True}],
+                "dependencies": [
+                    {"dependency_name": "tbjf001_op_pdz_prep", "is_required": True},
+                    # alternatives: one of them is enough (DESIGN §4)
+                    {"any_of": ["tb_cadastro_full", "tb_cadastro_delta"], "is_required": True},
+                ],
             }
         ],
     ),

@@ -45,8 +45,9 @@ def _partition(_ctx: click.Context, _param: click.Parameter, values: tuple[str, 
 def explain_command(table: str, partitions: dict[str, str], database_url: str, output_format: str) -> None:
     """Explain why TABLE did or did not run for a key.
 
-    Shows each dependency present or missing (with the execution that satisfies it), the open run
-    and its state, the debounce fire time, the approval, and the last runs with their outcome.
+    Shows each dependency present or missing (with the execution that satisfies it; for an any_of
+    group, of which member, or that none of them has one), the open run and its state, the debounce
+    fire time, the approval, and the last runs with their outcome.
 
     \b
     Examples:

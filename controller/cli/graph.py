@@ -24,8 +24,10 @@ def graph_command(directory: Path, output_format: str, focus: str | None) -> Non
     """Print the dependency graph of the definitions under DIRECTORY (default: definitions/).
 
     Edges go from an upstream table to the table that depends on it; optional dependencies are
-    dotted (Mermaid) or dashed (DOT); tables that require approval are drawn as hexagons. The
-    definitions are validated first: invalid ones print their problems and exit 1.
+    dotted (Mermaid) or dashed (DOT); the members of an any_of group (one of them is enough) are
+    labelled "any of" ("any of #1", "any of #2" when a table has several groups); tables that
+    require approval are drawn as hexagons. The definitions are validated first: invalid ones print
+    their problems and exit 1.
 
     \b
     Examples:

@@ -1,4 +1,19 @@
-"""``flux-control import``: an original ``POST /tables`` payload becomes definition files."""
+"""``flux-control import``: an original ``POST /tables`` payload becomes definition files.
+
+Alternative upstreams. The old system stored ``optative_with_dependency_id`` on a dependency ("this
+upstream or that one"), a reference to another row of its ``dependencies`` table, and never acted on
+it; here they become one ``any_of`` group (DESIGN §4). Within one table of the payload:
+
+- ``optative_with_dependency_id: N`` names the dependency whose ``id`` (the old row id) is N; when
+  no dependency of that table carries an ``id``, the one whose ``dependency_id`` (the old upstream
+  table id) is N. A reference that matches nothing is refused and nothing is written.
+- Links go both ways and chain: A→B and C→B make one group of A, B and C, written where its first
+  member was, members in the order the payload lists them.
+- The group is required if any member is (a member without ``is_required`` counts as required, the
+  definition default); a member keeps its ``partition_map`` and is written by name alone without one.
+- The old ids (``id``, ``optative_with_dependency_id``, and ``dependency_id`` beside a
+  ``dependency_name``) mean nothing here and are not written; a dependency linked to none stays plain.
+"""
 
 from __future__ import annotations
 
@@ -25,7 +40,7 @@ _WIDTH = 1 << 20  # never fold long strings: one value per line diffs cleanly
 _FIELDS = ("version", "name", *SCALAR_FIELDS, *(list_field for list_field, _ in LIST_FIELDS))
 _ITEM_FIELDS = {
     "partitions": ("name", "type", "is_required"),
-    "dependencies": ("dependency_name", "is_required", "partition_map"),
+    "dependencies": ("dependency_name", "any_of", "is_required", "partition_map"),
     "tasks": ("alias", "type", "target", "params", "timeout_seconds"),
     "retries": ("max_attempts", "backoff_seconds"),
 }
@@ -61,7 +76,7 @@ def import_command(payload: Path, out: Path, force: bool) -> None:
       flux-control import payload.json --out definitions/operacoes
       flux-control import payload.json --out definitions/operacoes --force
     """
-    tables = _read_payload(payload)
+    tables = [_with_groups(table) for table in _read_payload(payload)]
     names = _file_names(tables)
     targets = [out / f"{name}.yaml" for name in names]
     existing = [t for t in targets if t.exists()]
@@ -210,15 +225,7 @@ def _report(result: ValidationResult, out: Path, tables: list[dict[str, Any]]) -
         click.secho(f"Warning: {printable(str(problem))}", fg="yellow", err=True)
     if all(p.code == "unknown-dependency" for p in result.problems):
         defined = {t.name for t in result.specs}
-        missing = sorted(
-            {
-                d["dependency_name"]
-                for t in tables
-                for d in t.get("dependencies") or ()
-                if isinstance(d, dict) and isinstance(d.get("dependency_name"), str)
-            }
-            - defined
-        )
+        missing = sorted({name for t in tables for name in _upstream_names(t)} - defined)
         raise click.ClickException(
             f"the files were written, but they depend on tables that are not defined in "
             f"{out.as_posix()}: {', '.join(missing)}. Add the definitions of those upstream tables "
@@ -228,3 +235,96 @@ def _report(result: ValidationResult, out: Path, tables: list[dict[str, Any]]) -
         f"the files were written, but the definitions in {out.as_posix()} have "
         f"{len(result.problems)} problem(s); fix them, then run `flux-control validate {out.as_posix()}`."
     )
+
+
+def _upstream_names(table: dict[str, Any]) -> list[str]:
+    """The upstream names a payload table gives: plain dependencies' and ``any_of`` members'."""
+    found: list[str] = []
+    for item in table.get("dependencies") or ():
+        if not isinstance(item, dict):
+            continue
+        group = item.get("any_of")
+        members: list[Any] = group if isinstance(group, list) else [item]
+        for member in members:
+            name = member.get("dependency_name") if isinstance(member, dict) else member
+            if isinstance(name, str):
+                found.append(name)
+    return found
+
+
+#: The old system's ids on a dependency: consumed by :func:`_with_groups`, never written.
+_OLD_IDS = ("id", "optative_with_dependency_id")
+
+
+def _with_groups(table: dict[str, Any]) -> dict[str, Any]:
+    """``table`` with its dependencies linked by ``optative_with_dependency_id`` as ``any_of`` groups
+    (the rules are in the module's docstring); a table without such links is returned as it is."""
+    items = table.get("dependencies")
+    if not isinstance(items, list) or not any(
+        isinstance(d, dict) and any(key in d for key in _OLD_IDS) for d in items
+    ):
+        return table
+    dicts = [(i, d) for i, d in enumerate(items) if isinstance(d, dict)]
+    by_row = {d["id"]: i for i, d in dicts if _is_id(d.get("id"))}
+    by_table = {d["dependency_id"]: i for i, d in dicts if _is_id(d.get("dependency_id"))}
+    targets = by_row if by_row else by_table
+    group_of = list(range(len(items)))  # union-find over positions: each group's first member
+
+    def root(i: int) -> int:
+        while group_of[i] != i:
+            i = group_of[i]
+        return i
+
+    for i, item in dicts:
+        link = item.get("optative_with_dependency_id")
+        if link is None:
+            continue
+        if not _is_id(link) or link not in targets:
+            by = "id" if by_row else "dependency_id"
+            raise click.ClickException(
+                f"table {table.get('name')!r}: dependency #{i + 1} has optative_with_dependency_id "
+                f"{link!r}, but no dependency of that table has that {by}; fix the payload. "
+                "Nothing was written."
+            )
+        a, b = sorted((root(i), root(targets[link])))
+        group_of[b] = a
+    members: dict[int, list[int]] = {}
+    for i in range(len(items)):
+        members.setdefault(root(i), []).append(i)
+    converted: list[Any] = []
+    for first, positions in members.items():  # dict order: by each group's first position
+        if len(positions) == 1:
+            converted.append(_plain(items[first]))
+        else:
+            group = [items[i] for i in positions]
+            required = any(d.get("is_required", True) is not False for d in group)
+            converted.append({"any_of": [_member(d) for d in group], "is_required": required})
+    return {**table, "dependencies": converted}
+
+
+def _plain(item: Any) -> Any:
+    """A dependency linked to no other, without the old ids."""
+    if not isinstance(item, dict):
+        return item
+    return {k: v for k, v in _without_old_ids(item).items() if k not in _OLD_IDS}
+
+
+def _member(item: dict[str, Any]) -> Any:
+    """One alternative of a group: its name alone, or with its ``partition_map`` (and anything else
+    it carries, which validation then reports: the group's ``is_required`` replaces the member's)."""
+    kept = {k: v for k, v in _without_old_ids(item).items() if k not in (*_OLD_IDS, "is_required")}
+    if set(kept) == {"dependency_name"} and isinstance(kept["dependency_name"], str):
+        return kept["dependency_name"]
+    return _ordered(kept, ("dependency_name", "partition_map"))
+
+
+def _is_id(value: Any) -> bool:
+    """An old system's id: an integer (or a string, as some exports write them), never a boolean."""
+    return isinstance(value, int | str) and not isinstance(value, bool)
+
+
+def _without_old_ids(item: dict[str, Any]) -> dict[str, Any]:
+    """``dependency_id`` (the old upstream table id) is redundant beside a ``dependency_name``."""
+    if "dependency_name" in item:
+        return {k: v for k, v in item.items() if k != "dependency_id"}
+    return item

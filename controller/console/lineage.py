@@ -18,7 +18,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from types import MappingProxyType
 
-from controller.core.graphs import Edge
+from controller.core.graphs import Edge, merge_edges
 from controller.core.runs import (
     AWAITING_APPROVAL,
     CANCELLED,
@@ -64,6 +64,8 @@ GAP_X = 64
 GAP_Y = 10
 MARGIN = 12
 FONT_SIZE = 12
+#: The label of an ``any_of`` member's edge ("any of"), smaller than a table's.
+EDGE_FONT_SIZE = 10
 _CHAR_WIDTH = 7  # a generous average glyph width, to size the legend
 _LEGEND_HEIGHT = 26
 _FONT = "system-ui, -apple-system, 'Segoe UI', sans-serif"
@@ -96,16 +98,12 @@ class Lineage:
 
 
 def adjacency(edges: Iterable[Edge]) -> Adjacency:
-    """Index ``edges`` in one pass; duplicate pairs merge (required if any is), self-loops are dropped."""
-    required: dict[tuple[str, str], bool] = {}
-    for edge in edges:
-        if edge.upstream != edge.downstream:
-            pair = (edge.upstream, edge.downstream)
-            required[pair] = required.get(pair, False) or edge.required
+    """Index ``edges`` in one pass; duplicate pairs merge (:func:`~controller.core.graphs.merge_edges`),
+    self-loops are dropped."""
     upstreams: dict[str, list[Edge]] = {}
     downstreams: dict[str, list[Edge]] = {}
-    for (up, down), is_required in sorted(required.items()):
-        edge = Edge(up, down, is_required)
+    for edge in merge_edges(e for e in edges if e.upstream != e.downstream):
+        up, down = edge.upstream, edge.downstream
         upstreams.setdefault(down, []).append(edge)
         downstreams.setdefault(up, []).append(edge)
     return Adjacency(
@@ -253,12 +251,23 @@ def _edges(index: Adjacency, places: Mapping[str, tuple[int, int]], id_prefix: s
             bend = max(GAP_X // 2, abs(end_x - start_x) // 2)
             dash = "" if edge.required else ' stroke-dasharray="6 4"'
             kind = "required" if edge.required else "optional"
+            # An any_of member: a class hook, the group in the tooltip and a visible text label at
+            # the curve's midpoint (text, so the marking does not rest on the line's look alone).
+            member = " any-of" if edge.group else ""
+            about = f"{kind}, {edge.group}: one of the group is enough" if edge.group else kind
             drawn.append(
-                f'<path class="edge {kind}" d="M{start_x},{start_y} C{start_x + bend},{start_y}'
+                f'<path class="edge {kind}{member}" d="M{start_x},{start_y} C{start_x + bend},{start_y}'
                 f' {end_x - bend},{end_y} {end_x},{end_y}" fill="none" stroke="{EDGE_COLOUR}"'
                 f' stroke-width="1.5"{dash} marker-end="url(#{id_prefix}-arrow)">'
-                f"<title>{_esc(edge.upstream)} → {_esc(edge.downstream)} ({kind})</title></path>"
+                f"<title>{_esc(edge.upstream)} → {_esc(edge.downstream)} ({_esc(about)})</title></path>"
             )
+            if edge.group:
+                # The midpoint of this symmetric cubic curve is the midpoint of its ends.
+                drawn.append(
+                    f'<text class="edge-label" x="{(start_x + end_x) // 2}" y="{(start_y + end_y) // 2 - 4}"'
+                    f' text-anchor="middle" font-size="{EDGE_FONT_SIZE}" fill="{LABEL_COLOUR}"'
+                    f' aria-hidden="true">{_esc(edge.group)}</text>'
+                )
     return drawn
 
 

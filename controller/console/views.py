@@ -17,7 +17,7 @@ from controller.console import lineage
 from controller.core.access import Action, Caller
 from controller.core.catalog import Catalog
 from controller.core.errors import NotFound, Unprocessable
-from controller.core.graphs import Edge
+from controller.core.graphs import table_edges
 from controller.core.keys import InvalidPartition, key_text, make_key
 from controller.core.plans import state_of
 from controller.core.runs import ALL_STATES, CANCELLABLE_STATES, FAILED, Run
@@ -148,7 +148,7 @@ def tables(deps: Dependencies, search: str, page: int) -> dict[str, Any]:
         {
             "name": spec.name,
             "partitions": [p.name for p in spec.partitions],
-            "dependencies": [d.dependency_name for d in spec.dependencies],
+            "dependencies": [r.label for r in spec.requirements],  # a group: "any_of(a, b)"
             "requires_approval": spec.requires_approval,
         }
         for spec in shown
@@ -229,11 +229,8 @@ def _adjacency(catalog: Catalog) -> lineage.Adjacency:
     """The lineage index of ``catalog``'s definitions (built again only for other definitions)."""
     if _indexed and _indexed[0][0] is catalog:
         return _indexed[0][1]
-    edges = (
-        Edge(dep.dependency_name, spec.name, dep.is_required)
-        for spec in catalog.graph.tables.values()
-        for dep in spec.dependencies
-    )
+    # Every upstream edge, an any_of member's labelled with its group (known tables or not).
+    edges = (edge for spec in catalog.graph.tables.values() for edge in table_edges(spec))
     built = lineage.adjacency(edges)
     _indexed[:] = [(catalog, built)]
     return built

@@ -5,7 +5,6 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from urllib.parse import urlsplit
 
 from controller.core.access import GROUP_PREFIX
 from controller.core.problems import Locator, PathSegment, Problem, did_you_mean
@@ -325,8 +324,7 @@ def _task_targets(table: LocatedTable) -> Iterator[Problem]:
     for index, task in enumerate(table.spec.tasks):
         if task.type != "http" or not task.target.lower().startswith("http://"):
             continue
-        host = (urlsplit(task.target).hostname or "").lower()
-        if host not in LOCAL_HOSTS:
+        if _host_of(task.target) not in LOCAL_HOSTS:
             yield _at(
                 table,
                 ("tasks", index, "target"),
@@ -334,6 +332,15 @@ def _task_targets(table: LocatedTable) -> Iterator[Problem]:
                 f"{', '.join(sorted(LOCAL_HOSTS))}), not {task.target!r}",
                 "http-target",
             )
+
+
+def _host_of(url: str) -> str:
+    """The host of an ``http://`` URL, lower case, without credentials, port or IPv6 brackets (the
+    core parses it by hand: ``urllib`` is outside the pure core's imports)."""
+    authority = re.split(r"[/?#]", url.split("://", 1)[1], maxsplit=1)[0].rsplit("@", 1)[-1]
+    if authority.startswith("["):
+        return authority[1:].split("]", 1)[0].lower()
+    return authority.split(":", 1)[0].lower()
 
 
 def _cycles(by_name: dict[str, LocatedTable]) -> Iterator[Problem]:

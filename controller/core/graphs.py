@@ -2,7 +2,10 @@
 
 Edges point from an upstream table to the table that depends on it; optional dependencies are
 dotted (Mermaid) or dashed (DOT); tables that require approval have their own shape and the class
-``approval``. Output is sorted so the same definitions always draw the same text.
+``approval``. The members of an ``any_of`` group (alternatives: one is enough) are drawn as edges
+labelled ``any of``; when a table has several groups each is numbered in the order written
+(``any of #1``, ``any of #2``), so the edges of one group can be told from another's. Output is
+sorted so the same definitions always draw the same text.
 
 ``focus`` keeps one table with everything upstream and downstream of it; ``changed`` keeps the
 changed tables and everything downstream of them, highlighted with the class ``changed`` (what a
@@ -18,6 +21,9 @@ from dataclasses import dataclass
 from controller.core.problems import did_you_mean
 from controller.core.specs import TableSpec
 
+#: The label of the edges of an ``any_of`` group's members (numbered when a table has several groups).
+GROUP_LABEL = "any of"
+
 _UNSAFE = re.compile(r"[^A-Za-z0-9_]")
 _APPROVAL_STYLE = "fill:#fff4d6,stroke:#b7791f,stroke-width:2px"
 _CHANGED_STYLE = "fill:#dbeafe,stroke:#1d4ed8,stroke-width:3px"
@@ -30,6 +36,8 @@ class Edge:
     upstream: str
     downstream: str
     required: bool = True
+    #: A member of an ``any_of`` group: the group's label ("any of", "any of #2"); empty otherwise.
+    group: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -83,6 +91,8 @@ def mermaid(
         lines.append(f"  {ids[table.name]}{shape}")
     for edge in graph.edges:
         arrow = "-->" if edge.required else "-.->"
+        if edge.group:
+            arrow += f"|{_mermaid_label(edge.group)}|"
         lines.append(f"  {ids[edge.upstream]} {arrow} {ids[edge.downstream]}")
     approval = [ids[t.name] for t in graph.tables if t.requires_approval]
     highlighted = [ids[t.name] for t in graph.tables if t.name in graph.changed]
@@ -110,22 +120,51 @@ def dot(
         suffix = f" [{attributes}]" if attributes else ""
         lines.append(f"  {_dot_id(table.name)}{suffix};")
     for edge in graph.edges:
-        style = "" if edge.required else " [style=dashed]"
-        lines.append(f"  {_dot_id(edge.upstream)} -> {_dot_id(edge.downstream)}{style};")
+        marks = ([] if edge.required else ["style=dashed"]) + (
+            [f"label={_dot_id(edge.group)}"] if edge.group else []
+        )
+        suffix = f" [{', '.join(marks)}]" if marks else ""
+        lines.append(f"  {_dot_id(edge.upstream)} -> {_dot_id(edge.downstream)}{suffix};")
     lines.append("}")
     return "\n".join(lines) + "\n"
 
 
+def table_edges(table: TableSpec) -> list[Edge]:
+    """The edges into ``table``, one per upstream it names (plain or ``any_of`` member), in the
+    order written; a group's members carry its label, numbered when the table has several groups."""
+    groups = sum(1 for r in table.requirements if r.is_group)
+    edges: list[Edge] = []
+    number = 0
+    for requirement in table.requirements:
+        label = ""
+        if requirement.is_group:
+            number += 1
+            label = GROUP_LABEL if groups == 1 else f"{GROUP_LABEL} #{number}"
+        edges.extend(
+            Edge(edge.dependency_name, table.name, requirement.is_required, label)
+            for edge in requirement.edges
+        )
+    return edges
+
+
+def merge_edges(edges: Iterable[Edge]) -> list[Edge]:
+    """One edge per (upstream, downstream) pair, sorted: required if any is, a plain dependency if
+    any is (validation allows an upstream once per table, so merging is for invalid or stale data)."""
+    found: dict[tuple[str, str], Edge] = {}
+    for edge in edges:
+        pair = (edge.upstream, edge.downstream)
+        seen = found.get(pair)
+        if seen is not None:
+            group = "" if not (seen.group and edge.group) else min(seen.group, edge.group)
+            edge = Edge(*pair, seen.required or edge.required, group)
+        found[pair] = edge
+    return sorted(found.values())
+
+
 def _edges(tables: Iterable[TableSpec], known: set[str]) -> tuple[Edge, ...]:
-    """One edge per (upstream, downstream) pair among known tables; required if any edge is."""
-    found: dict[tuple[str, str], bool] = {}
-    for table in tables:
-        for dependency in table.dependencies:
-            if dependency.dependency_name not in known:
-                continue
-            pair = (dependency.dependency_name, table.name)
-            found[pair] = found.get(pair, False) or dependency.is_required
-    return tuple(sorted(Edge(up, down, required) for (up, down), required in found.items()))
+    """One edge per (upstream, downstream) pair among known tables (see :func:`merge_edges`)."""
+    edges = (edge for table in tables for edge in table_edges(table) if edge.upstream in known)
+    return tuple(merge_edges(edges))
 
 
 def _reachable(start: str, edges: Sequence[Edge], *, upstream: bool) -> set[str]:

@@ -79,6 +79,15 @@ def schema_errors(data: Any, locator: Locator) -> list[tuple[Problem, Broken]]:
     return list(dict.fromkeys(found))
 
 
+#: Fields of the old system's ``POST /tables`` payload written another way here: what to write instead.
+_OLD_FIELDS = {
+    "optative_with_dependency_id": (
+        ": alternative upstreams are one any_of group here, {any_of: [a, b], is_required: true} "
+        "(`flux-control import` converts them)"
+    ),
+}
+
+
 def _as_list(value: object) -> list[Any]:
     return list(value) if isinstance(value, list | tuple) else []
 
@@ -98,7 +107,8 @@ def _translate(error: ValidationError, locator: Locator) -> list[tuple[Problem, 
             (
                 Problem(
                     locator.locate((*path, extra), key=True),
-                    f"unknown field {extra!r}{did_you_mean(extra, allowed) or _allowed(allowed)}",
+                    f"unknown field {extra!r}"
+                    f"{_OLD_FIELDS.get(extra) or did_you_mean(extra, allowed) or _allowed(allowed)}",
                     "schema-unknown-field",
                 ),
                 (*path, extra),

@@ -75,7 +75,7 @@ def explain(reads: Reads, table: str, partitions: dict[str, Any]) -> Explanation
         raise NotFound(f"unknown table {table!r} (not in the database: was it applied?)")
     key = make_key(spec, partitions)
     probes = []
-    for dependency in spec.dependencies:
+    for dependency in spec.edges:  # every upstream: plain dependencies and any_of members
         upstream = catalog.table(dependency.dependency_name)
         if upstream is None:
             continue
@@ -114,6 +114,12 @@ def explain(reads: Reads, table: str, partitions: dict[str, Any]) -> Explanation
                 "required": status.required,
                 "present": execution is not None,
                 "execution": execution,
+                # Added for any_of groups (the fields above keep their meaning): the group's
+                # members, and the one whose execution satisfies it. Plain: [] and null.
+                "members": list(status.members),
+                "satisfied_by_member": status.satisfied_by.table
+                if status.members and status.satisfied_by and execution is not None
+                else None,
             }
         )
     result.gate_open = bool(statuses) and all(d["present"] or not d["required"] for d in result.dependencies)
@@ -184,17 +190,7 @@ def render(explanation: Explanation) -> str:
         missing = [d["dependency"] for d in e.dependencies if d["required"] and not d["present"]]
         lines.append("  gate: open" if e.gate_open else f"  gate: closed, waiting for {', '.join(missing)}")
         lines.append("  dependencies:")
-        for d in e.dependencies:
-            kind = "required" if d["required"] else "optional"
-            if d["present"]:
-                x = d["execution"]
-                lines.append(
-                    f"    ✓ {d['dependency']} ({kind}): execution {x['id']} of {describe(x['partitions'])}, "
-                    f"registered {x['registered_at']} by {x['source']}"
-                )
-            else:
-                note = "missing" if d["required"] else "none (optional: does not block)"
-                lines.append(f"    ✗ {d['dependency']} ({kind}): {note}")
+        lines.extend(_dependency_line(d, e.key) for d in e.dependencies)
     lines.append(
         f"  debounce: {e.debounce_seconds}s after the last trigger"
         + (f", at most {e.max_wait_seconds}s after the first" if e.max_wait_seconds is not None else "")
@@ -227,6 +223,26 @@ def render(explanation: Explanation) -> str:
             error = f": {r['error']}" if r["error"] else ""
             lines.append(f"    {r['id']} {r['status']} (attempt {r['attempt']}){end}{error}")
     return "\n".join(printable(line) for line in lines) + "\n"
+
+
+def _dependency_line(d: dict[str, Any], key: Key) -> str:
+    """One dependency of ``explain``'s answer: the execution that satisfies it (for a group, of which
+    member), or why none does."""
+    kind = "required" if d["required"] else "optional"
+    members = d.get("members") or []
+    if d["present"]:
+        x = d["execution"]
+        via = f"via {d['satisfied_by_member']}, " if members and d.get("satisfied_by_member") else ""
+        return (
+            f"    ✓ {d['dependency']} ({kind}): {via}execution {x['id']} of {describe(x['partitions'])}, "
+            f"registered {x['registered_at']} by {x['source']}"
+        )
+    if members:
+        none = f"none of {', '.join(members)} has an execution" + (f" for {describe(key)}" if key else "")
+        note = f"missing: {none}" if d["required"] else f"{none} (optional: does not block)"
+    else:
+        note = "missing" if d["required"] else "none (optional: does not block)"
+    return f"    ✗ {d['dependency']} ({kind}): {note}"
 
 
 def _retries(max_attempts: int, backoff_seconds: int) -> str:
