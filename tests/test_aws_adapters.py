@@ -310,6 +310,42 @@ def test_lambda_against_moto_returns_the_invoke_request_id() -> None:
     assert request_id and request_id == answers[0]["ResponseMetadata"]["RequestId"]
 
 
+@pytest.mark.parametrize(
+    "bus", ["tasks", f"arn:aws:events:us-east-1:{ACCOUNT}:event-bus/tasks"], ids=["name", "arn"]
+)
+def test_eventbridge_task_puts_one_event_with_the_payload_on_the_bus_it_names(bus: str) -> None:
+    events = boto3.client("events")
+    entry = {
+        "Source": "flux-control.task",
+        "DetailType": "Table Task Requested",
+        "Detail": json.dumps({"full": False, "flux": FLUX}),
+        "EventBusName": bus,
+    }
+    answer = {"FailedEntryCount": 0, "Entries": [{"EventId": "evt-1"}]}
+    with Stubber(events) as stub:
+        stub.add_response("put_events", answer, {"Entries": [entry]})
+        assert AwsTaskStarter(lambda service: events).start(task("eventbridge", bus, full=False)) == "evt-1"
+
+
+def test_eventbridge_task_against_moto_returns_the_event_id() -> None:
+    boto3.client("events").create_event_bus(Name="tasks")
+    answers: list[dict[str, Any]] = []
+    events = client("events")
+    events.meta.events.register("after-call.events.PutEvents", lambda parsed, **_: answers.append(parsed))
+    event_id = AwsTaskStarter().start(task("eventbridge", "tasks"))
+    assert event_id and [a["Entries"][0]["EventId"] for a in answers] == [event_id]
+
+
+def test_an_entry_without_an_event_id_is_a_failed_start_even_without_a_failed_count() -> None:
+    events = boto3.client("events")
+    with Stubber(events) as stub:
+        stub.add_response("put_events", {"Entries": [{}]})
+        with pytest.raises(TaskStartError) as caught:
+            AwsTaskStarter(lambda service: events).start(task("eventbridge", "tasks"))
+    assert str(caught.value) == "eventbridge tasks: Unknown: the entry was not accepted"
+    assert TOKEN not in str(caught.value)
+
+
 class _Failing:
     def __init__(self, error: Exception) -> None:
         self.error = error

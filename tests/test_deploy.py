@@ -151,6 +151,8 @@ def test_the_function_environment_names_itself_without_a_circular_reference(temp
         "FLUX_TRUST_BODY_USER": "false",
         "FLUX_DATABASE_SECRET_ARN": {"Ref": "DatabaseSecretArn"},
         "FLUX_DEAD_LETTER_ARN": {"Fn::GetAtt": ["DeadLetterQueue", "Arn"]},
+        # Empty by default: http tasks may post to any https host (controller/aws/http_tasks.py).
+        "FLUX_HTTP_ALLOWED_HOSTS": {"Ref": "HttpAllowedHosts"},
         "FLUX_TRACING": {"Fn::If": ["UseTracing", "true", "false"]},
         "POWERTOOLS_SERVICE_NAME": "flux-control",
         "POWERTOOLS_METRICS_NAMESPACE": "FluxControl",
@@ -291,6 +293,8 @@ FUNCTION_STATEMENTS = {
     "WatchListedStateMachineExecutions": "HasStateMachines",
     "SendToListedQueues": "HasQueues",
     "InvokeListedFunctions": "HasTargetFunctions",
+    "PutEventsOnListedBuses": "HasTaskEventBuses",
+    "ReadListedHttpTaskSecrets": "HasHttpTaskSecrets",
     "FailedInvocationsToTheDeadLetterQueue": None,
     "WriteTraces": "UseTracing",
     "AttachToVpc": "InVpc",
@@ -355,6 +359,8 @@ def test_each_statement_is_limited_to_this_stacks_resources_or_the_listed_ones(
     assert resource["StartListedStateMachines"] == {"Ref": "StateMachineArns"}
     assert resource["SendToListedQueues"] == {"Ref": "QueueArns"}
     assert resource["InvokeListedFunctions"] == {"Ref": "TargetFunctionArns"}
+    assert resource["PutEventsOnListedBuses"] == {"Ref": "TaskEventBusArns"}
+    assert resource["ReadListedHttpTaskSecrets"] == {"Ref": "HttpTaskSecretArns"}
     assert resource["FailedInvocationsToTheDeadLetterQueue"] == {"Fn::GetAtt": ["DeadLetterQueue", "Arn"]}
 
 
@@ -364,6 +370,8 @@ def test_the_listed_targets_default_to_none_so_nothing_is_granted_unasked(templa
         ("StateMachineArns", "HasStateMachines"),
         ("QueueArns", "HasQueues"),
         ("TargetFunctionArns", "HasTargetFunctions"),
+        ("TaskEventBusArns", "HasTaskEventBuses"),
+        ("HttpTaskSecretArns", "HasHttpTaskSecrets"),
     ]:
         parameter = template["Parameters"][name]
         assert (parameter["Type"], parameter["Default"]) == ("CommaDelimitedList", "")

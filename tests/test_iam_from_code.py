@@ -15,6 +15,7 @@ the ARNs the code calls with.
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Iterator
 from fnmatch import fnmatchcase
 from typing import Any
@@ -67,6 +68,7 @@ TABLES = [
             {"alias": "flow", "type": "step_function", "target": STATE_MACHINE, "timeout_seconds": TIMEOUT},
             {"alias": "notify", "type": "sqs", "target": QUEUE},
             {"alias": "consume", "type": "lambda", "target": "fn-consumer"},
+            {"alias": "announce", "type": "eventbridge", "target": "flux-task-bus"},
         ],
     ),
 ]
@@ -143,6 +145,7 @@ def _glue_stops_job_runs(monkeypatch: pytest.MonkeyPatch) -> None:
 def every_kind_of_event(flux: Lambda, engine: Engine, monkeypatch: pytest.MonkeyPatch) -> None:
     """One event of every kind the function serves, reaching every AWS call site of the code."""
     boto3.client("sqs", region_name=REGION).create_queue(QueueName="flux-tasks")
+    boto3.client("events", region_name=REGION).create_event_bus(Name="flux-task-bus")
     create_lambda_function(monkeypatch, "fn-consumer")
     monkeypatch.setattr(tasks, "GLUE_LOOKUP_DELAY", 0)
     # A cold start in AWS: the database URL from the secret.
@@ -220,8 +223,13 @@ def test_the_scan_finds_a_new_call(tmp_path: Any) -> None:
     assert set(found) == {"sqs:DeleteQueue"}
 
 
-def _evaluated(node: Any, parameters: dict[str, list[str]]) -> Any:
-    """A policy's ``Resource`` with the stack's list parameters: ``Ref``, ``Fn::Join``, ``Fn::Split``."""
+#: The pseudo parameters ``Fn::Sub`` names in the function's policy, as in the tests' account.
+PSEUDO = {"AWS::Partition": "aws", "AWS::Region": REGION, "AWS::AccountId": ACCOUNT}
+
+
+def _evaluated(node: Any, parameters: dict[str, Any]) -> Any:
+    """A policy's ``Resource`` with the stack's parameters: ``Ref``, ``Fn::Join``, ``Fn::Split``,
+    ``Fn::Sub`` (of parameters and pseudo parameters)."""
     if isinstance(node, list):
         return [_evaluated(item, parameters) for item in node]
     if not isinstance(node, dict):
@@ -229,6 +237,8 @@ def _evaluated(node: Any, parameters: dict[str, list[str]]) -> Any:
     ((function, argument),) = node.items()
     if function == "Ref":
         return parameters[argument]
+    if function == "Fn::Sub":
+        return re.sub(r"\$\{([^}]+)\}", lambda m: str({**PSEUDO, **parameters}[m.group(1)]), argument)
     delimiter, values = argument
     if function == "Fn::Join":
         return str(delimiter).join(_evaluated(values, parameters))
@@ -263,3 +273,36 @@ def test_the_task_calls_are_granted_on_the_arns_the_code_calls_them_with() -> No
         for action in ("states:DescribeExecution", "states:StopExecution"):
             assert granted_on(execution, action) == listed, (action, execution)
             assert not granted_on(machine, action), (action, machine)
+
+
+def test_the_task_events_and_http_secrets_are_granted_on_the_listed_arns_only() -> None:
+    """``PutEvents`` on a task bus (named by name or ARN: IAM checks the bus's ARN) and
+    ``GetSecretValue`` of an http task's ``auth_secret`` (its ARN ends with a random suffix, which the
+    listed pattern covers) are granted for the listed ones, the run events' bus and the database secret
+    only."""
+    (policy,) = load_template()["Resources"]["FunctionRole"]["Properties"]["Policies"]
+    bus = f"arn:aws:events:{REGION}:{ACCOUNT}:event-bus"
+    secret = f"arn:aws:secretsmanager:{REGION}:{ACCOUNT}:secret"
+    parameters: dict[str, Any] = {
+        "TaskEventBusArns": [f"{bus}/flux-task-bus", f"{bus}/other-tasks"],
+        "HttpTaskSecretArns": [f"{secret}:flux/http/*"],
+        "DatabaseSecretArn": f"{secret}:flux/database-AbCdEf",
+        "EventBusName": "default",
+    }
+
+    def granted_on(arn: str, action: str) -> bool:
+        return any(
+            fnmatchcase(arn, resource)
+            for _, statement in statements(policy["PolicyDocument"])
+            if action in as_list(statement["Action"])
+            for resource in as_list(_evaluated(statement["Resource"], parameters))
+        )
+
+    for name, listed in [("flux-task-bus", True), ("other-tasks", True), ("default", True), ("nope", False)]:
+        assert granted_on(f"{bus}/{name}", "events:PutEvents") == listed, name
+    for name, listed in [
+        ("flux/http/api-Xy12Zq", True),
+        ("flux/database-AbCdEf", True),
+        ("other-Xy12Zq", False),
+    ]:
+        assert granted_on(f"{secret}:{name}", "secretsmanager:GetSecretValue") == listed, name

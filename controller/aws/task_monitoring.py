@@ -2,8 +2,9 @@
 
 The sweep asks about the Glue and Step Functions tasks whose completion event may have been lost
 (Glue ``GetJobRun``, Step Functions ``DescribeExecution``) and stops those running past their
-``timeout_seconds`` (Glue ``BatchStopJobRun``, Step Functions ``StopExecution``). SQS and Lambda tasks
-report their own completion: AWS can neither be asked about them nor stop them.
+``timeout_seconds`` (Glue ``BatchStopJobRun``, Step Functions ``StopExecution``). SQS, Lambda,
+EventBridge and HTTP tasks report their own completion: AWS can neither be asked about them nor stop
+them.
 
 AWS errors propagate (``ClientError``, ``BotoCoreError``): the sweep logs them and asks again at its
 next pass. Two answers are not errors: a task AWS does not know (its job, state machine or run was

@@ -1,9 +1,11 @@
-"""Starting a run's tasks on AWS: Glue, Step Functions, SQS and Lambda (DESIGN §4, Dispatch).
+"""Starting a run's tasks: Glue, Step Functions, SQS, Lambda, EventBridge and HTTP (DESIGN §4, Dispatch).
 
 Each task receives its token (:attr:`~controller.core.effects.TaskRequest.token`, random per task and
-attempt): the Glue argument ``--flux_token``, ``flux.token`` in the Step Functions input and in the SQS
-and Lambda payloads. It is the task's secret to report with (DESIGN §7): never logged, never in an
-error message, never in a name or id AWS answers with (those are stored and shown by GET /runs).
+attempt): the Glue argument ``--flux_token``, ``flux.token`` in the Step Functions input and in the
+SQS, Lambda, EventBridge and HTTP messages (:func:`payload`; HTTP tasks also get it as their
+``Idempotency-Key`` header: :mod:`controller.aws.http_tasks`). It is the task's secret to report with
+(DESIGN §7): never logged, never in an error message, never in a name or id AWS answers with (those
+are stored and shown by GET /runs).
 
 A task is started once per run attempt, even when AWS fails in a way that leaves open whether it
 acted (a read timeout, a 5xx answer) and the call is repeated. Where AWS deduplicates, the start's
@@ -20,11 +22,20 @@ deterministic :attr:`~controller.core.effects.TaskRequest.dispatch_id` (run, att
   once whatever the caller does, so the function has to recognise a repeat itself (``flux.token`` seen
   before: do nothing); botocore's retries only add to that. A repeated completion report
   (``POST /register_execution`` with the run id) is refused with a 409.
+- EventBridge (``PutEvents`` on the bus ``target`` names, source ``flux-control.task``, detail-type
+  ``Table Task Requested``, :func:`payload` as the detail): EventBridge delivers at least once, and
+  botocore repeats a ``PutEvents`` that timed out or got a 5xx answer, which may have been delivered
+  already: a rule's consumer may see the same request twice and recognises the repeat by its
+  ``flux.token``. A rejected entry (``FailedEntryCount`` > 0) is a failed start with the entry's
+  ``ErrorCode`` and ``ErrorMessage``; the external id is the ``EventId``. Consumers report completion
+  as SQS and Lambda consumers do.
+- HTTP: one POST, never repeated (:mod:`controller.aws.http_tasks`).
 
 A target refusing for its own concurrency limit (Glue ``ConcurrentRunsExceededException``, Step
 Functions ``ExecutionLimitExceeded``, Lambda ``TooManyRequestsException`` once botocore's retries are
-spent: :data:`LIMITED`) is a :class:`~controller.core.effects.TaskStartError` marked ``limited``: its
-run is queued, not failed (DESIGN §8). Asking AWS about a started task and stopping it (the sweep's
+spent, EventBridge ``ThrottlingException`` for the call or an entry: :data:`LIMITED`; an HTTP 429) is
+a :class:`~controller.core.effects.TaskStartError` marked ``limited``: its run is queued, not failed
+(DESIGN §8). Asking AWS about a started task and stopping it (the sweep's
 lost completions and timeouts) is :mod:`controller.aws.task_monitoring`.
 """
 
@@ -40,6 +51,7 @@ from typing import Any
 
 from botocore.exceptions import BotoCoreError, ClientError
 
+from controller.aws import http_tasks
 from controller.aws.clients import client as default_client
 from controller.aws.clients import maybe_applied
 from controller.aws.task_monitoring import TaskMonitor
@@ -64,7 +76,12 @@ LIMITED: dict[str, frozenset[str]] = {
     "glue": frozenset({"ConcurrentRunsExceededException"}),
     "step_function": frozenset({"ExecutionLimitExceeded"}),
     "lambda": frozenset({"TooManyRequestsException"}),
+    # PutEvents' requests per second are an account's quota: the run waits for the next slot.
+    "eventbridge": frozenset({"ThrottlingException"}),
 }
+#: What an eventbridge task's event says it is (rules match on them).
+TASK_EVENT_SOURCE = "flux-control.task"
+TASK_EVENT_DETAIL_TYPE = "Table Task Requested"
 
 
 def glue_arguments(request: TaskRequest) -> dict[str, str]:
@@ -87,7 +104,8 @@ def argument_value(value: Any) -> str:
 
 
 def payload(request: TaskRequest) -> dict[str, Any]:
-    """The message for Step Functions, SQS and Lambda: the params plus ``flux``, to report completion."""
+    """The message for Step Functions, SQS, Lambda, EventBridge and HTTP: the params plus ``flux``, to
+    report completion with."""
     return {
         **request.params,
         "flux": {
@@ -155,10 +173,13 @@ class AwsTaskStarter:
             "step_function": self._start_step_function,
             "sqs": self._start_sqs,
             "lambda": self._start_lambda,
+            "eventbridge": self._start_eventbridge,
+            "http": self._start_http,
         }
 
     def start(self, request: TaskRequest) -> str:
-        """Start the task; return its external id (JobRunId, executionArn, MessageId or request id)."""
+        """Start the task; return its external id (JobRunId, executionArn, MessageId, request id,
+        EventId, or what the HTTP endpoint answered: :mod:`controller.aws.http_tasks`)."""
         starter = self._starters.get(request.type)
         if starter is None:
             # Definitions are validated, so this means a definition newer than this code: fail the run.
@@ -170,12 +191,13 @@ class AwsTaskStarter:
 
     def status(self, type: str, target: str, external_id: str) -> TaskStatus | None:
         """What AWS says of a started task (Glue ``GetJobRun``, Step Functions ``DescribeExecution``);
-        None for SQS and Lambda tasks. AWS errors propagate."""
+        None for SQS, Lambda, EventBridge and HTTP tasks. AWS errors propagate."""
         return self._monitor.status(type, target, external_id)
 
     def stop(self, type: str, target: str, external_id: str) -> bool:
         """Stop a started task (Glue ``BatchStopJobRun``, Step Functions ``StopExecution``); False for
-        SQS and Lambda tasks. A task that already ended, or that AWS does not know, is no error."""
+        SQS, Lambda, EventBridge and HTTP tasks. A task that already ended, or that AWS does not know,
+        is no error."""
         return self._monitor.stop(type, target, external_id)
 
     def _start_glue(self, request: TaskRequest) -> str:
@@ -267,3 +289,28 @@ class AwsTaskStarter:
             Payload=json.dumps(payload(request)).encode(),
         )
         return str(response["ResponseMetadata"]["RequestId"])
+
+    def _start_eventbridge(self, request: TaskRequest) -> str:
+        entry = {
+            "Source": TASK_EVENT_SOURCE,
+            "DetailType": TASK_EVENT_DETAIL_TYPE,
+            "Detail": json.dumps(payload(request)),
+            # A name or an ARN: PutEvents takes either.
+            "EventBusName": request.target,
+        }
+        response = self._client("events").put_events(Entries=[entry])
+        [result] = response.get("Entries") or [{}]
+        if response.get("FailedEntryCount") or not result.get("EventId"):
+            code = str(result.get("ErrorCode") or "Unknown")
+            message = str(result.get("ErrorMessage") or "the entry was not accepted")
+            limited = code in LIMITED["eventbridge"]
+            raise TaskStartError(f"{request.type} {request.target}: {code}: {message}", limited=limited)
+        return str(result["EventId"])
+
+    def _start_http(self, request: TaskRequest) -> str:
+        # The settings are read at each start: cheap, and a changed environment takes effect at once.
+        try:
+            settings = http_tasks.HttpSettings.from_env()
+        except ValueError as error:
+            raise TaskStartError(f"{request.type} {request.target}: {error}") from None
+        return http_tasks.post(request, payload(request), settings)

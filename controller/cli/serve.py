@@ -14,6 +14,9 @@ import click
 
 from controller.cli.common import database_option, friendly_errors
 
+#: Where serve's http tasks may post unless FLUX_HTTP_ALLOWED_HOSTS says otherwise: this machine.
+LOCAL_HTTP_HOSTS = "localhost,127.0.0.1,::1"
+
 
 @click.command("serve")
 @click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
@@ -26,7 +29,7 @@ from controller.cli.common import database_option, friendly_errors
     default=5.0,
     show_default=True,
     help="Seconds after which a started task succeeds locally (Glue and Step Functions send their "
-    "event; SQS and Lambda consumers report back with the task's token).",
+    "event; SQS, Lambda, EventBridge and HTTP consumers report back with the task's token).",
 )
 @click.option(
     "--tick", type=click.FloatRange(min=0.05), default=0.5, show_default=True, help="Loop interval (s)."
@@ -40,10 +43,12 @@ def serve_command(
     Requests go through the real Lambda handler. AWS calls go to an in-process moto server where
     the Glue jobs, state machines, queues and functions of the applied definitions are created;
     due schedules fire with their own input; started tasks succeed after --task-delay seconds: Glue
-    and Step Functions state-change events reach the handler, and SQS messages and Lambda
-    invocations are answered by a local consumer that reports back with the task's token, as a
-    real one would. Approvals take the body's "user" (FLUX_TRUST_BODY_USER is on). Apply
-    definitions first; Ctrl-C stops.
+    and Step Functions state-change events reach the handler, and SQS messages, Lambda invocations,
+    EventBridge task events and HTTP posts are answered by a local consumer that reports back with
+    the task's token, as a real one would. HTTP tasks are posted for real, to local hosts only
+    (FLUX_HTTP_ALLOWED_HOSTS defaults to localhost,127.0.0.1,::1 here: set it to reach another
+    host); a task for another host fails its run, nothing leaves the machine unasked. Approvals take
+    the body's "user" (FLUX_TRUST_BODY_USER is on). Apply definitions first; Ctrl-C stops.
 
     \b
     Examples:
@@ -58,6 +63,8 @@ def serve_command(
     os.environ.setdefault("POWERTOOLS_METRICS_DISABLED", "true")  # EMF lines only matter in CloudWatch
     # The stand-in fires a schedule at its second (EventBridge Scheduler: within its minute).
     os.environ.setdefault("FLUX_SCHEDULE_PRECISION_SECONDS", "1")
+    # AWS calls go to moto; http tasks would go to the real endpoints: only local ones, unless asked.
+    os.environ.setdefault("FLUX_HTTP_ALLOWED_HOSTS", LOCAL_HTTP_HOSTS)
     # Run events link to the local console (DESIGN §9), as a deployment's link to its own.
     os.environ.setdefault("FLUX_CONSOLE_URL", f"http://{host}:{port}/console")
     try:

@@ -46,6 +46,9 @@ class TaskRequest:
     token: str = field(kw_only=True, repr=False)
     #: Stopped, and its run failed, when it runs longer (DESIGN §8).
     timeout_seconds: int = field(kw_only=True, default=86400)
+    #: ``http`` tasks: the name or ARN of the Secrets Manager secret whose value is the ``Authorization``
+    #: header (the name only: the value is read when the task starts, and never kept here).
+    auth_secret: str | None = field(kw_only=True, default=None)
 
     @property
     def dispatch_id(self) -> str:

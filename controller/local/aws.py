@@ -70,7 +70,8 @@ class LocalAws:
         return boto3.client(service, endpoint_url=self.endpoint, region_name=REGION)
 
     def create_resources(self, group: str, tables: Iterable[TableState]) -> list[str]:
-        """The schedule group, and every Glue job, state machine, queue and function the tasks name."""
+        """The schedule group, and every Glue job, state machine, queue, function and event bus the tasks
+        name (http tasks need none)."""
         created = []
         trust = {
             "Version": "2012-10-17",
@@ -89,10 +90,21 @@ class LocalAws:
             created.append(f"schedule group {group}")
         for table in tables:
             for task in table["tasks"]:
-                created.append(self._create(task["type"], task["target"]))
+                made = self._create(task["type"], task["target"])
+                if made is not None:
+                    created.append(made)
         return created
 
-    def _create(self, kind: str, target: str) -> str:
+    def _create(self, kind: str, target: str) -> str | None:
+        if kind == "http":
+            return None  # no AWS resource: serve posts to a local endpoint for real (see serve)
+        if kind == "eventbridge":
+            name = target.rsplit("event-bus/", 1)[-1]
+            events = self.client("events")
+            if name == "default" or name in {b["Name"] for b in events.list_event_buses()["EventBuses"]}:
+                return None
+            events.create_event_bus(Name=name)
+            return f"event bus {name}"
         if kind == "glue":
             self.client("glue").create_job(
                 Name=target,

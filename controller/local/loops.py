@@ -3,8 +3,9 @@ started tasks, sweep.
 
 Each loop is a daemon thread that wakes up every ``interval`` seconds until ``stop`` is set. They
 call the handler exactly as AWS or a consumer would: a schedule with its own input; EventBridge
-events with the shape Glue and Step Functions send; and, for SQS and Lambda tasks, the completion
-report a consumer sends (``POST /register_execution`` with the run id and the task's token).
+events with the shape Glue and Step Functions send; and, for SQS, Lambda, EventBridge and HTTP
+tasks, the completion report a consumer sends (``POST /register_execution`` with the run id and the
+task's token).
 """
 
 from __future__ import annotations
@@ -121,10 +122,16 @@ def consume_queues(sqs: Any, queues: list[str], invoke: Invoke, delay: float, no
     return reported
 
 
+#: The tasks whose consumer ``serve`` plays by reading the started tasks (see :func:`receive_invocations`).
+REPORTED_FROM_STARTS = ("lambda", "eventbridge", "http")
+
+
 def receive_invocations(engine: Engine, invoke: Invoke, delay: float, now: datetime, done: set[str]) -> int:
-    """Act as each Lambda task's function: ``delay`` seconds after the asynchronous invocation, report
-    its run complete with the token it carried. moto runs no function code without Docker, so the
-    invocations are read from the runs' started tasks, with the token each was started with;
+    """Act as the consumer of each Lambda, EventBridge and HTTP task: ``delay`` seconds after it
+    started, report its run complete with the token it carried. moto runs no function code without
+    Docker and no rule's target reads the task events, and an HTTP endpoint (a local one: serve posts
+    for real) may not report back at all, so the starts are read from the runs' started tasks, with
+    the token each was started with (a report after the endpoint's own is a 409, taken as done);
     ``done`` holds the starts already reported (their dispatch ids)."""
     with Session(engine) as session:
         started = session.execute(
@@ -132,6 +139,7 @@ def receive_invocations(engine: Engine, invoke: Invoke, delay: float, now: datet
                 TaskDispatchRow.run_id,
                 TaskDispatchRow.attempt,
                 TaskDispatchRow.alias,
+                TaskDispatchRow.type,
                 TaskDispatchRow.token,
                 RunRow.partitions,
                 TableRow.name,
@@ -140,14 +148,14 @@ def receive_invocations(engine: Engine, invoke: Invoke, delay: float, now: datet
             .join(TableRow, TableRow.id == RunRow.table_id)
             .where(
                 TaskDispatchRow.status == "started",
-                TaskDispatchRow.type == "lambda",
+                TaskDispatchRow.type.in_(REPORTED_FROM_STARTS),
                 TaskDispatchRow.started_at <= now - timedelta(seconds=delay),
             )
         ).all()
     reported = 0
-    for run_id, attempt, alias, token, partitions, table in started:
+    for run_id, attempt, alias, kind, token, partitions, table in started:
         start = dispatch_id(run_id, attempt, alias)
-        if start not in done and _report(invoke, table, partitions, run_id, token, "lambda"):
+        if start not in done and _report(invoke, table, partitions, run_id, token, kind):
             done.add(start)
             reported += 1
     return reported

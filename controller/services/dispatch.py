@@ -104,6 +104,7 @@ def _requests(tx: Transaction, spec: TableSpec, run: Run, new_token: Callable[[]
             params=render_params(task.params, context),
             token=new_token(),
             timeout_seconds=task.timeout_seconds,
+            auth_secret=task.auth_secret,
         )
         for task in spec.tasks
     ]
