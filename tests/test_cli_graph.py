@@ -39,7 +39,10 @@ def test_mermaid_of_the_example_definitions() -> None:
     # one node per table, with a t_ id and the name as label; the approval table is a hexagon
     nodes = [line.strip() for line in out.splitlines()[1:] if line.startswith("  t_") and "-" not in line]
     assert nodes == [
+        't_tb_cadastro_delta["tb_cadastro_delta"]',
+        't_tb_cadastro_full["tb_cadastro_full"]',
         't_tb_cambio_diario["tb_cambio_diario"]',
+        't_tb_clientes_ativos["tb_clientes_ativos"]',
         't_tb_indicadores_mensais["tb_indicadores_mensais"]',
         't_tb_op_enriquecido{{"tb_op_enriquecido"}}',
         't_tb_promocoes["tb_promocoes"]',
@@ -48,6 +51,8 @@ def test_mermaid_of_the_example_definitions() -> None:
         't_tbjf001_op_pdz_prep["tbjf001_op_pdz_prep"]',
     ]
     assert _lines(out, "->") == [
+        't_tb_cadastro_delta -->|"any of"| t_tb_clientes_ativos',  # alternatives: labelled
+        't_tb_cadastro_full -->|"any of"| t_tb_clientes_ativos',
         "t_tb_cambio_diario --> t_tb_vendas_consolidadas",
         "t_tb_op_enriquecido --> t_tb_indicadores_mensais",
         "t_tb_promocoes -.-> t_tb_vendas_consolidadas",  # optional: dotted
@@ -65,6 +70,8 @@ def test_dot_of_the_example_definitions() -> None:
     assert out.startswith("digraph flux {\n")
     assert out.endswith("}\n")
     assert _lines(out, "->") == [
+        '"tb_cadastro_delta" -> "tb_clientes_ativos" [label="any of"];',
+        '"tb_cadastro_full" -> "tb_clientes_ativos" [label="any of"];',
         '"tb_cambio_diario" -> "tb_vendas_consolidadas";',
         '"tb_op_enriquecido" -> "tb_indicadores_mensais";',
         '"tb_promocoes" -> "tb_vendas_consolidadas" [style=dashed];',
@@ -73,7 +80,7 @@ def test_dot_of_the_example_definitions() -> None:
     ]
     assert '"tb_op_enriquecido" [shape=hexagon, class="approval"];' in _lines(out, "tb_op_enriquecido")
     assert '"tbjf001_op_pdz_prep";' in _lines(out, "tbjf001_op_pdz_prep")
-    assert out.count(" -> ") == 5
+    assert out.count(" -> ") == 7
 
 
 def test_output_is_deterministic() -> None:

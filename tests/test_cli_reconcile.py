@@ -176,7 +176,7 @@ def test_the_main_job_applies_the_example_definitions(tmp_path: Path) -> None:
     url = f"sqlite:///{tmp_path / 'flux.db'}"
     result = run("apply", str(REPO_ROOT / "definitions"), database_url=url)
     assert result.exit_code == 0, result.output
-    assert "Apply complete: 7 created, 0 updated, 0 deleted." in result.output
+    assert "Apply complete: 10 created, 0 updated, 0 deleted." in result.output
 
 
 def test_help_of_every_reconcile_command_has_examples() -> None:

@@ -23,7 +23,7 @@ BROKEN = {
 def test_example_definitions_are_valid() -> None:
     result = CliRunner().invoke(main, ["validate", str(REPO_ROOT / "definitions")])
     assert result.exit_code == 0, result.output
-    assert result.output == "Valid: 7 tables, 5 dependencies, 4 tasks in 5 files.\n"
+    assert result.output == "Valid: 10 tables, 6 dependencies, 6 tasks in 7 files.\n"
 
 
 def test_default_directory_is_definitions(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -32,7 +32,7 @@ def test_default_directory_is_definitions(tmp_path: Path, monkeypatch: pytest.Mo
     monkeypatch.chdir(tmp_path)
     result = CliRunner().invoke(main, ["validate"])
     assert result.exit_code == 0, result.output
-    assert result.output.startswith("Valid: 7 tables")
+    assert result.output.startswith("Valid: 10 tables")
 
 
 def test_missing_default_directory_is_a_usage_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -75,10 +75,10 @@ def test_json_format_when_valid() -> None:
     assert json.loads(result.output) == {
         "valid": True,
         "summary": {
-            "files": 5,
-            "tables": 7,
-            "dependencies": 5,
-            "tasks": 4,
+            "files": 7,
+            "tables": 10,
+            "dependencies": 6,
+            "tasks": 6,
             "problems": 0,
             "files_with_problems": 0,
         },
@@ -172,4 +172,4 @@ def test_github_format_escapes_what_would_end_a_command() -> None:
 def test_github_format_when_valid_prints_only_the_summary() -> None:
     result = CliRunner().invoke(main, ["validate", str(REPO_ROOT / "definitions"), "--format", "github"])
     assert result.exit_code == 0, result.output
-    assert result.output == "Valid: 7 tables, 5 dependencies, 4 tasks in 5 files.\n"
+    assert result.output == "Valid: 10 tables, 6 dependencies, 6 tasks in 7 files.\n"
