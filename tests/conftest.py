@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import io
+import logging
 import os
 import textwrap
 import uuid
@@ -13,6 +15,8 @@ from urllib.parse import quote
 import pytest
 from sqlalchemy import Engine, create_engine, text
 from sqlalchemy.exc import OperationalError
+
+from controller.telemetry import logger
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
@@ -107,3 +111,17 @@ def engine(database_url: str) -> Iterator[Engine]:
     created = make_engine(database_url)
     yield created
     created.dispose()
+
+
+@pytest.fixture
+def logs() -> Iterator[io.StringIO]:
+    """What the function logs (its Powertools handlers, which every module logger shares)."""
+    stream = io.StringIO()
+    handlers = [h for h in logger.handlers if isinstance(h, logging.StreamHandler)]
+    assert handlers
+    previous = [h.setStream(stream) for h in handlers]
+    try:
+        yield stream
+    finally:
+        for handler, old in zip(handlers, previous, strict=True):
+            handler.setStream(old)

@@ -24,7 +24,6 @@ from controller import __version__
 from controller.aws import clients
 from controller.aws.tasks import TASK_EVENT_DETAIL_TYPE, TASK_EVENT_SOURCE, AwsTaskStarter
 from controller.core.effects import TaskRequest, TaskStartError
-from controller.telemetry import logger
 from tests.factories import table_doc
 from tests.http_endpoint import Answer, Endpoint, running_endpoint
 from tests.runtime_support import ACCOUNT, REGION, Lambda, partitions, running_lambda, stored_token
@@ -97,19 +96,6 @@ def task_events(flux: Lambda) -> Any:
         return [json.loads(m["Body"]) for m in answer.get("Messages", [])]
 
     return read
-
-
-@pytest.fixture
-def logs() -> Iterator[io.StringIO]:
-    """What the function logs (its Powertools handlers, which every module logger shares)."""
-    stream = io.StringIO()
-    handlers = [h for h in logger.handlers if isinstance(h, logging.StreamHandler)]
-    previous = [h.setStream(stream) for h in handlers]
-    try:
-        yield stream
-    finally:
-        for handler, old in zip(handlers, previous, strict=True):
-            handler.setStream(old)
 
 
 def start(flux: Lambda, table: str, month: int = 202401) -> dict[str, Any]:

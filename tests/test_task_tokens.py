@@ -27,7 +27,6 @@ from controller.aws.tasks import AwsTaskStarter
 from controller.core.effects import TaskRequest, TaskStartError
 from controller.db.migrate import alembic_config, upgrade
 from controller.files.validation import validate_directory
-from controller.telemetry import logger
 from tests.conftest import WriteDefs
 from tests.factories import table_doc
 from tests.runtime_support import (
@@ -96,20 +95,6 @@ def flux(engine: Engine, monkeypatch: pytest.MonkeyPatch) -> Iterator[Lambda]:
             ExecutionProperty={"MaxConcurrentRuns": 10},
         )
         yield handler
-
-
-@pytest.fixture
-def logs() -> Iterator[io.StringIO]:
-    """What the function logs (its Powertools handlers, which every module logger shares)."""
-    stream = io.StringIO()
-    handlers = [h for h in logger.handlers if isinstance(h, logging.StreamHandler)]
-    assert handlers
-    previous = [h.setStream(stream) for h in handlers]
-    try:
-        yield stream
-    finally:
-        for handler, old in zip(handlers, previous, strict=True):
-            handler.setStream(old)
 
 
 @pytest.fixture
