@@ -104,16 +104,20 @@ def db(engine: Engine) -> Iterator[Engine]:
     yield engine
 
 
-def test_a_required_group_is_satisfied_by_either_member(db: Engine) -> None:
-    paths = Paths(
+def full_or_delta(db: Engine, group: dict[str, Any], *, group_first: bool = False) -> Paths:
+    """``d`` needs ``a`` and ``group`` (of ``full`` and ``delta``), all daily."""
+    needs: list[dict[str, Any]] = [{"dependency_name": "a"}, group]
+    return Paths(
         db,
         table("a", {"dt": "date"}),
         table("full", {"dt": "date"}),
         table("delta", {"dt": "date"}),
-        table(
-            "d", {"dt": "date"}, {"dependency_name": "a"}, {"any_of": ["full", "delta"], "is_required": True}
-        ),
+        table("d", {"dt": "date"}, *(needs[::-1] if group_first else needs)),
     )
+
+
+def test_a_required_group_is_satisfied_by_either_member(db: Engine) -> None:
+    paths = full_or_delta(db, {"any_of": ["full", "delta"], "is_required": True})
     expect(paths.register("a", dt=D1), [])  # the group blocks: no member yet
     expect(paths.register("a", dt=D2), [])
     expect(paths.register("full", dt=D1), [at("d", dt=D1)])  # one member is enough
@@ -123,15 +127,7 @@ def test_a_required_group_is_satisfied_by_either_member(db: Engine) -> None:
 
 
 def test_a_group_member_opens_once_the_other_requirements_arrive(db: Engine) -> None:
-    paths = Paths(
-        db,
-        table("a", {"dt": "date"}),
-        table("full", {"dt": "date"}),
-        table("delta", {"dt": "date"}),
-        table(
-            "d", {"dt": "date"}, {"any_of": ["full", "delta"]}, {"dependency_name": "a"}
-        ),  # default: required
-    )
+    paths = full_or_delta(db, {"any_of": ["full", "delta"]}, group_first=True)  # default: required
     expect(paths.register("delta", dt=D1), [])
     expect(paths.register("full", dt=D2), [])
     expect(paths.register("a", dt=D1), [at("d", dt=D1)])  # the group was satisfied by delta
@@ -178,13 +174,7 @@ def test_members_compare_through_their_own_partition_map(db: Engine) -> None:
 
 
 def test_a_re_registered_member_pushes_the_run(db: Engine) -> None:
-    paths = Paths(
-        db,
-        table("a", {"dt": "date"}),
-        table("full", {"dt": "date"}),
-        table("delta", {"dt": "date"}),
-        table("d", {"dt": "date"}, {"dependency_name": "a"}, {"any_of": ["full", "delta"]}),
-    )
+    paths = full_or_delta(db, {"any_of": ["full", "delta"]})
     expect(paths.register("a", dt=D1), [])
     expect(paths.register("full", dt=D1), [at("d", dt=D1)])
     expect(paths.register("full", dt=D1), [at("d", dt=D1)])  # re-registered: the same run, pushed
@@ -193,13 +183,7 @@ def test_a_re_registered_member_pushes_the_run(db: Engine) -> None:
 
 
 def test_the_other_member_arriving_when_the_group_is_satisfied_pushes_the_run(db: Engine) -> None:
-    paths = Paths(
-        db,
-        table("a", {"dt": "date"}),
-        table("full", {"dt": "date"}),
-        table("delta", {"dt": "date"}),
-        table("d", {"dt": "date"}, {"dependency_name": "a"}, {"any_of": ["full", "delta"]}),
-    )
+    paths = full_or_delta(db, {"any_of": ["full", "delta"]})
     expect(paths.register("full", dt=D1), [])
     expect(paths.register("a", dt=D1), [at("d", dt=D1)])
     expect(paths.register("delta", dt=D1), [at("d", dt=D1)])  # the group was already satisfied by full
