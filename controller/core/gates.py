@@ -205,11 +205,16 @@ def gate(
             candidates = [
                 (edge, e) for edge in requirement.edges for e in fetched.get(edge.dependency_name, ())
             ]
+        # The shared partitions once per member, not once per candidate execution.
+        pairs = {
+            edge.dependency_name: shared(table, edge, graph.tables[edge.dependency_name])
+            for edge in requirement.edges
+            if edge.dependency_name in graph.tables
+        }
         matching = [
             e
             for edge, e in candidates
-            if edge.dependency_name in graph.tables
-            and agrees(key, e.key, shared(table, edge, graph.tables[edge.dependency_name]))
+            if edge.dependency_name in pairs and agrees(key, e.key, pairs[edge.dependency_name])
         ]
         newest = max(matching, key=lambda e: e.id) if matching else None
         members = tuple(edge.dependency_name for edge in requirement.edges) if requirement.is_group else ()
