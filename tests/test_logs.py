@@ -39,20 +39,14 @@ def context(request_id: str) -> Any:
 
 
 @pytest.fixture
-def output() -> Iterator[io.StringIO]:
-    """What the function's log handlers write (to stdout in Lambda), captured at those very handlers:
-    the Powertools logger's, which the module loggers share."""
-    stream = io.StringIO()
+def output(logs: io.StringIO) -> io.StringIO:
+    """What the function's log handlers write (to stdout in Lambda), captured at those very handlers
+    (``logs``): the Powertools logger's, which the module loggers share."""
     handlers = [h for h in logger.handlers if isinstance(h, logging.StreamHandler)]
     # Shared, not copied (pytest adds its own capture handlers to every non-propagating logger too).
     assert handlers and set(handlers) <= set(logging.getLogger(MODULE_LOGGERS).handlers)
     assert logging.getLogger(MODULE_LOGGERS).propagate is False  # no second, plain copy via the root
-    previous = [h.setStream(stream) for h in handlers]
-    try:
-        yield stream
-    finally:
-        for handler, old in zip(handlers, previous, strict=True):
-            handler.setStream(old)
+    return logs
 
 
 def records(output: io.StringIO) -> list[dict[str, Any]]:
